@@ -133,7 +133,7 @@ def test_sigmoid_and_softplus_track_the_real_functions():
     assert np.abs(s - 1 / (1 + np.exp(-z))).max() < 0.02
     assert np.all(np.diff(s) >= -0.004)     # monotone but for PLAN's known 0.0039 step at |z| = 2.375
     sp = c.MODEL.to_float(ref.softplus_hat(zi))
-    assert np.abs(sp - np.logaddexp(0, z)).max() < 0.03
+    assert np.abs(sp - np.logaddexp(0, z)).max() < 0.035   # 1/8-step table: <= slope/16
 
 
 def test_rejected_configuration_names_the_error():
