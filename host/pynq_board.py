@@ -14,11 +14,7 @@ from pathlib import Path
 
 from .driver import Board, DriverError
 
-#: Boards with a build flow in bitstreams/ and the engine clock each targets (MHz).
-BOARDS = {"pynq-z1": 150.0, "pynq-z2": 150.0, "zcu104": 250.0}
-
-#: VLNV under which Vivado lists the engine (an RTL module reference in the block design).
-ENGINE_VLNV = "xilinx.com:module_ref:zipsgd_top:1.0"
+from .boards import BOARDS, ENGINE_VLNV  # noqa: F401  (re-exported)
 
 DEPLOY_HINT = (
     "build it with `make bitstream BOARD=<board>` on a machine with Vivado (see bitstreams/README.md), "
