@@ -1,0 +1,215 @@
+"""scikit-learn estimators that train on the zipsgd engine (or its bit-exact reference).
+
+:class:`SGDRegressor` (least squares) and :class:`SGDClassifier` (logistic or hinge,
+binary) follow scikit-learn's conventions: every ``__init__`` argument is stored
+unchanged, validation happens in ``fit``, fitted attributes end in ``_``. ``fit``
+runs :func:`zipsgd.job.prepare_job` (scale, quantize, pack) and
+:func:`zipsgd.job.run_job` on ``backend``; ``coef_`` and ``intercept_`` are mapped
+back to the caller's units, so ``X @ coef_ + intercept_`` is the model's output on
+unscaled data.
+
+Fitted attributes: ``coef_``, ``intercept_``, ``loss_curve_`` (the engine's mean
+per-sample loss of each epoch, scaled units), ``n_iter_`` (= epochs),
+``n_features_in_``, ``classes_`` (classifier), ``bits_per_feature_`` (stream bits per
+feature incl. padding), ``hw_stats_`` (backend counters; empty on the CPU),
+``engine_result_`` (the raw :class:`~zipsgd.reference.Result`) and ``job_``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .job import prepare_job, run_job
+
+
+class _ZipSGD(BaseEstimator):
+    """Shared fit machinery (not for direct use)."""
+
+    _losses: tuple = ()
+
+    def _job_kwargs(self) -> dict:
+        return dict(loss=self.loss, bits=self.bits, sampling=self.sampling, levels=self.levels,
+                    epochs=self.epochs, batch_size=self.batch_size, step=self.step, decay=self.decay,
+                    alpha=self.alpha, copies=self.copies, seed=self.seed, word_bits=self.word_bits,
+                    scale=self.scale, fit_intercept=self.fit_intercept, params=self.engine_params)
+
+    def _check_loss(self):
+        if self.loss not in self._losses:
+            raise ValueError(f"{type(self).__name__} supports loss in {self._losses}, not {self.loss!r}")
+
+    def _fit_job(self, X, y):
+        job = prepare_job(X, y, **self._job_kwargs())
+        res = run_job(job, self.backend)
+        self.job_ = job
+        self.engine_result_ = res
+        self.loss_curve_ = [float(v) for v in res.loss_curve(job.n_samples)]
+        self.n_iter_ = job.epochs
+        self.bits_per_feature_ = float(job.bits_per_feature)
+        self.hw_stats_ = dict(res.stats or {})
+        return job.unscale(res.model)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True  # densified (the engine streams dense samples)
+        return tags
+
+
+class SGDRegressor(RegressorMixin, _ZipSGD):
+    """Least-squares linear regression by low-precision SGD on the zipsgd engine.
+
+    Parameters
+    ----------
+    loss : {"squared"}
+    bits : {1, 2, 4, 8, 32}
+        Codebook bits per feature; 32 streams full-precision FEAT values.
+    sampling : {"double", "single", "nearest"}
+        Double sampling (two independent stochastic roundings: unbiased gradients),
+        one stochastic rounding used twice, or deterministic nearest rounding.
+    levels : {"uniform", "optimal", "log", "weibull"}
+        Codebook placement (:func:`zipsgd.quant.make_codebook`).
+    epochs, batch_size : int
+    step : float
+        Learning rate of the batch-mean gradient (the engine sums the batch and applies
+        ``step / batch_size``).
+    decay : int
+        The step halves every ``decay`` epochs (0: constant).
+    alpha : float
+        L2 strength (applied as a power-of-two shrink per batch).
+    copies : int or None
+        Independent quantized copies streamed in turn (None: ``min(epochs, 4)``).
+    seed : int or None
+        Seed of the shuffles, the quantization and the codebook.
+    backend : {"cpu", "sim", "pynq"}
+        Where the job runs; "cpu" is the bit-exact reference engine.
+    word_bits : {64, 128}
+    scale : {"feature", "global"}
+        Per-feature or global scaling of X into [-1, 1].
+    fit_intercept : bool
+    engine_params : EngineParams or None
+        Engine build limits to check the job against (None: the default build).
+    """
+
+    _losses = ("squared",)
+
+    def __init__(self, loss="squared", *, bits=8, sampling="double", levels="uniform", epochs=10, batch_size=1,
+                 step=2.0 ** -6, decay=0, alpha=0.0, copies=None, seed=0, backend="cpu", word_bits=64,
+                 scale="feature", fit_intercept=True, engine_params=None):
+        self.loss = loss
+        self.bits = bits
+        self.sampling = sampling
+        self.levels = levels
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.step = step
+        self.decay = decay
+        self.alpha = alpha
+        self.copies = copies
+        self.seed = seed
+        self.backend = backend
+        self.word_bits = word_bits
+        self.scale = scale
+        self.fit_intercept = fit_intercept
+        self.engine_params = engine_params
+
+    def fit(self, X, y):
+        """Train on ``X`` (n, d) and real targets ``y`` (n,)."""
+        self._check_loss()
+        X, y = validate_data(self, X, y, accept_sparse=("csr", "csc", "coo"), y_numeric=True,
+                             dtype=np.float64)
+        coef, intercept = self._fit_job(_dense(X), y)
+        self.coef_ = coef
+        self.intercept_ = float(intercept)
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse=("csr", "csc", "coo"), reset=False, dtype=np.float64)
+        return np.asarray(_dense(X) @ self.coef_ + self.intercept_, dtype=np.float64)
+
+
+class SGDClassifier(ClassifierMixin, _ZipSGD):
+    """Binary linear classification (logistic or hinge loss) by low-precision SGD.
+
+    Same parameters as :class:`SGDRegressor`, with ``loss`` in {"logistic", "hinge"}.
+    ``classes_[1]`` is the positive class (logistic label 1, hinge label +1);
+    ``predict_proba`` exists for the logistic loss.
+    """
+
+    _losses = ("logistic", "hinge")
+
+    def __init__(self, loss="logistic", *, bits=8, sampling="double", levels="uniform", epochs=10, batch_size=1,
+                 step=2.0 ** -6, decay=0, alpha=0.0, copies=None, seed=0, backend="cpu", word_bits=64,
+                 scale="feature", fit_intercept=True, engine_params=None):
+        self.loss = loss
+        self.bits = bits
+        self.sampling = sampling
+        self.levels = levels
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.step = step
+        self.decay = decay
+        self.alpha = alpha
+        self.copies = copies
+        self.seed = seed
+        self.backend = backend
+        self.word_bits = word_bits
+        self.scale = scale
+        self.fit_intercept = fit_intercept
+        self.engine_params = engine_params
+
+    def fit(self, X, y):
+        """Train on ``X`` (n, d) and labels ``y`` of exactly two classes."""
+        self._check_loss()
+        X, y = validate_data(self, X, y, accept_sparse=("csr", "csc", "coo"), dtype=np.float64)
+        check_classification_targets(y)
+        y_type = type_of_target(y, input_name="y")
+        if y_type != "binary":
+            raise ValueError(f"Only binary classification is supported. The type of the target is {y_type} "
+                             f"({np.unique(y).size} classes; the engine trains one linear model).")
+        coef, intercept = self._fit_job(_dense(X), y)
+        self.classes_ = self.job_.classes
+        self.coef_ = coef.reshape(1, -1)
+        self.intercept_ = np.array([intercept])
+        return self
+
+    def decision_function(self, X):
+        """Signed score of the positive class ``classes_[1]`` (shape (n,))."""
+        check_is_fitted(self)
+        X = validate_data(self, X, accept_sparse=("csr", "csc", "coo"), reset=False, dtype=np.float64)
+        return np.asarray(_dense(X) @ self.coef_[0] + self.intercept_[0], dtype=np.float64)
+
+    def predict(self, X):
+        d = self.decision_function(X)
+        return self.classes_[(d > 0).astype(int)]
+
+    def _is_logistic(self):
+        return self.loss == "logistic"
+
+    @available_if(_is_logistic)
+    def predict_proba(self, X):
+        """Class probabilities (logistic loss): columns follow ``classes_``."""
+        d = self.decision_function(X)
+        e = np.exp(-np.abs(d))
+        p = np.where(d >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        return np.column_stack([1.0 - p, p])
+
+    @available_if(_is_logistic)
+    def predict_log_proba(self, X):
+        d = self.decision_function(X)
+        return np.column_stack([-np.logaddexp(0.0, d), -np.logaddexp(0.0, -d)])
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # binary only: one linear model on the engine
+        return tags
+
+
+def _dense(X):
+    return X.toarray() if hasattr(X, "toarray") else X
+
+
+__all__ = ["SGDRegressor", "SGDClassifier"]

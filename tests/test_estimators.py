@@ -1,0 +1,140 @@
+"""scikit-learn estimators: API conventions, units, convergence, bias of the sampling schemes."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from zipsgd import baseline
+from zipsgd.estimators import SGDClassifier, SGDRegressor
+
+
+@parametrize_with_checks([SGDRegressor(), SGDClassifier(), SGDClassifier(loss="hinge")])
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+def _ls(n=400, d=8, seed=0, noise=0.3):
+    rng = np.random.default_rng([seed, n, d])
+    X = rng.normal(size=(n, d)) * rng.uniform(1, 10, d) + rng.normal(size=d)
+    w = rng.normal(size=d) / rng.uniform(1, 10, d)
+    y = 3.0 + X @ w + noise * rng.normal(size=n)
+    return X, y
+
+
+def _final_loss(est):
+    job, res = est.job_, est.engine_result_
+    return baseline.objective(job.loss, job.X_scaled, job.y_scaled, job.model_float(res.model))
+
+
+def _float64_loss(est):
+    return baseline.sgd(est.job_).final_loss
+
+
+def test_coef_and_intercept_in_user_units():
+    X, y = _ls()
+    est = SGDRegressor(bits=8, epochs=3, step=2 ** -4).fit(X, y)
+    assert est.coef_.shape == (8,) and isinstance(est.intercept_, float)
+    # the engine's own output on the scaled data, mapped back, equals predict on raw data
+    job = est.job_
+    engine_out = job.X_scaled @ job.model_float(est.engine_result_.model) * job.y_scale + job.y_center
+    assert np.allclose(est.predict(X), engine_out, rtol=1e-9, atol=1e-9)
+    assert np.allclose(est.predict(X), X @ est.coef_ + est.intercept_)
+    assert est.score(X, y) > 0.9
+    assert est.n_iter_ == 3 and len(est.loss_curve_) == 3 and all(isinstance(v, float) for v in est.loss_curve_)
+    assert est.hw_stats_ == {} and est.bits_per_feature_ == job.bits_per_feature
+    assert est.n_features_in_ == 8
+
+
+def test_classifier_units_and_proba():
+    X, y = _ls()
+    labels = np.where(y > np.median(y), "hi", "lo")
+    clf = SGDClassifier(epochs=4, step=2 ** -3).fit(X, labels)
+    assert list(clf.classes_) == ["hi", "lo"]
+    d = clf.decision_function(X)
+    assert np.allclose(d, X @ clf.coef_[0] + clf.intercept_[0])
+    job = clf.job_
+    assert np.allclose(d, job.X_scaled @ job.model_float(clf.engine_result_.model), rtol=1e-9, atol=1e-9)
+    proba = clf.predict_proba(X)
+    assert np.allclose(proba.sum(1), 1) and np.all(clf.predict(X) == clf.classes_[(proba[:, 1] > 0.5).astype(int)])
+    assert clf.score(X, labels) > 0.85
+    hinge = SGDClassifier(loss="hinge", epochs=4, step=2 ** -3).fit(X, labels)
+    assert not hasattr(hinge, "predict_proba")
+    assert hinge.score(X, labels) > 0.85
+
+
+@pytest.mark.parametrize("bits", [32, 8])
+def test_reaches_float64_loss(bits):
+    X, y = _ls()
+    est = SGDRegressor(bits=bits, sampling="double", epochs=8, step=2 ** -4, decay=2).fit(X, y)
+    ratio = _final_loss(est) / _float64_loss(est)
+    assert 0.97 < ratio < 1.02, ratio
+    # and float64 SGD itself is near the least-squares optimum of the scaled problem
+    job = est.job_
+    w_opt, *_ = np.linalg.lstsq(job.X_scaled, job.y_scaled, rcond=None)
+    assert _float64_loss(est) < 1.05 * baseline.objective("squared", job.X_scaled, job.y_scaled, w_opt)
+
+
+def test_double_sampling_unbiased_single_and_nearest_biased():
+    # 2-bit codebook: single sampling feeds Q (Q . x) whose mean adds the rounding variance
+    # (a ridge-like pull to 0), nearest rounding fits the rounded data; double sampling does neither.
+    ratios = {"double": [], "single": [], "nearest": []}
+    for seed in range(3):
+        X, y = _ls(seed=seed)
+        for sampling in ratios:
+            est = SGDRegressor(bits=2, sampling=sampling, levels="uniform", epochs=10, step=2 ** -7, decay=2,
+                               seed=seed).fit(X, y)
+            ratios[sampling].append(_final_loss(est) / _float64_loss(est))
+    med = {k: float(np.median(v)) for k, v in ratios.items()}
+    assert med["double"] < 1.15, med
+    assert med["single"] > med["double"] + 0.5, med
+    assert med["nearest"] > med["double"] + 0.25, med
+
+
+def test_seeds():
+    X, y = _ls(n=150)
+    a = SGDRegressor(bits=4, epochs=3, seed=7).fit(X, y)
+    b = SGDRegressor(bits=4, epochs=3, seed=7).fit(X, y)
+    c = SGDRegressor(bits=4, epochs=3, seed=8).fit(X, y)
+    assert np.array_equal(a.coef_, b.coef_) and a.intercept_ == b.intercept_
+    assert not np.array_equal(a.coef_, c.coef_)
+
+
+@pytest.mark.parametrize("backend", ["sim", "pynq"])
+def test_unavailable_backend(backend):
+    X, y = _ls(n=20)
+    with pytest.raises(NotImplementedError, match=f"backend='{backend}'.*use backend='cpu'"):
+        SGDRegressor(backend=backend, epochs=1).fit(X, y)
+
+
+def test_fit_errors():
+    X, y = _ls(n=30)
+    with pytest.raises(ValueError, match="bits=3"):
+        SGDRegressor(bits=3).fit(X, y)
+    with pytest.raises(ValueError, match="supports loss"):
+        SGDRegressor(loss="logistic").fit(X, y)
+    with pytest.raises(ValueError, match="Only binary"):
+        SGDClassifier().fit(X, np.arange(30) % 3)
+    from zipsgd.contract import EngineParams
+    with pytest.raises(ValueError, match="capacity"):
+        SGDRegressor(engine_params=EngineParams(dim_max=8), epochs=1).fit(X, y)
+
+
+def test_package_exports_are_lazy():
+    import zipsgd
+    assert zipsgd.SGDRegressor is SGDRegressor and zipsgd.SGDClassifier is SGDClassifier
+    code = "import sys, zipsgd; print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_without_intercept_passes_through_origin():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(200, 3)) * [1.0, 5.0, 0.2]
+    y = X @ [2.0, -0.5, 4.0] + 0.05 * rng.normal(size=200)
+    est = SGDRegressor(bits=8, epochs=6, step=2 ** -3, decay=2, fit_intercept=False).fit(X, y)
+    assert est.intercept_ == 0.0 and est.job_.dim == 3
+    assert np.allclose(est.predict(np.zeros((1, 3))), 0.0)
+    assert est.score(X, y) > 0.95

@@ -1,0 +1,308 @@
+"""Amaranth-simulator tests of the AXI4-Lite slave and the register block (fast, no HDL simulator).
+
+The slave is driven by a small AXI4-Lite master model that can present AW and W in
+either order, with gaps, and with back-pressure on B and R; the register block is
+the real one (``Top`` with the stub core of ``zipsgd.sim.stub_core``).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from amaranth.hdl import Module
+from amaranth.sim import Simulator
+
+from zipsgd import contract as c
+from zipsgd.hw.axil import AxiLiteSlave
+from zipsgd.hw.top import Top
+from zipsgd.sim.stub_core import STUB_LOSS_MULT, STUB_MODEL_BASE, StubEngine
+
+PARAMS = c.EngineParams(word_bits=64, dim_max=256, batch_max=64, epochs_max=16)
+
+
+class Master:
+    """AXI4-Lite master model on flat ``prefix + name`` signals of ``dut``."""
+
+    def __init__(self, ctx, dut, prefix="s_axil_", rng=None):
+        self.ctx, self.dut, self.p = ctx, dut, prefix
+        self.rng = rng or random.Random(0)
+
+    def s(self, name):
+        return getattr(self.dut, self.p + name)
+
+    async def _wait(self, n):
+        for _ in range(n):
+            await self.ctx.tick()
+
+    async def write(self, addr, data, strb=0xF, order="together", bready_delay=0):
+        """One write; ``order``: 'together', 'aw_first', 'w_first'. Returns BRESP."""
+        ctx = self.ctx
+        aw_done = w_done = False
+
+        def present_aw():
+            ctx.set(self.s("awaddr"), addr)
+            ctx.set(self.s("awvalid"), 1)
+
+        def present_w():
+            ctx.set(self.s("wdata"), data)
+            ctx.set(self.s("wstrb"), strb)
+            ctx.set(self.s("wvalid"), 1)
+
+        if order in ("together", "aw_first"):
+            present_aw()
+        if order in ("together", "w_first"):
+            present_w()
+        for cycle in range(100):
+            # sample handshakes at the clock edge
+            _, _, awr, wr, awv, wv = await ctx.tick().sample(
+                self.s("awready"), self.s("wready"), self.s("awvalid"), self.s("wvalid"))
+            if awv and awr:
+                aw_done = True
+                ctx.set(self.s("awvalid"), 0)
+            if wv and wr:
+                w_done = True
+                ctx.set(self.s("wvalid"), 0)
+            if cycle == 2 and order == "aw_first" and not w_done:
+                present_w()
+            if cycle == 2 and order == "w_first" and not aw_done:
+                present_aw()
+            if aw_done and w_done:
+                break
+        else:
+            raise TimeoutError("write address/data not accepted")
+        await self._wait(bready_delay)
+        ctx.set(self.s("bready"), 1)
+        for _ in range(100):
+            _, _, bv, resp = await ctx.tick().sample(self.s("bvalid"), self.s("bresp"))
+            if bv:
+                ctx.set(self.s("bready"), 0)
+                return resp
+        raise TimeoutError("no write response")
+
+    async def read(self, addr, rready_delay=0):
+        """One read; returns (data, RRESP)."""
+        ctx = self.ctx
+        ctx.set(self.s("araddr"), addr)
+        ctx.set(self.s("arvalid"), 1)
+        for _ in range(100):
+            _, _, arr = await ctx.tick().sample(self.s("arready"))
+            if arr:
+                ctx.set(self.s("arvalid"), 0)
+                break
+        else:
+            raise TimeoutError("read address not accepted")
+        await self._wait(rready_delay)
+        ctx.set(self.s("rready"), 1)
+        for _ in range(100):
+            _, _, rv, rd, rr = await ctx.tick().sample(self.s("rvalid"), self.s("rdata"), self.s("rresp"))
+            if rv:
+                ctx.set(self.s("rready"), 0)
+                return rd, rr
+        raise TimeoutError("no read data")
+
+
+def _run(top, bench, *monitors):
+    """Simulate ``Top``: its ``sync`` clock is the ``aclk`` port, toggled here."""
+    sim = Simulator(top)
+
+    async def aclk(ctx):
+        while True:
+            ctx.set(top.aclk, 0)
+            await ctx.delay(5e-9)
+            ctx.set(top.aclk, 1)
+            await ctx.delay(5e-9)
+    sim.add_process(aclk)
+    sim.add_testbench(bench)
+    for mon in monitors:
+        sim.add_process(mon)
+    sim.run()
+
+
+def pulse_counter(sig, into: dict, key: str, extra=()):
+    """Background process: ``into[key]`` = list of (extra values) at each cycle ``sig`` is high."""
+    into[key] = []
+
+    async def mon(ctx):
+        async for _, _, v, *rest in ctx.tick().sample(sig, *extra):
+            if v:
+                into[key].append(tuple(rest))
+    return mon
+
+
+def _top():
+    top = Top(PARAMS, StubEngine)
+    return top
+
+
+def test_ids_and_unmapped():
+    top = _top()
+
+    async def bench(ctx):
+        ctx.set(top.aresetn, 1)
+        m = Master(ctx, top)
+        assert await m.read(c.REG["MAGIC"]) == (c.MAGIC, 0)
+        assert await m.read(c.REG["VERSION"]) == (c.version_word(), 0)
+        assert await m.read(c.REG["BUILD_HASH"]) == (c.build_hash(PARAMS), 0)
+        assert await m.read(c.REG["PARAM_MODES"]) == (PARAMS.modes_mask, 0)
+        assert await m.read(c.REG["PARAM_DIM_MAX"]) == (PARAMS.dim_max, 0)
+        top_addr = 4 * len(c.REGISTERS)
+        assert await m.write(top_addr, 0x12345678) == 0          # OKAY, ignored
+        assert await m.read(top_addr) == (0, 0)
+        assert await m.read(c.REG_SPACE_BYTES - 4) == (0, 0)
+        assert await m.read(c.REG["CTRL"]) == (0, 0)            # write-only reads 0
+
+    _run(top, bench)
+
+
+@pytest.mark.parametrize("order", ["together", "aw_first", "w_first"])
+def test_write_orders_and_backpressure(order):
+    top = _top()
+
+    async def bench(ctx):
+        ctx.set(top.aresetn, 1)
+        m = Master(ctx, top)
+        for i, name in enumerate(("N_SAMPLES", "DIM", "BATCH", "STEP_MULT")):
+            v = 0x1000 * (i + 1) + 7
+            assert await m.write(c.REG[name], v, order=order, bready_delay=i) == 0
+            assert await m.read(c.REG[name], rready_delay=i) == (v, 0)
+            assert ctx.get(getattr(top.core.cfg, name.lower())) == v
+        # byte strobes
+        await m.write(c.REG["DIM"], 0xAABBCCDD, strb=0b0101, order=order)
+        assert (await m.read(c.REG["DIM"]))[0] == (0x2007 & 0xFF00FF00) | 0x00BB00DD
+
+    _run(top, bench)
+
+
+def test_one_outstanding_and_pulses():
+    """AR and AW/W presented together: both complete, one after the other; CTRL pulses once."""
+    top = _top()
+
+    async def bench(ctx):
+        ctx.set(top.aresetn, 1)
+        m = Master(ctx, top)
+        # reset values are EngineConfig's defaults
+        assert (await m.read(c.REG["STEP_MULT"]))[0] == c.STEP_MULT.one
+        assert (await m.read(c.REG["BATCH"]))[0] == 1
+        # simultaneous read and write
+        ctx.set(top.s_axil_araddr, c.REG["MAGIC"])
+        ctx.set(top.s_axil_arvalid, 1)
+        ctx.set(top.s_axil_awaddr, c.REG["EPOCHS"])
+        ctx.set(top.s_axil_awvalid, 1)
+        ctx.set(top.s_axil_wdata, 9)
+        ctx.set(top.s_axil_wstrb, 0xF)
+        ctx.set(top.s_axil_wvalid, 1)
+        ctx.set(top.s_axil_rready, 1)
+        ctx.set(top.s_axil_bready, 1)
+        got_r = got_b = False
+        outstanding = 0
+        for _ in range(40):
+            _, _, arv, arr, awv, awr, wv, wr, bv, rv, rd = await ctx.tick().sample(
+                top.s_axil_arvalid, top.s_axil_arready, top.s_axil_awvalid, top.s_axil_awready,
+                top.s_axil_wvalid, top.s_axil_wready, top.s_axil_bvalid, top.s_axil_rvalid, top.s_axil_rdata)
+            if arv and arr:
+                ctx.set(top.s_axil_arvalid, 0)
+                outstanding += 1
+            if awv and awr:
+                ctx.set(top.s_axil_awvalid, 0)
+            if wv and wr:
+                ctx.set(top.s_axil_wvalid, 0)
+                outstanding += 1
+            if rv:
+                assert rd == c.MAGIC
+                got_r = True
+                outstanding -= 1
+            if bv:
+                got_b = True
+                outstanding -= 1
+            assert outstanding <= 1, "more than one transaction in flight"
+        assert got_r and got_b
+        ctx.set(top.s_axil_rready, 0)
+        ctx.set(top.s_axil_bready, 0)
+        assert (await m.read(c.REG["EPOCHS"]))[0] == 9
+        # CTRL.start gives exactly one start pulse, after which the stub is busy
+        await m.write(c.REG["DIM"], 1)
+        await m.write(c.REG["CTRL"], c.field_bits(c.CTRL_FIELDS, start=1))
+        await m._wait(3)
+        assert len(seen["start"]) == 1, seen["start"]
+        st = (await m.read(c.REG["STATUS"]))[0]
+        assert c.field_value(c.STATUS_FIELDS, "busy", st) == 1
+        # counters run while busy; HI reads the value latched by LO
+        lo1 = (await m.read(c.REG["CYCLES_LO"]))[0]
+        assert (await m.read(c.REG["CYCLES_HI"]))[0] == 0
+        lo2 = (await m.read(c.REG["CYCLES_LO"]))[0]
+        assert lo2 > lo1 > 0
+        await m.write(c.REG["CTRL"], c.field_bits(c.CTRL_FIELDS, soft_reset=1))
+        await m._wait(3)
+        assert len(seen["soft_reset"]) == 1 and len(seen["start"]) == 1
+        assert (await m.read(c.REG["STATUS"]))[0] == 0
+
+    seen = {}
+    _run(top, bench, pulse_counter(top.core.start, seen, "start"),
+         pulse_counter(top.core.soft_reset, seen, "soft_reset"))
+
+
+def test_readback_holdoff_and_latches():
+    """MODEL_DATA steps the stub's word index; LOSS_*; counter LO latches HI."""
+    top = _top()
+
+    async def bench(ctx):
+        ctx.set(top.aresetn, 1)
+        m = Master(ctx, top)
+        await m.write(c.REG["MODEL_ADDR"], 0)
+        words = [(await m.read(c.REG["MODEL_DATA"]))[0] for _ in range(6)]
+        assert words == [STUB_MODEL_BASE + i for i in range(6)]
+        assert (await m.read(c.REG["MODEL_ADDR"]))[0] == 6
+        await m.write(c.REG["MODEL_ADDR"], 0)
+        assert (await m.read(c.REG["MODEL_DATA"]))[0] == STUB_MODEL_BASE
+        for e in (3, 0, 7):
+            await m.write(c.REG["LOSS_ADDR"], e)
+            lo = (await m.read(c.REG["LOSS_LO"]))[0]
+            hi = (await m.read(c.REG["LOSS_HI"]))[0]
+            assert hi << 32 | lo == ((e + 1) * STUB_LOSS_MULT) & ((1 << 64) - 1)
+        # every model pulse is followed by >= 4 quiet cycles before the next read samples
+        assert len(seen["next"]) == 7
+
+    seen = {}
+    _run(top, bench, pulse_counter(top.core.model_next, seen, "next"))
+
+
+def test_slave_alone_wait_states():
+    """The slave holds RVALID until r_ack: a register block may insert wait states."""
+    dut = AxiLiteSlave()
+    m_ = Module()
+    m_.submodules.dut = dut
+
+    async def bench(ctx):
+        m = Master(ctx, dut, prefix="")
+        # r_ack low: the read must not complete
+        ctx.set(dut.r_data, 0xCAFE)
+        ctx.set(dut.araddr, 0x14)
+        ctx.set(dut.arvalid, 1)
+        await ctx.tick()
+        ctx.set(dut.arvalid, 0)
+        ctx.set(dut.rready, 1)
+        for _ in range(5):
+            _, _, rv, stb, addr = await ctx.tick().sample(dut.rvalid, dut.r_stb, dut.bus_addr)
+            assert not rv and stb and addr == 0x14
+        ctx.set(dut.r_ack, 1)
+        for _ in range(3):
+            _, _, rv, rd = await ctx.tick().sample(dut.rvalid, dut.rdata)
+            if rv:
+                assert rd == 0xCAFE
+                break
+        else:
+            raise AssertionError("no read data after r_ack")
+        ctx.set(dut.rready, 0)
+        # writes: one w_stb per transaction, word-aligned address, both channel orders
+        for order in ("w_first", "aw_first", "together"):
+            assert await m.write(0x23, 0x55, strb=0b0010, order=order) == 0
+        await m._wait(2)
+        assert seen["w"] == [(0x20, 0x55, 0b0010)] * 3, seen["w"]
+
+    seen = {}
+    sim = Simulator(m_)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.add_process(pulse_counter(dut.w_stb, seen, "w", (dut.bus_addr, dut.w_data, dut.w_strb)))
+    sim.run()

@@ -1,0 +1,411 @@
+"""Amaranth-simulator tests of ``zipsgd.hw.core.Engine`` against ``zipsgd.reference``.
+
+One simulator per build (compiling a simulation costs seconds); each build runs
+many jobs back to back, which also checks that every job (after errors, soft
+resets and refusals) starts from a clean state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from zipsgd import reference
+from zipsgd.contract import (
+    FEAT, HOST_WORD_BITS, MODEL, STEP_MULT, EngineConfig, EngineParams, Encoding, Error, Loss,
+    check_config, valid_modes,
+)
+from zipsgd.hw.core import CFG_FIELDS, COUNTERS, Engine
+from zipsgd.packing import pack
+
+ONE = MODEL.one
+
+
+# ------------------------------------------------------------------------------------
+# Job generation
+# ------------------------------------------------------------------------------------
+def make_job(rng, word_bits, enc, bits, dim, n, *, loss=Loss.SQUARED, batch=1, epochs=1,
+             step_shift=4, step_mult=STEP_MULT.one, decay=0, l2=0, copies=1):
+    """Random job: (cfg, streams, codebook)."""
+    cfg = EngineConfig(n_samples=n, dim=dim, bits=bits, encoding=enc, loss=loss,
+                       step_shift=step_shift, step_mult=step_mult, decay_epochs=decay,
+                       l2_shift=l2, batch=batch, epochs=epochs, copies=copies, word_bits=word_bits)
+    lay = cfg.layout
+    codebook = None
+    if enc != Encoding.FULL:
+        codebook = np.sort(rng.integers(-FEAT.one, FEAT.one + 1, size=1 << bits))
+    streams = []
+    for _ in range(copies):
+        if loss == Loss.SQUARED:
+            y = rng.integers(-2 * ONE, 2 * ONE, size=n)
+        elif loss == Loss.LOGISTIC:
+            y = rng.integers(0, 2, size=n) * ONE
+        else:
+            y = rng.choice([-ONE, ONE], size=n)
+        if enc == Encoding.FULL:
+            s = pack(lay, y, values=rng.integers(-FEAT.one, FEAT.one + 1, size=(n, dim)))
+        elif enc == Encoding.SINGLE:
+            s = pack(lay, y, codes1=rng.integers(0, 1 << bits, size=(n, dim)))
+        elif enc == Encoding.PAIR:
+            s = pack(lay, y, codes1=rng.integers(0, 1 << bits, size=(n, dim)),
+                     codes2=rng.integers(0, 1 << bits, size=(n, dim)))
+        else:
+            j = rng.integers(0, (1 << bits) - 1, size=(n, dim))
+            s = pack(lay, y, codes1=j + rng.integers(0, 2, size=(n, dim)),
+                     codes2=j + rng.integers(0, 2, size=(n, dim)))
+        streams.append(s)
+    return cfg, streams, codebook
+
+
+def beats_of(stream, word_bits):
+    """Host words -> list of W-bit ints (low host word first)."""
+    hw = word_bits // HOST_WORD_BITS
+    w = np.asarray(stream, dtype=np.uint64).reshape(-1, hw)
+    return [sum(int(w[i, j]) << (HOST_WORD_BITS * j) for j in range(hw)) for i in range(w.shape[0])]
+
+
+# ------------------------------------------------------------------------------------
+# Simulator driver
+# ------------------------------------------------------------------------------------
+class Driver:
+    """Async-testbench helpers around one Engine."""
+
+    def __init__(self, dut: Engine, ctx):
+        self.dut, self.ctx = dut, ctx
+
+    async def pulse(self, sig):
+        self.ctx.set(sig, 1)
+        await self.ctx.tick()
+        self.ctx.set(sig, 0)
+
+    def set_cfg(self, cfg: EngineConfig):
+        for name in CFG_FIELDS:
+            v = getattr(cfg, "decay_epochs" if name == "decay_epochs" else name)
+            self.ctx.set(getattr(self.dut.cfg, name), int(v) & 0xFFFFFFFF)
+
+    async def write_codebook(self, codebook):
+        if codebook is None:
+            return
+        for a, v in enumerate(codebook):
+            self.ctx.set(self.dut.cb_addr, a)
+            self.ctx.set(self.dut.cb_data, int(v) & ((1 << FEAT.width) - 1))
+            self.ctx.set(self.dut.cb_we, 1)
+            await self.ctx.tick()
+        self.ctx.set(self.dut.cb_we, 0)
+
+    async def send(self, beats, lasts, rng=None, gap_p=0.0, max_wait=100000):
+        """Send beats; returns the number of beats sent before done rose (if it did)."""
+        ctx, d = self.ctx, self.dut
+        for i, (b, last) in enumerate(zip(beats, lasts)):
+            while rng is not None and gap_p and rng.random() < gap_p:
+                ctx.set(d.i_data.valid, 0)
+                await ctx.tick()
+            ctx.set(d.i_data.payload.data, b)
+            ctx.set(d.i_data.payload.last, last)
+            ctx.set(d.i_data.valid, 1)
+            for _ in range(max_wait):
+                r = ctx.get(d.i_data.ready)
+                await ctx.tick()
+                if r:
+                    break
+                if not ctx.get(d.busy):
+                    ctx.set(d.i_data.valid, 0)
+                    return i
+            else:
+                raise AssertionError("beat never accepted")
+        ctx.set(d.i_data.valid, 0)
+        return len(beats)
+
+    async def wait_done(self, max_cycles=100000):
+        for _ in range(max_cycles):
+            if not self.ctx.get(self.dut.busy):
+                return
+            await self.ctx.tick()
+        raise AssertionError("engine still busy")
+
+    async def read_model(self, dim):
+        ctx, d = self.ctx, self.dut
+        await self.pulse(d.model_rewind)
+        out = []
+        for i in range(dim):
+            await ctx.tick().repeat(2)
+            v = ctx.get(d.model_data)
+            out.append(v - (1 << 32) if v >= 1 << 31 else v)
+            await self.pulse(d.model_next)
+        return np.array(out, dtype=np.int64)
+
+    async def read_losses(self, epochs):
+        ctx, d = self.ctx, self.dut
+        out = []
+        for e in range(epochs):
+            ctx.set(d.loss_addr, e)
+            await ctx.tick().repeat(2)
+            out.append(ctx.get(d.loss_data))
+        return out
+
+    def counters(self):
+        return {name: self.ctx.get(getattr(self.dut, name)) for name in COUNTERS}
+
+    async def run_job(self, cfg, streams, codebook, rng=None, gap_p=0.0):
+        """Configure, start, stream every epoch, wait; returns a result dict."""
+        ctx, d = self.ctx, self.dut
+        await self.write_codebook(codebook)
+        self.set_cfg(cfg)
+        await self.pulse(d.start)
+        res = {"error": ctx.get(d.error), "done": ctx.get(d.done), "busy": ctx.get(d.busy)}
+        if res["error"] != Error.NONE:
+            return res
+        for e in range(cfg.epochs):
+            beats = beats_of(streams[e % len(streams)], cfg.word_bits)
+            lasts = [0] * (len(beats) - 1) + [1]
+            await self.send(beats, lasts, rng, gap_p)
+        await self.wait_done()
+        res.update(error=ctx.get(d.error), done=ctx.get(d.done), counters=self.counters())
+        res["model"] = await self.read_model(cfg.dim)
+        res["losses"] = await self.read_losses(cfg.epochs)
+        res["epochs_done"] = ctx.get(d.epochs_done)
+        return res
+
+
+def run_sim(params, body, vcd=None):
+    """Run ``body(driver)`` (an async function) on a fresh Engine simulation."""
+    dut = Engine(params)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    out = {}
+
+    async def tb(ctx):
+        out["value"] = await body(Driver(dut, ctx))
+
+    sim.add_testbench(tb)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+    return dut, out.get("value")
+
+
+def check_job(res, cfg, streams, codebook, params):
+    ref = reference.run(cfg, streams, codebook, params)
+    assert res["error"] == Error.NONE, Error(res["error"]).name
+    assert res["done"] == 1
+    np.testing.assert_array_equal(res["model"], ref.model, err_msg=f"model mismatch for {cfg}")
+    assert res["losses"] == [int(v) for v in ref.loss_sums], f"loss mismatch for {cfg}"
+    assert res["counters"]["cnt_beats"] == ref.beats
+    assert res["counters"]["cnt_samples"] == ref.samples
+    assert res["epochs_done"] == cfg.epochs
+
+
+# ------------------------------------------------------------------------------------
+# Tests
+# ------------------------------------------------------------------------------------
+P64 = EngineParams(word_bits=64, dim_max=256, batch_max=64, epochs_max=16)
+P128 = EngineParams(word_bits=128, dim_max=256, batch_max=64, epochs_max=16)
+
+
+def _mode_jobs(rng, word_bits, dims):
+    """One job per (mode, loss, batch) combination, cycling the dims and options."""
+    jobs = []
+    i = 0
+    for enc, bits in valid_modes():
+        for loss in Loss:
+            batch = (1, 3, 8)[i % 3]
+            dim = dims[i % len(dims)]
+            jobs.append(make_job(rng, word_bits, enc, bits, dim, n=int(rng.integers(5, 10)),
+                                 loss=loss, batch=batch, epochs=2 if i % 4 == 0 else 1,
+                                 step_shift=int(rng.integers(0, 6)),
+                                 step_mult=int(rng.integers(1, STEP_MULT.max + 1)) if i % 5 == 0 else STEP_MULT.one,
+                                 decay=1 if i % 4 == 0 else 0, l2=(0, 3, 7)[i % 3]))
+            i += 1
+    return jobs
+
+
+@pytest.mark.parametrize("params,dims", [
+    (P64, (3, 64, 33, 100, 7)),
+    (P128, (5, 128, 97, 200)),
+], ids=["W64", "W128"])
+def test_all_modes_bit_exact(params, dims):
+    rng = np.random.default_rng(params.word_bits)
+    jobs = _mode_jobs(rng, params.word_bits, dims)
+
+    async def body(drv):
+        results = []
+        for cfg, streams, cb in jobs:
+            results.append(await drv.run_job(cfg, streams, cb, rng, gap_p=0.2))
+        return results
+
+    _, results = run_sim(params, body)
+    for (cfg, streams, cb), res in zip(jobs, results):
+        check_job(res, cfg, streams, cb, params)
+
+
+def test_bad_config_codes_then_good_job():
+    """Refused configurations: same code and order as contract.check_config; then a
+    normal job runs."""
+    params = P64
+    rng = np.random.default_rng(7)
+    good, streams, cb = make_job(rng, 64, Encoding.SINGLE, 2, 20, 4, batch=2)
+    bad = []
+    for change in (dict(encoding=5), dict(bits=3), dict(encoding=Encoding.FULL, bits=8),
+                   dict(dim=0), dict(dim=params.dim_max + 1), dict(n_samples=0),
+                   dict(batch=0), dict(batch=params.batch_max + 1), dict(loss=3),
+                   dict(epochs=0), dict(epochs=params.epochs_max + 1), dict(step_mult=0),
+                   dict(step_mult=STEP_MULT.max + 1), dict(step_shift=99), dict(l2_shift=32),
+                   dict(dim=0, n_samples=0, loss=7)):           # several faults: first one wins
+        c = EngineConfig(**{**good.__dict__, **change})
+        bad.append((c, check_config(c, params)))
+    assert all(code != Error.NONE for _, code in bad)
+
+    async def body(drv):
+        codes = []
+        for c, _ in bad:
+            res = await drv.run_job(c, streams, cb)
+            codes.append((res["error"], res["done"], res["busy"]))
+        return codes, await drv.run_job(good, streams, cb)
+
+    _, (codes, res) = run_sim(params, body)
+    assert codes == [(int(code), 1, 0) for _, code in bad]
+    check_job(res, good, streams, cb, params)
+
+
+def test_stream_faults_and_soft_reset():
+    """STREAM_SHORT stops at once; STREAM_LONG drains to TLAST; soft_reset aborts a
+    running job; start while busy is ignored; after each a clean job matches."""
+    params = P64
+    rng = np.random.default_rng(8)
+    cfg, streams, cb = make_job(rng, 64, Encoding.SINGLE, 4, 40, 6, batch=3, epochs=2, l2=5)
+    beats = beats_of(streams[0], 64)
+
+    async def body(drv):
+        ctx, d = drv.ctx, drv.dut
+        out = {}
+        # STREAM_SHORT: TLAST on beat 4 of the epoch.
+        await drv.write_codebook(cb)
+        drv.set_cfg(cfg)
+        await drv.pulse(d.start)
+        sent = await drv.send(beats[:5], [0, 0, 0, 0, 1])
+        await ctx.tick()
+        out["short"] = (sent, ctx.get(d.busy), ctx.get(d.done), ctx.get(d.error), ctx.get(d.i_data.ready))
+        out["short_job"] = await drv.run_job(cfg, streams, cb)
+        # STREAM_LONG: no TLAST on the final beat; 5 extra beats, TLAST on the last.
+        await drv.pulse(d.start)
+        extra = beats[:5]
+        await drv.send(beats + extra, [0] * (len(beats) + 4) + [1])
+        await ctx.tick()
+        out["long"] = (ctx.get(d.busy), ctx.get(d.done), ctx.get(d.error), ctx.get(d.cnt_beats))
+        out["long_job"] = await drv.run_job(cfg, streams, cb, rng, gap_p=0.3)
+        # soft reset in the middle of the second epoch, start pulses while busy.
+        await drv.pulse(d.start)
+        await drv.send(beats, [0] * (len(beats) - 1) + [1])
+        await drv.pulse(d.start)                     # ignored: busy
+        await drv.send(beats[:7], [0] * 7)
+        await drv.pulse(d.soft_reset)
+        out["reset"] = (ctx.get(d.busy), ctx.get(d.done), ctx.get(d.error), ctx.get(d.i_data.ready))
+        out["reset_job"] = await drv.run_job(cfg, streams, cb, rng, gap_p=0.1)
+        # start while busy in the middle of a normal job: ignored
+        await drv.pulse(d.start)
+        for e in range(cfg.epochs):
+            await drv.send(beats[:3], [0] * 3)
+            await drv.pulse(d.start)
+            await drv.send(beats[3:], [0] * (len(beats) - 4) + [1])
+        await drv.wait_done()
+        out["busy_job"] = {"error": ctx.get(d.error), "done": ctx.get(d.done), "counters": drv.counters(),
+                           "model": await drv.read_model(cfg.dim), "losses": await drv.read_losses(cfg.epochs),
+                           "epochs_done": ctx.get(d.epochs_done)}
+        return out
+
+    _, out = run_sim(params, body)
+    assert out["short"] == (5, 0, 1, Error.STREAM_SHORT, 0)
+    assert out["long"] == (0, 1, Error.STREAM_LONG, len(beats) + 5)
+    assert out["reset"] == (0, 0, Error.NONE, 0)
+    for key in ("short_job", "long_job", "reset_job", "busy_job"):
+        check_job(out[key], cfg, streams, cb, params)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_throughput(batch):
+    """Input always valid: no stall inside a batch, exactly BATCH_STALL cycles at every
+    batch (and epoch) boundary, BATCH_STALL + B - 1 after the last beat."""
+    params = P64
+    rng = np.random.default_rng(9)
+    cfg, streams, cb = make_job(rng, 64, Encoding.SINGLE, 1, 150, 10, batch=batch, epochs=2, copies=2)
+    B = cfg.layout.beats_per_sample
+
+    async def body(drv):
+        ctx, d = drv.ctx, drv.dut
+        await drv.write_codebook(cb)
+        drv.set_cfg(cfg)
+        await drv.pulse(d.start)
+        accepted, trace = 0, []
+        beats = []
+        for e in range(cfg.epochs):
+            bs = beats_of(streams[e % len(streams)], 64)
+            beats += [(b, int(i == len(bs) - 1)) for i, b in enumerate(bs)]
+        while ctx.get(d.busy):
+            if accepted < len(beats):
+                ctx.set(d.i_data.payload.data, beats[accepted][0])
+                ctx.set(d.i_data.payload.last, beats[accepted][1])
+                ctx.set(d.i_data.valid, 1)
+            else:
+                ctx.set(d.i_data.valid, 0)
+            r = ctx.get(d.i_data.ready)
+            trace.append((accepted, r))
+            await ctx.tick()
+            if r and accepted < len(beats):
+                accepted += 1
+        ctx.set(d.i_data.valid, 0)
+        return trace, drv.counters(), await drv.read_model(cfg.dim)
+
+    dut, (trace, cnt, model) = run_sim(params, body)
+    ref = reference.run(cfg, streams, cb, params)
+    np.testing.assert_array_equal(model, ref.model)
+    # stall runs, keyed by the number of beats accepted before them
+    runs = {}
+    for acc, r in trace:
+        if not r:
+            runs[acc] = runs.get(acc, 0) + 1
+    total = cfg.epochs * cfg.n_samples * B
+    spb = B * batch
+    expect = {}
+    for e in range(cfg.epochs):
+        for s0 in range(0, cfg.n_samples, batch):
+            end = e * cfg.n_samples * B + min(s0 + batch, cfg.n_samples) * B
+            expect[end] = dut.BATCH_STALL
+    expect[total] = dut.BATCH_STALL + B - 1
+    assert runs == expect, (runs, expect, spb)
+    assert cnt["cnt_stalls"] == sum(expect.values())
+    assert cnt["cnt_idles"] == 0 and cnt["cnt_beats"] == total
+    assert cnt["cnt_cycles"] == total + cnt["cnt_stalls"]
+    assert dut.BATCH_STALL <= 13
+
+
+def test_beat_edges_and_saturation():
+    """Dims that exactly fill the label beat, a full beat plus a full label beat, a
+    label-only last beat, d = 1, d = dim_max; and a job that saturates the model."""
+    params = P64
+    rng = np.random.default_rng(11)
+    jobs = []
+    for enc, bits in [(Encoding.FULL, 32), (Encoding.SINGLE, 1), (Encoding.COMPACT, 4), (Encoding.PAIR, 2)]:
+        lay = EngineConfig(1, 1, bits, enc).layout
+        F, Fl = lay.features_per_beat, lay.label_beat_features
+        for dim in sorted({1, Fl, F, F + Fl}):
+            jobs.append(make_job(rng, 64, enc, bits, dim, 4, batch=2, l2=4))
+    jobs.append(make_job(rng, 64, Encoding.SINGLE, 8, params.dim_max, 3, batch=2, epochs=2, decay=1))
+    # saturation: huge step (k = 0, m = max), large labels, L2 at its largest shift
+    jobs.append(make_job(rng, 64, Encoding.SINGLE, 2, 40, 12, batch=1, epochs=2, step_shift=0,
+                         step_mult=STEP_MULT.max, l2=31))
+    jobs.append(make_job(rng, 64, Encoding.FULL, 32, 9, 12, batch=3, loss=Loss.HINGE, step_shift=0,
+                         step_mult=STEP_MULT.max))
+    jobs.append(make_job(rng, 64, Encoding.SINGLE, 4, 9, 6, batch=2, step_shift=40, decay=1, epochs=8))
+
+    async def body(drv):
+        return [await drv.run_job(c, s, cb, rng, gap_p=0.1) for c, s, cb in jobs]
+
+    _, results = run_sim(params, body)
+    sat_seen = False
+    for (cfg, streams, cb), res in zip(jobs, results):
+        check_job(res, cfg, streams, cb, params)
+        sat_seen |= bool(np.any(np.abs(res["model"]) == MODEL.max) or np.any(res["model"] == MODEL.min))
+    assert sat_seen

@@ -1,0 +1,284 @@
+"""The data pipeline: validation, scaling, quantized copies, step registers, backends."""
+
+import math
+
+import numpy as np
+import pytest
+
+from zipsgd import contract as c
+from zipsgd import job as J
+from zipsgd import packing, reference
+
+
+def _regression(n=120, d=5, seed=0, noise=0.1):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 20, size=d) + rng.normal(size=d) * 3
+    w = rng.normal(size=d)
+    y = X @ w + 7.0 + noise * rng.normal(size=n)
+    return X, y
+
+
+# --------------------------------------------------------------------------------------
+# Step registers
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("step", [1.9, 1.0, 0.75, 2 ** -6, 0.3e-3, 1 / 3, 2 ** -40, 1e-9])
+def test_step_registers_normalised_and_close(step):
+    k, m = J.step_registers(step)
+    assert 0 <= k <= c.STEP_SHIFT_MAX
+    assert 1 <= m <= c.STEP_MULT.max
+    if k < c.STEP_SHIFT_MAX:
+        assert 2 ** 15 <= m < 2 ** 16
+    eff = m * 2.0 ** -(c.STEP_MULT.frac + k)
+    assert abs(eff - step) / step <= 2.0 ** -15
+
+
+def test_step_registers_rounding_up_to_next_power():
+    # a step just under 2**-5 rounds m to 2**16: normalisation must move to the next k
+    step = 2 ** -5 * (1 - 2 ** -20)
+    k, m = J.step_registers(step)
+    assert (k, m) == (5, 2 ** 15)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, 2.0, 5.0, float("nan"), float("inf"), 1e-30])
+def test_step_registers_refuse(bad):
+    with pytest.raises(ValueError, match="step"):
+        J.step_registers(bad)
+
+
+def test_l2_shift():
+    assert J.l2_shift_for(0.1, 0.0) == 0
+    assert J.l2_shift_for(2 ** -4, 2 ** -6) == 10
+    assert J.l2_shift_for(1.0, 10.0) == 1            # clamped
+    assert J.l2_shift_for(2 ** -20, 2 ** -20) == c.L2_SHIFT_MAX
+
+
+# --------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mutate, match", [
+    (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 7, np.nan, X), y), "NaN"),
+    (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 3, np.inf, X), y), "infinity"),
+    (lambda X, y: (X[:, 0], y), "2-D"),
+    (lambda X, y: (X, y[:-1]), "different numbers of samples"),
+    (lambda X, y: (X[:0], y[:0]), "empty"),
+    (lambda X, y: (X[:, :0], y), "empty"),
+    (lambda X, y: (X, np.where(np.arange(y.size) == 2, np.nan, y)), "y contains NaN"),
+])
+def test_prepare_job_rejects_bad_data(mutate, match):
+    X, y = _regression()
+    X, y = mutate(X, y)
+    with pytest.raises(ValueError, match=match):
+        J.prepare_job(X, y, epochs=1)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(bits=3), "bits=3"), (dict(bits=16), "bits"), (dict(sampling="triple"), "sampling"),
+    (dict(levels="fancy"), "levels"), (dict(loss="huber"), "loss"), (dict(step=0), "step"),
+    (dict(step=-0.1), "step"), (dict(epochs=0), "epochs"), (dict(batch_size=0), "batch_size"),
+    (dict(word_bits=32), "word_bits"), (dict(alpha=-1), "alpha"), (dict(scale="minmax"), "scale"),
+    (dict(epochs=5, params=c.EngineParams(epochs_max=4)), "capacity"),
+    (dict(batch_size=8, params=c.EngineParams(batch_max=4)), "capacity"),
+])
+def test_prepare_job_rejects_bad_options(kw, match):
+    X, y = _regression()
+    with pytest.raises(ValueError, match=match):
+        J.prepare_job(X, y, **{"epochs": 1, **kw})
+
+
+def test_dimension_over_capacity_names_it():
+    X, y = _regression(d=8)
+    params = c.EngineParams(dim_max=8)
+    with pytest.raises(ValueError, match=r"capacity.*dim_max=8"):
+        J.prepare_job(X, y, epochs=1, params=params)          # 8 features + intercept = 9
+    job = J.prepare_job(X, y, epochs=1, params=params, fit_intercept=False)
+    assert job.dim == 8
+
+
+@pytest.mark.parametrize("labels, n_classes", [([0, 1, 2], 3), ([5], 1)])
+def test_classifier_needs_two_classes(labels, n_classes):
+    X, _ = _regression(n=30)
+    y = np.resize(labels, 30)
+    for loss in ("logistic", "hinge"):
+        with pytest.raises(ValueError, match=f"two classes, got {n_classes} class"):
+            J.prepare_job(X, y, loss=loss, epochs=1)
+
+
+# --------------------------------------------------------------------------------------
+# What the job holds
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits, sampling", [(1, "double"), (2, "double"), (4, "double"), (8, "double"),
+                                            (2, "single"), (4, "nearest"), (32, "double")])
+def test_streams_hold_the_scaled_data(bits, sampling):
+    X, y = _regression(n=60, d=7)
+    job = J.prepare_job(X, y, bits=bits, sampling=sampling, epochs=3, seed=5)
+    assert job.copies == 3 and len(job.perms) == 3
+    assert job.dim == 8 and job.n_features == 7
+    assert np.all(job.X_scaled[:, -1] == 1.0)
+    assert np.abs(job.X_scaled).max() <= 1.0
+    assert job.config.encoding == c.encoding_for(sampling, bits)
+    assert job.bits_per_feature == job.layout.bits_per_feature_effective
+    if bits == 32:
+        assert job.codebook is None
+    else:
+        assert job.codebook.shape == (1 << bits,)
+        assert np.all(np.diff(job.codebook) > 0)
+        assert np.abs(job.codebook).max() <= c.FEAT.one
+    for perm, stream in zip(job.perms, job.streams):
+        assert sorted(perm) == list(range(60))
+        q1, q2, lab = packing.decode(job.layout, stream, job.codebook)
+        assert np.array_equal(lab, c.MODEL.to_fixed(job.y_scaled[perm]))
+        xs = c.FEAT.to_fixed(job.X_scaled[perm])
+        if bits == 32:
+            assert np.array_equal(q1, xs) and np.array_equal(q2, xs)
+            continue
+        cb = job.codebook
+        if sampling == "double":
+            # both samples lie on the two ends of the interval holding the value
+            idx1 = np.searchsorted(cb, q1)
+            idx2 = np.searchsorted(cb, q2)
+            assert np.abs(idx1 - idx2).max() <= 1
+            lo = np.minimum(q1, q2)
+            hi = np.maximum(q1, q2)
+            inside = (xs >= cb[0]) & (xs <= cb[-1])
+            assert np.all((lo[inside] <= xs[inside] + 1) & (xs[inside] <= hi[inside] + 1) | (lo == hi)[inside])
+        else:
+            assert np.array_equal(q1, q2)
+    assert not all(np.array_equal(job.perms[0], p) for p in job.perms[1:])
+
+
+def test_double_sampling_is_unbiased_over_copies():
+    X, y = _regression(n=40, d=4)
+    job = J.prepare_job(X, y, bits=2, sampling="double", epochs=1, copies=400, seed=1, levels="uniform")
+    sums = np.zeros_like(job.X_scaled)
+    sums2 = np.zeros_like(job.X_scaled)
+    for perm, stream in zip(job.perms, job.streams):
+        q1, q2, _ = packing.decode(job.layout, stream, job.codebook)
+        inv = np.argsort(perm)
+        sums[:] += c.FEAT.to_float(q1[inv])
+        sums2[:] += c.FEAT.to_float(q2[inv])
+    k = len(job.streams)
+    spacing = np.diff(job.levels_float).max()
+    # standard error of a mean of k draws is <= spacing / (2 sqrt(k)); allow 6 of them
+    tol = 6 * spacing / (2 * math.sqrt(k))
+    inside = (job.X_scaled >= job.levels_float[0]) & (job.X_scaled <= job.levels_float[-1])
+    assert np.abs(sums / k - job.X_scaled)[inside].max() < tol
+    assert np.abs(sums2 / k - job.X_scaled)[inside].max() < tol
+
+
+def test_nearest_copies_differ_only_by_order():
+    X, y = _regression(n=50, d=3)
+    job = J.prepare_job(X, y, bits=2, sampling="nearest", epochs=4, seed=3)
+    ref = None
+    for perm, stream in zip(job.perms, job.streams):
+        q1, _, _ = packing.decode(job.layout, stream, job.codebook)
+        q = q1[np.argsort(perm)]
+        ref = q if ref is None else ref
+        assert np.array_equal(q, ref)
+
+
+def test_default_copies_and_seeds():
+    X, y = _regression(n=30, d=3)
+    assert J.prepare_job(X, y, epochs=10).copies == J.default_copies(10) == 4
+    assert J.prepare_job(X, y, epochs=2).copies == 2
+    a = J.prepare_job(X, y, bits=2, epochs=3, seed=11)
+    b = J.prepare_job(X, y, bits=2, epochs=3, seed=11)
+    d = J.prepare_job(X, y, bits=2, epochs=3, seed=12)
+    assert all(np.array_equal(s, t) for s, t in zip(a.streams, b.streams))
+    assert not all(np.array_equal(s, t) for s, t in zip(a.streams, d.streams))
+    # the sample orders depend on the seed only, not on the mode
+    e = J.prepare_job(X, y, bits=32, epochs=3, seed=11)
+    assert all(np.array_equal(p, q) for p, q in zip(a.perms, e.perms))
+
+
+def test_labels_by_loss():
+    X, _ = _regression(n=20, d=2)
+    y = np.array(["no", "yes"] * 10)
+    lj = J.prepare_job(X, y, loss="logistic", epochs=1)
+    hj = J.prepare_job(X, y, loss="hinge", epochs=1)
+    assert list(lj.classes) == ["no", "yes"]
+    assert set(lj.y_scaled) == {0.0, 1.0} and set(hj.y_scaled) == {-1.0, 1.0}
+    assert np.array_equal(lj.y_scaled == 1.0, y == "yes")
+    yr = np.linspace(-50, 150, 20)
+    sj = J.prepare_job(X, yr, epochs=1)
+    assert np.isclose(sj.y_center, yr.mean())
+    assert np.isclose(np.abs(sj.y_scaled).max(), 1.0)
+    assert np.allclose(sj.y_scaled * sj.y_scale + sj.y_center, yr)
+
+
+def test_step_and_l2_registers_in_config():
+    X, y = _regression(n=20, d=2)
+    job = J.prepare_job(X, y, epochs=1, step=0.1, batch_size=4, alpha=0.01, decay=3)
+    assert abs(job.step_eff - 0.025) / 0.025 < 2 ** -15
+    assert job.config.l2_shift == round(-math.log2(0.1 * 0.01))
+    assert job.config.decay_epochs == 3 and job.config.batch == 4
+    j2 = job.with_step(0.05)
+    assert abs(j2.step_eff - 0.0125) / 0.0125 < 2 ** -15 and j2.streams is job.streams
+
+
+def test_unscale_maps_scaled_model_to_user_units():
+    X, y = _regression(n=80, d=4)
+    for fit_intercept in (True, False):
+        job = J.prepare_job(X, y, epochs=1, fit_intercept=fit_intercept)
+        rng = np.random.default_rng(0)
+        model = c.MODEL.to_fixed(rng.uniform(-0.7, 0.7, job.dim))
+        coef, icpt = job.unscale(model)
+        scaled_pred = job.X_scaled @ job.model_float(model) * job.y_scale + job.y_center
+        assert np.allclose(X @ coef + icpt, scaled_pred, rtol=1e-9, atol=1e-9 * np.abs(scaled_pred).max())
+
+
+# --------------------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------------------
+def test_cpu_backend_is_the_reference_with_progress():
+    X, y = _regression(n=50, d=3)
+    job = J.prepare_job(X, y, bits=4, epochs=3, step=2 ** -4)
+    seen = []
+    res = J.run_job(job, "cpu", progress=seen.append)
+    ref = reference.run(job.config, job.streams, job.codebook)
+    assert np.array_equal(res.model, ref.model) and res.loss_sums == ref.loss_sums
+    assert seen == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["sim", "pynq"])
+def test_unavailable_backends_say_so(name):
+    X, y = _regression(n=10, d=2)
+    job = J.prepare_job(X, y, epochs=1)
+    with pytest.raises(NotImplementedError, match=rf"backend='{name}' .*use backend='cpu'"):
+        J.run_job(job, name)
+    assert not J.backend_available(name)
+
+
+def test_unknown_backend_and_registry(monkeypatch):
+    X, y = _regression(n=10, d=2)
+    job = J.prepare_job(X, y, epochs=2)
+    with pytest.raises(ValueError, match="unknown backend='gpu'"):
+        J.run_job(job, "gpu")
+    calls = []
+
+    def fake(j):  # a backend without progress support
+        calls.append(j)
+        return reference.Result(model=np.zeros(j.dim, dtype=np.int64), loss_sums=[0] * j.epochs)
+
+    monkeypatch.setitem(J.BACKENDS, "sim", fake)
+    ticks = []
+    res = J.run_job(job, "sim", progress=ticks.append)
+    assert calls == [job] and ticks == [2] and res.loss_sums == [0, 0]
+
+
+def test_no_intercept_means_no_intercept():
+    X, y = _regression(n=40, d=3)
+    job = J.prepare_job(X, y, epochs=1, fit_intercept=False)
+    assert job.dim == 3 and job.y_center == 0.0
+    coef, icpt = job.unscale(c.MODEL.to_fixed([0.1, -0.2, 0.3]))
+    assert icpt == 0.0
+    assert np.allclose(X @ coef, job.X_scaled @ c.MODEL.to_float(c.MODEL.to_fixed([0.1, -0.2, 0.3])) * job.y_scale)
+
+
+def test_given_codebook_is_used_and_checked():
+    X, y = _regression(n=30, d=3)
+    lv = np.array([-1.0, -0.25, 0.5, 1.0])
+    job = J.prepare_job(X, y, bits=2, epochs=1, codebook=lv)
+    assert np.array_equal(job.levels_float, lv)
+    for bad in (np.array([-1.0, 0.0, 1.0]), np.array([-1.0, 0.5, 0.25, 1.0]), np.array([-2.0, 0, 0.5, 1])):
+        with pytest.raises(ValueError, match="codebook"):
+            J.prepare_job(X, y, bits=2, epochs=1, codebook=bad)
