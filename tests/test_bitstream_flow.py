@@ -47,12 +47,10 @@ def test_bitstream_readme_matches_board_table():
 
 
 def _ports(verilog: str, module: str) -> dict:
-    body = verilog.split(f"module {module}", 1)[1]
+    body = verilog.split(f"module {module}(", 1)[-1].split(f"module {module} (", 1)[-1].split("endmodule", 1)[0]
     out = {}
-    for m in re.finditer(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):0\]\s+)?(\w+)\s*[;,]?", body, re.M):
+    for m in re.finditer(r"^[ \t]*(input|output)[ \t]+(?:wire[ \t]+|reg[ \t]+)?(?:\[(\d+):0\][ \t]+)?(\w+)[ \t]*[;,]?", body, re.M):
         out[m.group(3)] = (m.group(1), int(m.group(2)) + 1 if m.group(2) else 1)
-        if "endmodule" in body[: m.start()]:
-            break
     return out
 
 
