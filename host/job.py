@@ -512,9 +512,53 @@ _run_cpu.available = True
 #: placeholders (``register_backend('sim', fn)``); a callable may carry ``available``.
 BACKENDS: dict[str, Callable[..., Result]] = {
     "cpu": _run_cpu,
-    "sim": Unavailable("sim", "arrives with the simulated board"),
-    "pynq": Unavailable("pynq", "arrives with the PYNQ board driver"),
+    "sim": None,   # set below
+    "pynq": None,
 }
+
+
+class _SimBackend:
+    """The simulated board: the engine's RTL under Verilator, driven by zipsgd.driver."""
+
+    @property
+    def available(self) -> bool:
+        import importlib.util
+        return all(importlib.util.find_spec(m) is not None for m in ("amaranth", "cocotb", "verilator"))
+
+    message = ("backend='sim' needs the simulation extras: pip install 'zipsgd[sim]' (amaranth, cocotb, "
+               "cocotbext-axi, verilator); use backend='cpu' meanwhile")
+
+    def __call__(self, job: Job, progress=None) -> Result:
+        from .sim.board import run_jobs
+        return run_jobs([(job.config, job.streams, job.codebook)], params=job.params)[0]
+
+
+class _PynqBackend:
+    """A PYNQ board running the zipsgd overlay (board from $ZIPSGD_BOARD, default pynq-z2)."""
+
+    @property
+    def available(self) -> bool:
+        from .info import pynq_board_present
+        return pynq_board_present()[0]
+
+    @property
+    def message(self) -> str:
+        from .info import pynq_board_present
+        from .pynq_board import DEPLOY_HINT
+        return (f"backend='pynq' needs a PYNQ board ({pynq_board_present()[1]}): {DEPLOY_HINT}; "
+                "use backend='cpu' or backend='sim' here")
+
+    def __call__(self, job: Job, progress=None) -> Result:
+        import os
+
+        from .driver import Engine
+        from .pynq_board import PynqBoard
+        board = PynqBoard.open(os.environ.get("ZIPSGD_BOARD", "pynq-z2"))
+        return Engine(board).run(job.config, job.streams, job.codebook)
+
+
+BACKENDS["sim"] = _SimBackend()
+BACKENDS["pynq"] = _PynqBackend()
 
 
 def register_backend(name: str, fn: Callable[..., Result]) -> None:

@@ -88,7 +88,20 @@ def cached_verilog(params: c.EngineParams, core: str = "engine") -> Path:
         f.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, out)          # atomic: parallel test workers never see half a file
+    _prune(out)
     return out
+
+
+#: Cached Verilog files kept per (W, core) when a new one is written.
+KEEP_VERILOG = 4
+
+
+def _prune(newest: Path):
+    prefix = newest.name.rsplit("_", 1)[0] + "_"
+    old = sorted((p for p in newest.parent.glob(prefix + "*.v") if p != newest),
+                 key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in old[KEEP_VERILOG - 1:]:
+        p.unlink(missing_ok=True)
 
 
 def write_verilog(params: c.EngineParams, path, core: str = "engine") -> Path:

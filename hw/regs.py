@@ -40,8 +40,9 @@ from zipsgd.contract import (
     EngineConfig, EngineParams, build_hash, version_word,
 )
 
-#: Cycles a read waits after a model pulse or a LOSS_ADDR write (the engine needs <= 2;
-#: the brief of the readback ports asks for 4).
+#: Cycles a read waits after a model pulse or a LOSS_ADDR write. The engine's readback
+#: ports are valid 2 cycles after a pulse / address change; its interface asks for 4,
+#: and a MODEL_DATA read is acknowledged at the earliest 6 cycles after its pulse.
 HOLD_CYCLES = 5
 
 #: Constant registers: name -> function of EngineParams.

@@ -70,9 +70,9 @@ class CocotbBoard(Board):
         self.throttle = throttle
         self._next_beat = 0
         self.dma_max_bytes = (1 << MEM_WORDS_LOG2) * self.word_bits // 8
-        self.read = resume(self._read)
-        self.write = resume(self._write)
-        self.sleep = resume(self._sleep)
+        self._read_b = resume(self._read)
+        self._write_b = resume(self._write)
+        self._sleep_b = resume(self._sleep)
         self._send = resume(self._dma_push)
         self._wait_idle = resume(self._dma_idle)
         self._load_mem = resume(self._mem_load)
@@ -96,6 +96,15 @@ class CocotbBoard(Board):
         await ClockCycles(d.aclk, 4)
 
     # -- registers -------------------------------------------------------------------
+    def read(self, offset):
+        return self._read_b(offset)
+
+    def write(self, offset, value):
+        self._write_b(offset, value)
+
+    def sleep(self, seconds):
+        self._sleep_b(seconds)
+
     async def _read(self, offset):
         return int(await self.axil.read_dword(offset))
 

@@ -154,8 +154,24 @@ def _limit_public(runner, bdir: Path, modules):
     runner._build_command = patched
 
 
+#: Builds kept per (simulator, top level, tag) when a new one is made.
+KEEP_BUILDS = 3
+
+
+def _prune(prefix: str, keep: Path):
+    """Delete all but the newest KEEP_BUILDS build folders named ``prefix*``."""
+    import shutil
+
+    dirs = sorted((d for d in _build_root().glob(prefix + "*") if d.is_dir() and d != keep),
+                  key=lambda d: d.stat().st_mtime, reverse=True)
+    for d in dirs[KEEP_BUILDS - 1:]:
+        shutil.rmtree(d, ignore_errors=True)
+        lock = _build_root() / f".{d.name.removesuffix('_waves')}.lock"
+        lock.unlink(missing_ok=True)
+
+
 def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
-          public_modules=None) -> Build:
+          public_modules=None, tag: str = "") -> Build:
     """Build ``sources`` for ``simulator`` once (reused while the key matches).
 
     Parameters
@@ -170,18 +186,22 @@ def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
         Build with tracing (default: ``WAVES`` environment variable).
     public_modules : list of str, optional
         Verilator: modules whose signals cocotb may access (default: the top level).
+    tag : str
+        Part of the build folder's name (e.g. ``w64_engine``); older builds with the
+        same name prefix are pruned (the newest ``KEEP_BUILDS`` stay).
     """
     parameters = dict(parameters or {})
     waves = waves_requested(waves)
     sources = [Path(s).resolve() for s in sources]
     key = _key(simulator, sources, toplevel, parameters, waves)
-    bdir = _build_root() / f"{simulator}_{toplevel}_{key}{'_waves' if waves else ''}"
+    prefix = f"{simulator}_{toplevel}_{tag + '_' if tag else ''}"
+    bdir = _build_root() / f"{prefix}{key}{'_waves' if waves else ''}"
     stamp = bdir / ".zipsgd_built"
     runner = _runner(simulator)
     args = list(VERILATOR_ARGS) if simulator == "verilator" else []
     if waves and simulator == "verilator" and fst_available():
         args.append("--trace-fst")
-    with _lock(_build_root() / f".{simulator}_{toplevel}_{key}.lock"):
+    with _lock(_build_root() / f".{prefix}{key}.lock"):
         reused = stamp.exists() and stamp.read_text() == key
         if reused:
             # The runner keeps its build settings on itself; replay them without building.
@@ -202,6 +222,7 @@ def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
         if not reused:
             stamp.write_text(key)
             (bdir / "build_seconds.txt").write_text(f"{seconds:.1f}\n")
+            _prune(prefix, bdir)
         return Build(simulator, runner, bdir, toplevel, parameters, waves, seconds, reused)
 
 
@@ -295,7 +316,8 @@ def run_cocotb(test_module: str, simulator: str, params: c.EngineParams, testcas
     (int, int, Path)
         Tests run, tests failed, results file.
     """
-    b = build(simulator, top_sources(params, core), "zipsgd_top", waves=waves)
+    b = build(simulator, top_sources(params, core), "zipsgd_top", waves=waves,
+              tag=f"w{params.word_bits}_{core}")
     env = {"ZIPSGD_PARAMS": repr((params.word_bits, params.dim_max, params.batch_max, params.epochs_max)),
            "ZIPSGD_CORE": core, "ZIPSGD_BUILD_SECONDS": f"{b.seconds:.1f}"}
     env.update(extra_env or {})
@@ -313,7 +335,7 @@ def run_board(simulator: str, params: c.EngineParams, workdir, waves=False):
     sources = top_sources(params) + [SIM_DIR / "sim_board.v"]
     b = build(simulator, sources, "zipsgd_sim_board",
               parameters={"W": params.word_bits, "A": c.REG_ADDR_BITS}, waves=waves or None,
-              public_modules=["zipsgd_sim_board", "zipsgd_top"])
+              public_modules=["zipsgd_sim_board", "zipsgd_top"], tag=f"w{params.word_bits}")
     env = {"ZIPSGD_WORKDIR": str(workdir)}
     return run(b, "zipsgd.sim.board_test", extra_env=env,
                plusargs=[f"+ZIPSGD_MEMFILE={workdir / 'zipsgd_mem.hex'}"], test_dir=workdir / "sim")

@@ -75,7 +75,7 @@ def test_train_csv_target_column(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case", ["nan_csv", "mismatched_npz", "three_classes", "bits3", "over_capacity",
-                                  "missing_file", "directory", "sampling", "backend_sim", "bad_option",
+                                  "missing_file", "directory", "sampling", "backend_pynq", "bad_option",
                                   "bad_target"])
 def test_errors_exit_2_one_line_no_json(case, tmp_path, capsys):
     js = tmp_path / "never.json"
@@ -103,8 +103,8 @@ def test_errors_exit_2_one_line_no_json(case, tmp_path, capsys):
         data, match = str(tmp_path), "cannot read"
     elif case == "sampling":
         data, match, extra = "sklearn:diabetes", "unsupported sampling='triple'", ["--sampling", "triple"]
-    elif case == "backend_sim":
-        data, match, extra = "sklearn:diabetes", "backend='sim'", ["--backend", "sim"]
+    elif case == "backend_pynq":
+        data, match, extra = "sklearn:diabetes", "backend='pynq'", ["--backend", "pynq"]
     elif case == "bad_option":
         data, match, extra = "sklearn:diabetes", "--epochs", ["--epochs", "many"]
     else:

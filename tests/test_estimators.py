@@ -102,11 +102,23 @@ def test_seeds():
     assert not np.array_equal(a.coef_, c.coef_)
 
 
-@pytest.mark.parametrize("backend", ["sim", "pynq"])
-def test_unavailable_backend(backend):
+def test_pynq_backend_without_board_explains_deployment():
     X, y = _ls(n=20)
-    with pytest.raises(NotImplementedError, match=f"backend='{backend}'.*use backend='cpu'"):
-        SGDRegressor(backend=backend, epochs=1).fit(X, y)
+    with pytest.raises(NotImplementedError, match="backend='pynq' needs a PYNQ board.*make bitstream"):
+        SGDRegressor(backend="pynq", epochs=1).fit(X, y)
+
+
+@pytest.mark.xdist_group("verilator")
+def test_sim_backend_matches_reference_exactly():
+    X, y = _ls(n=60)
+    kw = dict(bits=4, epochs=3, batch_size=4, seed=3)
+    sim = SGDRegressor(backend="sim", **kw).fit(X, y)
+    cpu = SGDRegressor(backend="cpu", **kw).fit(X, y)
+    assert np.array_equal(sim.coef_, cpu.coef_) and sim.intercept_ == cpu.intercept_
+    assert sim.loss_curve_ == cpu.loss_curve_
+    st = sim.hw_stats_
+    assert st["beats"] == cpu.engine_result_.beats and st["samples"] == 3 * 60
+    assert st["cycles"] >= st["beats"] + st["stalls"] and 0 < st["efficiency"] <= 1
 
 
 def test_fit_errors():

@@ -239,7 +239,7 @@ def test_cpu_backend_is_the_reference_with_progress():
     assert seen == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("name", ["sim", "pynq"])
+@pytest.mark.parametrize("name", ["pynq"])
 def test_unavailable_backends_say_so(name):
     X, y = _regression(n=10, d=2)
     job = J.prepare_job(X, y, epochs=1)
