@@ -264,8 +264,31 @@ def _bench_convergence(args) -> int:
     return bench_main(quick=args.quick, out=args.out, quiet=args.quiet, seeds=args.seeds)
 
 
+def _bench_engine(args) -> int:
+    from .bench_hw import main as bench_main
+    return bench_main(quick=args.quick, out=args.out, quiet=args.quiet)
+
+
+def _bench_script(name):
+    def run(args) -> int:
+        import runpy
+        from pathlib import Path
+        script = Path(__file__).resolve().parents[1] / "bench" / f"bench_{name}.py"
+        if not script.exists():
+            raise ValueError(f"bench/{script.name} is not here (it ships with the source tree)")
+        saved = sys.argv
+        sys.argv = [str(script)] + (["--quick"] if name == "codebook" and getattr(args, "quick", False) else [])
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        finally:
+            sys.argv = saved
+        return 0
+    return run
+
+
 #: Benchmark name -> callable(args) -> exit status. ``bench all`` runs them in order.
-BENCHES = {"convergence": _bench_convergence}
+BENCHES = {"packing": _bench_script("packing"), "codebook": _bench_script("codebook"),
+           "engine": _bench_engine, "convergence": _bench_convergence}
 
 
 def _bench_parser(sub):

@@ -37,7 +37,7 @@ def run(backend: str | None = None, out: str | Path = "results/demo.png", epochs
     X, y = load_diabetes(return_X_y=True)
     backend = backend or ("sim" if _sim_available() else "cpu")
     board = BOARDS["pynq-z2"]
-    common = dict(epochs=epochs, step=2**-4, decay=4, batch_size=1, seed=0, levels="optimal")
+    common = dict(epochs=epochs, step=2**-4, decay=4, batch_size=16, seed=0, levels="optimal")
     say(f"zipsgd demo: diabetes ({X.shape[0]} x {X.shape[1]}), least squares, {epochs} epochs, "
         f"backend={backend!r}")
     runs = {}
