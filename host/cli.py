@@ -277,7 +277,7 @@ def _bench_script(name):
         if not script.exists():
             raise ValueError(f"bench/{script.name} is not here (it ships with the source tree)")
         saved = sys.argv
-        sys.argv = [str(script)] + (["--quick"] if name == "codebook" and getattr(args, "quick", False) else [])
+        sys.argv = [str(script)]
         try:
             runpy.run_path(str(script), run_name="__main__")
         finally:
