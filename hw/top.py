@@ -60,7 +60,9 @@ class Top(wiring.Component):
         for name in AXIL_SIGNALS:
             members[f"s_axil_{name}"] = axil.signature.members[name]
         members["irq"] = Out(1)
-        self._axil = axil
+        #: The AXI4-Lite slave and the register block (attributes for tests).
+        self.axil = axil
+        self.regs = Registers(params, self.core.signature.members["cfg"].shape)
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -68,9 +70,7 @@ class Top(wiring.Component):
         m.domains.sync = cd = ClockDomain("sync")
         m.d.comb += [cd.clk.eq(self.aclk), cd.rst.eq(~self.aresetn)]
 
-        core = self.core
-        axil = self._axil
-        regs = Registers(self.params, core.signature.members["cfg"].shape)
+        core, axil, regs = self.core, self.axil, self.regs
         m.submodules.core = core
         m.submodules.axil = axil
         m.submodules.regs = regs

@@ -243,7 +243,7 @@ def test_one_outstanding_and_pulses():
 
 
 def test_readback_holdoff_and_latches():
-    """MODEL_DATA steps the stub's word index; LOSS_*; counter LO latches HI."""
+    """MODEL_DATA steps the stub's word index with hold-off; LOSS_* follow LOSS_ADDR."""
     top = _top()
 
     async def bench(ctx):
@@ -260,11 +260,24 @@ def test_readback_holdoff_and_latches():
             lo = (await m.read(c.REG["LOSS_LO"]))[0]
             hi = (await m.read(c.REG["LOSS_HI"]))[0]
             assert hi << 32 | lo == ((e + 1) * STUB_LOSS_MULT) & ((1 << 64) - 1)
-        # every model pulse is followed by >= 4 quiet cycles before the next read samples
-        assert len(seen["next"]) == 7
+        # every MODEL_DATA read samples model_data >= 4 cycles after the last model pulse
+        assert len(pulses) == 2 + 7 and len(acks) == 7
+        for a in acks:
+            last = max(p for p in pulses if p < a)
+            assert a - last >= 4, (a, last)
 
-    seen = {}
-    _run(top, bench, pulse_counter(top.core.model_next, seen, "next"))
+    pulses, acks = [], []
+
+    async def monitor(ctx):
+        cycle = 0
+        async for _, _, nxt, rew, ack, addr in ctx.tick().sample(
+                top.core.model_next, top.core.model_rewind, top.regs.r_ack, top.regs.bus_addr):
+            cycle += 1
+            if nxt or rew:
+                pulses.append(cycle)
+            if ack and addr == c.REG["MODEL_DATA"]:
+                acks.append(cycle)
+    _run(top, bench, monitor)
 
 
 def test_slave_alone_wait_states():
