@@ -27,8 +27,10 @@ after ``A`` so that its multiplier stage meets ``r'``)
     ``s = 16 + k`` (clamped), L2 term; ``U2`` subtract and saturate and write the
     model word (the write port is the last register). ``UPDATE_LATENCY`` = R0 -> U2.
 Batch boundary
-    The first beat of the next batch is accepted the cycle after the update wrote
-    beat 0 of the model: ``BATCH_STALL`` cycles with ``ready`` low per boundary
+    The first beat of the next batch is accepted in the cycle the update writes
+    beat 0 of the model (the dot read port is transparent for the update's writes,
+    and the sweep writes one beat per cycle, so every later beat is read no earlier
+    than it is written): ``BATCH_STALL`` cycles with ``ready`` low per boundary
     (epoch boundaries cost the same).
 
 Model and G memories are one memory per *lane group*: lanes that share the
@@ -186,8 +188,9 @@ class Engine(wiring.Component):
         self.REPLAY_START = self.DOT_LATENCY + Scalar.LATENCY_RP - 2
         # R0 -> model write at U2: R1, R2, P, U1, U2.
         self.UPDATE_LATENCY = 5
-        # Next beat accepted the cycle after the write of beat 0 (non-transparent read).
-        self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY
+        # The next batch's first beat is accepted in the cycle the update writes model
+        # beat 0 (the dot read port is transparent for the update's writes).
+        self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY - 1
 
     # ------------------------------------------------------------------------------
     def elaborate(self, platform):
@@ -286,8 +289,11 @@ class Engine(wiring.Component):
             gm = Memory(shape=unsigned(G_BITS * n), depth=depth, init=[])
             m.submodules[f"model{gi}"] = xm
             m.submodules[f"gacc{gi}"] = gm
+            x_wr = xm.write_port(granularity=X_BITS)
+            # The dot port is transparent for the update's writes: the next batch may read
+            # model beat i in the very cycle the update writes it (saves a boundary cycle).
             ports = dict(
-                x_rd_dot=xm.read_port(), x_rd_upd=xm.read_port(), x_wr=xm.write_port(granularity=X_BITS),
+                x_rd_dot=xm.read_port(transparent_for=(x_wr,)), x_rd_upd=xm.read_port(), x_wr=x_wr,
                 g_rd=gm.read_port(), g_wr=gm.write_port(granularity=G_BITS), lo=lo, n=n, depth=depth)
             mem_ports.append(ports)
             for j in range(n):
@@ -345,8 +351,9 @@ class Engine(wiring.Component):
         ]
 
         ready = Signal()
+        w0_now = Signal()           # the update writes model beat 0 this cycle (registered)
         m.d.comb += [
-            ready.eq(((state == st_run) & ~pending) | (state == st_drain)),
+            ready.eq(((state == st_run) & (~pending | w0_now)) | (state == st_drain)),
             self.i_data.ready.eq(ready),
         ]
         accept = Signal()
@@ -652,6 +659,8 @@ class Engine(wiring.Component):
         job_end = Signal()
         m.d.comb += [upd_w0.eq(x_we & (mu2.beat == 0)),
                      job_end.eq(mvs[U2] & mu2.lj & mu2.last)]
+        # upd_w0 computed one stage early and registered (keeps TREADY off the meta path)
+        m.d.sync += w0_now.eq(~flush & mvs[U1] & metas[U1].lb & (metas[U1].beat == 0))
 
         # ============================ control ========================================
         abort = Signal()            # stream fault: drop everything in flight
