@@ -11,6 +11,9 @@ Subcommands
     every registered benchmark.
 ``zipsgd info`` / ``zipsgd demo``
     What this machine offers (:mod:`zipsgd.info`) / the end-to-end demo (:mod:`zipsgd.demo`).
+``zipsgd notebook [DIR] [--force]``
+    Copy the shipped Jupyter notebook(s) into DIR (default: the current directory), e.g.
+    into the Jupyter folder of a PYNQ board; existing files are kept unless ``--force``.
 
 Every user error (bad data, unsupported mode, capacity, unreadable file, bad
 option) prints one line ``zipsgd: error: ...`` on stderr and exits with status 2;
@@ -326,6 +329,33 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def shipped_notebooks() -> list[Path]:
+    """The notebooks installed with zipsgd (``zipsgd/notebooks/*.ipynb``)."""
+    return sorted((Path(__file__).resolve().parent / "notebooks").glob("*.ipynb"))
+
+
+def _cmd_notebook(args) -> int:
+    import shutil
+
+    notebooks = shipped_notebooks()
+    if not notebooks:
+        raise OSError("no notebooks installed with zipsgd (zipsgd/notebooks/ is empty)")
+    dest = Path(args.dir)
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest} is not a directory")
+    targets = [(nb, dest / nb.name) for nb in notebooks]
+    if not args.force:
+        exists = [str(t) for _, t in targets if t.exists()]
+        if exists:
+            raise UsageError(f"{', '.join(exists)} already exists (use --force to overwrite)")
+    dest.mkdir(parents=True, exist_ok=True)
+    for src, target in targets:
+        shutil.copyfile(src, target)
+        if not args.quiet:
+            print(f"copied {src.name} to {target}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Low-precision, double-sampled SGD for linear models on FPGAs.")
     from . import __version__
@@ -343,6 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("notebook", help="copy the zipsgd Jupyter notebook into DIR (default: here)",
+                       description="Copy the notebooks shipped with zipsgd into DIR (default: the current "
+                                   "directory), e.g. the Jupyter folder of a PYNQ board.")
+    p.add_argument("dir", metavar="DIR", nargs="?", default=".")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_notebook)
     return parser
 
 

@@ -51,6 +51,42 @@ def pynq_board_present() -> tuple[bool, str]:
         return False, f"pynq: {exc}"
 
 
+def select_backend() -> tuple[str, str]:
+    """The backend to train on here, and why: ``(name, reason)``.
+
+    ``$ZIPSGD_BACKEND`` when set; else ``"pynq"`` on a PYNQ board that has a zipsgd
+    bitstream for ``$ZIPSGD_BOARD`` (default pynq-z2); else ``"sim"`` (the engine's RTL
+    under Verilator) when the simulation extras are installed; else ``"cpu"`` (the
+    bit-exact reference engine).
+    """
+    from .job import BACKENDS, backend_available
+
+    name = os.environ.get("ZIPSGD_BACKEND", "").strip()
+    if name:
+        if name not in BACKENDS:
+            raise ValueError(f"ZIPSGD_BACKEND={name!r} is not a backend: choose one of {tuple(BACKENDS)}")
+        return name, "set by ZIPSGD_BACKEND"
+    present, why = pynq_board_present()
+    if present:
+        from .driver import DriverError
+        from .pynq_board import find_bitstream
+        board = os.environ.get("ZIPSGD_BOARD", "pynq-z2")
+        try:
+            bit = find_bitstream(board)
+        except DriverError as exc:
+            why = f"PYNQ board found but {exc}"
+        else:
+            return "pynq", f"PYNQ board with {bit}"
+    if backend_available("sim"):
+        return "sim", f"{why}; using the simulated board"
+    return "cpu", f"{why}; the simulation extras are not installed: using the CPU reference"
+
+
+def default_backend() -> str:
+    """``"pynq"``, ``"sim"`` or ``"cpu"``: see :func:`select_backend`."""
+    return select_backend()[0]
+
+
 def collect() -> dict:
     from .pynq_board import bitstream_dirs
 
@@ -59,6 +95,7 @@ def collect() -> dict:
         found = [d / name / "zipsgd.bit" for d in bitstream_dirs() if (d / name / "zipsgd.bit").is_file()]
         bits[name] = str(found[0]) if found else None
     present, why = pynq_board_present()
+    backend, backend_why = select_backend()
     vbin = _verilator_bin()
     return {
         "zipsgd": _version("zipsgd"),
@@ -66,6 +103,7 @@ def collect() -> dict:
         "default_build_hash": f"0x{c.build_hash(c.EngineParams()):08X}",
         "board": {"present": present, "detail": why},
         "bitstreams": bits,
+        "default_backend": {"name": backend, "detail": backend_why},
         "simulators": {
             "verilator": _cmd_version([vbin, "--version"]) if vbin else None,
             "icarus": _cmd_version(["iverilog", "-V"]),
@@ -88,6 +126,8 @@ def format_info(info: dict) -> str:
     lines.append(f"board:       {'found' if b['present'] else 'none'} — {b['detail']}")
     for name, path in info["bitstreams"].items():
         lines.append(f"bitstream:   {name:<8} {path or 'not built (make bitstream BOARD=' + name + ')'}")
+    d = info["default_backend"]
+    lines.append(f"backend:     {d['name']} — {d['detail']}")
     for name, v in info["simulators"].items():
         lines.append(f"simulator:   {name:<10} {v or 'not found'}")
     for name, v in info["tools"].items():

@@ -32,12 +32,15 @@ def _pynq():
 
 
 def bitstream_dirs() -> list[Path]:
+    """Where ``<board>/zipsgd.bit`` is looked for, in order: ``$ZIPSGD_BITSTREAMS``,
+    ``./bitstreams`` (e.g. beside a notebook), the source tree's and the package's."""
     dirs = []
     if os.environ.get("ZIPSGD_BITSTREAMS"):
         dirs.append(Path(os.environ["ZIPSGD_BITSTREAMS"]))
+    dirs.append(Path.cwd() / "bitstreams")
     dirs.append(Path(__file__).resolve().parents[1] / "bitstreams")
     dirs.append(Path(__file__).resolve().parent / "bitstreams")
-    return dirs
+    return list(dict.fromkeys(d.resolve() for d in dirs))
 
 
 def find_bitstream(board_or_path: str | os.PathLike = "pynq-z2") -> Path:
