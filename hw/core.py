@@ -54,7 +54,7 @@ from zipsgd.contract import (
     EngineParams, Encoding, Error, Loss, beats_per_sample,
 )
 
-from .decode import Decoder, lane_code_bits, modes, mult_lanes
+from .decode import Decoder, engine_lanes, lane_code_bits, modes, mult_lanes
 from .scalar import Scalar
 
 #: Configuration register fields the core sees (32-bit unsigned each).
@@ -74,8 +74,8 @@ def lane_groups(word_bits: int, dim_max: int):
     """Lane groups ``(first_lane, n_lanes, depth)`` of the model / G memories."""
     ms = modes(word_bits)
     groups = []
-    for lane in range(word_bits):
-        f_min = min(md.lanes for md in ms if md.lanes > lane)
+    for lane in range(engine_lanes(word_bits)):
+        f_min = min(md.elanes for md in ms if md.elanes > lane)
         depth = -(-dim_max // f_min)
         if groups and groups[-1][2] == depth:
             lo, n, d = groups[-1]
@@ -149,7 +149,8 @@ class Engine(wiring.Component):
         if self.n_mult < 4:
             raise ValueError(f"Engine: word_bits={W} gives {self.n_mult} multiplier lanes, need >= 4")
         self.groups = lane_groups(W, params.dim_max)
-        self.beats_max = max(beats_per_sample(md.lanes, md.label_lanes, params.dim_max) for md in self.modes)
+        self.lanes = engine_lanes(W)
+        self.beats_max = max(self.engine_beats(md, params.dim_max) for md in self.modes)
         # Latencies (filled by _latencies(), checked again in elaborate()).
         self._latencies()
         self.rb_depth = 1 << ceil_log2(self.beats_max + self.REPLAY_START + 8)
@@ -173,13 +174,22 @@ class Engine(wiring.Component):
             **{name: Out(64) for name in COUNTERS},
         })
 
+    @staticmethod
+    def engine_beats(md, dim: int) -> int:
+        """Beats per sample as the engine takes them (a split mode's beats count twice,
+        but for a last beat whose upper half holds the label alone)."""
+        b = beats_per_sample(md.lanes, md.label_lanes, dim)
+        if not md.split:
+            return b
+        return 2 * b - (1 if md.label_lanes <= md.elanes else 0)
+
     # ------------------------------------------------------------------------------
     def _latencies(self):
         W = self.params.word_bits
         # multiplier path: operands (A+1 -> reg A+2), product (reg), tree.
         mult_tree = -(-ceil_log2(self.n_mult) // 2)
         self.MULT_PATH = 1 + mult_tree                     # stages after the operand regs
-        bucket_tree = -(-ceil_log2(W // 4) // 2)            # first level is in the operand stage
+        bucket_tree = -(-ceil_log2(self.lanes // 2) // 2)   # first level is in the operand stage
         self.BUCKET_PATH = bucket_tree + 1 + 1              # tree, level*S, sum of 4
         # beat accepted at A; operands registered at A+2; paths; accumulator (+1).
         self.DOT_LATENCY = 2 + max(self.MULT_PATH, self.BUCKET_PATH) + 1
@@ -200,7 +210,7 @@ class Engine(wiring.Component):
         MS = self.modes
         NM = len(MS)
         M = self.n_mult
-        half = W // 2
+        LANES = self.lanes
 
         # ============================ configuration latch ===========================
         cfg = self.cfg
@@ -218,8 +228,11 @@ class Engine(wiring.Component):
         step_mult = Signal(STEP_MULT.width)
         decay = Signal(32)
         l2s = Signal(range(L2_SHIFT_MAX + 1))
-        lanes_f = Signal(range(W + 1))
-        lanes_fl = Signal(range(W + 1))
+        lanes_f = Signal(range(W + 1))      # features per (engine) beat
+        lanes_fl = Signal(range(W + 1))     # feature slots of the label beat (its lower half when split)
+        lanes_fh = Signal(range(W + 1))     # feature slots of a split label beat's upper half
+        is_split = Signal()                 # beats are taken in two halves
+        skip_high = Signal()                # ... but a last beat whose upper half is the label alone
         is_full = Signal()
         is_bucket = Signal()
         is_b1 = Signal()
@@ -231,8 +244,11 @@ class Engine(wiring.Component):
                 acc = acc | Mux(mode[md.index], fn(md), 0)
             return acc
         m.d.comb += [
-            lanes_f.eq(by_mode(lambda md: md.lanes)),
+            lanes_f.eq(by_mode(lambda md: md.elanes)),
             lanes_fl.eq(by_mode(lambda md: md.label_lanes)),
+            lanes_fh.eq(by_mode(lambda md: max(md.label_lanes - md.elanes, 0) if md.split else 0)),
+            is_split.eq(by_mode(lambda md: int(md.split))),
+            skip_high.eq(by_mode(lambda md: int(not md.split or md.label_lanes <= md.elanes))),
             is_full.eq(by_mode(lambda md: int(md.full))),
             is_bucket.eq(by_mode(lambda md: int(md.bucket))),
             is_b1.eq(by_mode(lambda md: int(md.bucket and md.bits == 1))),
@@ -333,7 +349,9 @@ class Engine(wiring.Component):
         in_rbstart = Signal(ceil_log2(self.rb_depth))
         pending = Signal()          # a batch-end update has not written beat 0 yet
 
-        in_last_beat = Signal()
+        in_half = Signal()          # split modes: the upper half of the bus beat is next
+        real_last = Signal()        # the bus beat is the sample's last
+        in_last_beat = Signal()     # the beat entering the engine is the sample's last
         in_nvalid = Signal(range(W + 1))
         last_in_epoch = Signal()
         last_in_batch = Signal()
@@ -341,7 +359,8 @@ class Engine(wiring.Component):
         final_job = Signal()
         rem = Signal(signed(in_fbase.shape().width + 2))
         m.d.comb += [
-            in_last_beat.eq(in_fbase + lanes_fl >= dim),
+            real_last.eq(Mux(in_half, in_fbase + lanes_fh >= dim, in_fbase + lanes_fl >= dim)),
+            in_last_beat.eq(real_last & (in_half | skip_high)),
             rem.eq(dim - in_fbase),
             in_nvalid.eq(Mux(rem <= 0, 0, Mux(rem >= lanes_f, lanes_f, rem))),
             last_in_epoch.eq(in_se == n_samples - 1),
@@ -350,25 +369,34 @@ class Engine(wiring.Component):
             final_job.eq(final_beat & (in_epoch == epochs - 1)),
         ]
 
-        ready = Signal()
+        ready = Signal()            # the engine can take a beat (or half a beat)
         w0_now = Signal()           # the update writes model beat 0 this cycle (registered)
+        hold = Signal()             # taking the lower half of a split beat: no transfer yet
         m.d.comb += [
             ready.eq(((state == st_run) & (~pending | w0_now)) | (state == st_drain)),
-            self.i_data.ready.eq(ready),
+            hold.eq((state == st_run) & is_split & ~in_half & ~in_last_beat),
+            self.i_data.ready.eq(ready & ~hold),
         ]
-        accept = Signal()
-        m.d.comb += accept.eq(ready & self.i_data.valid)
+        take = Signal()             # a beat (or half a beat) enters the engine
+        accept = Signal()           # a bus transfer
+        m.d.comb += [take.eq(ready & self.i_data.valid), accept.eq(take & ~hold)]
         beat_in = self.i_data.payload.data
         tlast = self.i_data.payload.last
+        vbeat = Signal(W)           # the engine's beat: the bus beat or its upper half shifted down
+        m.d.comb += vbeat.eq(Mux(in_half, beat_in >> (W // 2), beat_in))
+        fault_short = Signal()
+        fault_long = Signal()
+        m.d.comb += [fault_short.eq(accept & (state == st_run) & tlast & ~final_beat),
+                     fault_long.eq(accept & (state == st_run) & final_beat & ~tlast)]
         run_accept = Signal()       # a beat that enters the pipeline
-        m.d.comb += run_accept.eq(accept & (state == st_run) & ~(tlast & ~final_beat) & ~(final_beat & ~tlast))
+        m.d.comb += run_accept.eq(take & (state == st_run) & ~fault_short & ~fault_long)
 
-        # Row buffer write: every accepted beat of a running job.
-        m.d.comb += [rb_wr.addr.eq(wptr), rb_wr.data.eq(beat_in), rb_wr.en.eq(run_accept)]
+        # Row buffer write: every beat of a running job the engine takes.
+        m.d.comb += [rb_wr.addr.eq(wptr), rb_wr.data.eq(vbeat), rb_wr.en.eq(run_accept)]
 
         # ============================ readback pointer ===============================
         rdb_beat = Signal(beat_w)
-        rdb_lane = Signal(range(W))
+        rdb_lane = Signal(range(LANES))
         with m.If(self.model_rewind):
             m.d.sync += [rdb_beat.eq(0), rdb_lane.eq(0)]
         with m.Elif(self.model_next):
@@ -380,7 +408,7 @@ class Engine(wiring.Component):
         m.d.comb += dot_addr.eq(Mux(self.busy, in_beat, rdb_beat))
         for ports in mem_ports:
             m.d.comb += ports["x_rd_dot"].addr.eq(group_addr(dot_addr, ports["depth"]))
-        m.d.comb += self.model_data.eq(Array(x_dot)[rdb_lane])
+        m.d.comb += self.model_data.eq(Array(x_dot[:LANES])[rdb_lane])
 
         # ============================ dot path ======================================
         # D1 (A+1): beat register, per-beat flags.
@@ -390,10 +418,12 @@ class Engine(wiring.Component):
         d1_first = Signal()
         d1_last = Signal()
         d1_zero = Signal()
+        d1_label = Signal(signed(MODEL.width))     # the label field of the bus beat
         m.d.sync += [
             d1_v.eq(run_accept & ~flush),
-            d1_beat.eq(beat_in), d1_nvalid.eq(in_nvalid), d1_first.eq(in_beat == 0),
+            d1_beat.eq(vbeat), d1_nvalid.eq(in_nvalid), d1_first.eq(in_beat == 0),
             d1_last.eq(in_last_beat), d1_zero.eq(in_zero),
+            d1_label.eq(beat_in[W - MODEL.width:].as_signed()),
         ]
         # Sample token (captured with the last beat of a sample).
         tok_layout = data.StructLayout({
@@ -412,9 +442,9 @@ class Engine(wiring.Component):
         dec1 = Decoder(W, which=1)
         m.submodules.dec1 = dec1
         m.d.comb += [dec1.beat.eq(d1_beat), dec1.mode.eq(mode)]
-        lane_v1 = [Signal(name=f"v1_{l}") for l in range(W)]
-        xm1 = [Signal(signed(X_BITS), name=f"x1_{l}") for l in range(W)]
-        for l in range(W):
+        lane_v1 = [Signal(name=f"v1_{l}") for l in range(LANES)]
+        xm1 = [Signal(signed(X_BITS), name=f"x1_{l}") for l in range(LANES)]
+        for l in range(LANES):
             m.d.comb += [lane_v1[l].eq(d1_nvalid > l),
                          xm1[l].eq(Mux(lane_v1[l] & ~d1_zero, x_dot[l], 0))]
 
@@ -433,16 +463,20 @@ class Engine(wiring.Component):
         assert 1 + mstages == self.MULT_PATH
 
         # --- bucket trees: S_t = sum of x over lanes whose Q1 code selects bucket t ---
+        # b = 2: tree t sums the lanes whose code is t; b = 1: trees 0/1 take codes 0/1 of
+        # the lower half of the lanes, trees 2/3 those of the upper half.
         bsums = []
         for t in range(4):
             ins = []
-            for j in range(half):
-                hi = j + (t // 2) * half
-                c_b1 = lane_v1[hi] & (dec1.code[hi][0] == (t % 2))
+            for j in range(LANES):
                 c_b2 = lane_v1[j] & (dec1.code[j][:2] == t)
-                ins.append(Mux(is_b1, Mux(c_b1, xm1[hi], 0), Mux(c_b2, xm1[j], 0)))
+                if (j >= LANES // 2) == (t >= 2):
+                    c_b1 = lane_v1[j] & (dec1.code[j][0] == (t % 2))
+                    ins.append(Mux(Mux(is_b1, c_b1, c_b2), xm1[j], 0))
+                else:
+                    ins.append(Mux(c_b2 & ~is_b1, xm1[j], 0))
             first = []
-            for j in range(0, half, 2):
+            for j in range(0, LANES, 2):
                 r = Signal(signed(X_BITS + 1), name=f"bt{t}_{j}")
                 m.d.sync += r.eq(ins[j] + ins[j + 1])
                 first.append(r)
@@ -464,7 +498,7 @@ class Engine(wiring.Component):
         s_v = _delay(m, d1_v, 1 + path, "sv", flush)
         s_first = _delay(m, d1_first, 1 + path, "sfirst")
         s_last = _delay(m, d1_last, 1 + path, "slast")
-        label_d = _delay(m, dec1.label, 1 + path, "label")
+        label_d = _delay(m, d1_label, 1 + path, "label")
 
         # --- sample accumulator (1 stage) ---
         acc = Signal(signed(ACC.width))
@@ -516,6 +550,9 @@ class Engine(wiring.Component):
         cur_fbase = Signal(range(p.dim_max + 2 * W + 1))
         cur_addr = Signal(ceil_log2(self.rb_depth))
         cur_tok = Signal(tok_layout)
+        ra_half = Signal()
+        cur_half = Signal()
+        cur_real_last = Signal()
         cur_last = Signal()
         cur_nvalid = Signal(range(W + 1))
         crem = Signal(signed(cur_fbase.shape().width + 2))
@@ -525,7 +562,9 @@ class Engine(wiring.Component):
             cur_fbase.eq(Mux(tok_rp_v, 0, ra_fbase)),
             cur_addr.eq(Mux(tok_rp_v, tok_rp.rbstart, ra_addr)),
             cur_tok.eq(Mux(tok_rp_v, tok_rp.as_value(), ra_tok)),
-            cur_last.eq(cur_fbase + lanes_fl >= dim),
+            cur_half.eq(Mux(tok_rp_v, 0, ra_half)),
+            cur_real_last.eq(Mux(cur_half, cur_fbase + lanes_fh >= dim, cur_fbase + lanes_fl >= dim)),
+            cur_last.eq(cur_real_last & (cur_half | skip_high)),
             crem.eq(dim - cur_fbase),
             cur_nvalid.eq(Mux(crem <= 0, 0, Mux(crem >= lanes_f, lanes_f, crem))),
             rb_rd.addr.eq(cur_addr),
@@ -533,7 +572,7 @@ class Engine(wiring.Component):
         with m.If(flush):
             m.d.sync += ra_active.eq(0)
         with m.Elif(cur_v):
-            m.d.sync += [ra_active.eq(~cur_last), ra_beat.eq(cur_beat + 1),
+            m.d.sync += [ra_active.eq(~cur_last), ra_beat.eq(cur_beat + 1), ra_half.eq(is_split & ~cur_half),
                          ra_fbase.eq(cur_fbase + lanes_f), ra_addr.eq(cur_addr + 1), ra_tok.eq(cur_tok)]
 
         # Per-beat replay metadata pipeline: R1, R2, P, U1, U2 (model write).
@@ -571,7 +610,7 @@ class Engine(wiring.Component):
             r = Signal(signed(FEAT.width), name=f"gq{l}")
             m.d.sync += r.eq(q)
             gq.append(r)
-        codes2 = [_delay(m, dec2.code[l][:2], P - R1, f"c2_{l}") for l in range(W)]
+        codes2 = [_delay(m, dec2.code[l][:2], P - R1, f"c2_{l}") for l in range(LANES)]
 
         # R2 -> P: r' * q2 (one stage).
         rp_sig = scalar.rp
@@ -597,7 +636,7 @@ class Engine(wiring.Component):
         t_p = []
         fwd = []
         lane_vp = []
-        for l in range(W):
+        for l in range(LANES):
             sel = table[codes2[l]]
             psel = Mux(is_bucket, sel, gp[l]) if l < M else sel
             f = Signal(signed(G_BITS), name=f"fwd{l}")
@@ -625,7 +664,7 @@ class Engine(wiring.Component):
         mu1 = metas[U1]
         # The fixed part of the shift (FEAT.frac) is wiring; only k is a barrel shifter.
         hs, xs, l2t = [], [], []
-        for l in range(W):
+        for l in range(LANES):
             t1 = Signal(signed(G_BITS), name=f"tu{l}")
             m.d.sync += t1.eq(t_p[l])
             hf = t1[FEAT.frac:].as_signed() >> mu1.k
@@ -645,7 +684,7 @@ class Engine(wiring.Component):
         # U2: subtract and saturate, written straight into the model (no register:
         # the write port is the pipeline register; saves one boundary cycle).
         mu2 = metas[U2]
-        xn = [_sat(m, xs[l] - hs[l] - l2t[l], MODEL, f"xn{l}") for l in range(W)]
+        xn = [_sat(m, xs[l] - hs[l] - l2t[l], MODEL, f"xn{l}") for l in range(LANES)]
         x_we = Signal()
         m.d.comb += x_we.eq(mvs[U2] & mu2.lb)
         for ports in mem_ports:
@@ -664,7 +703,7 @@ class Engine(wiring.Component):
 
         # ============================ control ========================================
         abort = Signal()            # stream fault: drop everything in flight
-        m.d.comb += abort.eq(accept & (state == st_run) & ((tlast & ~final_beat) | (final_beat & ~tlast)))
+        m.d.comb += abort.eq(fault_short | fault_long)
         m.d.comb += flush.eq(self.soft_reset | (self.start & (state == st_idle)) | abort)
         with m.If(upd_w0):
             m.d.sync += pending.eq(0)
@@ -686,7 +725,7 @@ class Engine(wiring.Component):
                         step_mult.eq(cfg.step_mult), decay.eq(cfg.decay_epochs), l2s.eq(cfg.l2_shift),
                         in_beat.eq(0), in_fbase.eq(0), in_sb.eq(0), in_se.eq(0), in_epoch.eq(0),
                         in_k.eq(cfg.step_shift), in_dcnt.eq(0), in_zero.eq(1), pending.eq(0),
-                        wptr.eq(0),
+                        wptr.eq(0), in_half.eq(0),
                     ]
         with m.Elif(state == st_drain):
             with m.If(accept & tlast):
@@ -694,14 +733,14 @@ class Engine(wiring.Component):
         with m.Else():
             with m.If(job_end):
                 m.d.sync += [state.eq(st_idle), self.done.eq(1)]
-            with m.If(accept & (state == st_run)):
-                with m.If(tlast & ~final_beat):
+            with m.If(take & (state == st_run)):
+                with m.If(fault_short):
                     m.d.sync += [state.eq(st_idle), self.done.eq(1), self.error.eq(Error.STREAM_SHORT),
                                  pending.eq(0)]
-                with m.Elif(final_beat & ~tlast):
+                with m.Elif(fault_long):
                     m.d.sync += [state.eq(st_drain), self.error.eq(Error.STREAM_LONG), pending.eq(0)]
                 with m.Else():
-                    m.d.sync += wptr.eq(wptr + 1)
+                    m.d.sync += [wptr.eq(wptr + 1), in_half.eq(hold)]
                     with m.If(in_beat == 0):
                         m.d.sync += in_rbstart.eq(wptr)
                     with m.If(~in_last_beat):
@@ -731,8 +770,8 @@ class Engine(wiring.Component):
             with m.If(self.busy):
                 m.d.sync += [
                     self.cnt_cycles.eq(self.cnt_cycles + 1),
-                    self.cnt_stalls.eq(self.cnt_stalls + ~ready),
-                    self.cnt_idles.eq(self.cnt_idles + (ready & ~self.i_data.valid)),
+                    self.cnt_stalls.eq(self.cnt_stalls + ~self.i_data.ready),
+                    self.cnt_idles.eq(self.cnt_idles + (self.i_data.ready & ~self.i_data.valid)),
                 ]
             m.d.sync += [
                 self.cnt_beats.eq(self.cnt_beats + accept),

@@ -43,6 +43,11 @@ class Mode:
         Features per beat ``F``.
     label_lanes : int
         Feature slots of the label beat.
+    elanes, elabel_lanes : int
+        The same seen by the engine, which has ``engine_lanes(W)`` lanes: a mode with
+        more features per beat (SINGLE at b = 1) is *split*: each beat but a sample's
+        last is taken in two halves of ``W/2`` bits (two cycles), the upper half shifted
+        down; the last beat (features below the label) is taken whole.
     """
 
     index: int
@@ -51,6 +56,13 @@ class Mode:
     fb: int
     lanes: int
     label_lanes: int
+    elanes: int = 0
+    elabel_lanes: int = 0
+
+    @property
+    def split(self) -> bool:
+        """Beats are taken in two halves (half the beat rate: see ``elanes``)."""
+        return self.elanes < self.lanes
 
     @property
     def full(self) -> bool:
@@ -67,13 +79,22 @@ class Mode:
         return not self.bucket
 
 
+def engine_lanes(word_bits: int) -> int:
+    """Lanes of the engine's datapath: ``W/2`` (every mode but SINGLE b = 1 fits)."""
+    return word_bits // 2
+
+
 def modes(word_bits: int) -> list[Mode]:
     """Every valid mode at stream width ``word_bits`` (in ``valid_modes()`` order)."""
     out = []
+    cap = engine_lanes(word_bits)
     for i, (enc, b) in enumerate(valid_modes()):
         lay = Layout(word_bits, enc, b, 1)
-        out.append(Mode(i, Encoding(enc), b, feature_bits(enc, b), lay.features_per_beat,
-                        lay.label_beat_features))
+        f, fl = lay.features_per_beat, lay.label_beat_features
+        if f > 2 * cap or (f > cap and 2 * fl < f):
+            raise ValueError(f"mode {Encoding(enc).name} b={b}: {f} features per beat do not split "
+                             f"into two halves of {cap} lanes")
+        out.append(Mode(i, Encoding(enc), b, feature_bits(enc, b), f, fl, min(f, cap), min(fl, cap)))
     return out
 
 

@@ -17,6 +17,7 @@ from zipsgd.contract import (
     check_config, valid_modes,
 )
 from zipsgd.hw.core import CFG_FIELDS, COUNTERS, Engine
+from zipsgd.hw.decode import modes
 from zipsgd.packing import pack
 
 ONE = MODEL.one
@@ -324,14 +325,19 @@ def test_stream_faults_and_soft_reset():
         check_job(out[key], cfg, streams, cb, params)
 
 
-@pytest.mark.parametrize("batch", [1, 4])
-def test_throughput(batch):
+@pytest.mark.parametrize("batch,bits", [(1, 2), (4, 2), (1, 1), (4, 1)])
+def test_throughput(batch, bits):
     """Input always valid: no stall inside a batch, exactly BATCH_STALL cycles at every
-    batch (and epoch) boundary, BATCH_STALL + B after the last beat."""
+    batch (and epoch) boundary, BATCH_STALL + (engine beats per sample) after the last
+    beat. SINGLE b = 1 (64 features per beat, more than the engine's 32 lanes) is split:
+    one more stall before every beat but a sample's last (half the beat rate)."""
     params = P64
     rng = np.random.default_rng(9)
-    cfg, streams, cb = make_job(rng, 64, Encoding.SINGLE, 1, 150, 10, batch=batch, epochs=2, copies=2)
+    cfg, streams, cb = make_job(rng, 64, Encoding.SINGLE, bits, 150, 10, batch=batch, epochs=2, copies=2)
     B = cfg.layout.beats_per_sample
+    md = next(md for md in modes(64) if md.encoding == Encoding.SINGLE and md.bits == bits)
+    VB = Engine.engine_beats(md, cfg.dim)
+    assert md.split == (bits == 1) and (VB == 2 * B - 1 if md.split else VB == B)
 
     async def body(drv):
         ctx, d = drv.ctx, drv.dut
@@ -369,11 +375,15 @@ def test_throughput(batch):
     total = cfg.epochs * cfg.n_samples * B
     spb = B * batch
     expect = {}
+    if md.split:
+        for k in range(total):
+            if k % B != B - 1:
+                expect[k] = 1
     for e in range(cfg.epochs):
         for s0 in range(0, cfg.n_samples, batch):
             end = e * cfg.n_samples * B + min(s0 + batch, cfg.n_samples) * B
-            expect[end] = dut.BATCH_STALL
-    expect[total] = dut.BATCH_STALL + B      # the job ends when the last model beat is written
+            expect[end] = expect.get(end, 0) + dut.BATCH_STALL
+    expect[total] = dut.BATCH_STALL + VB     # the job ends when the last model beat is written
     assert runs == expect, (runs, expect, spb)
     assert cnt["cnt_stalls"] == sum(expect.values())
     assert cnt["cnt_idles"] == 0 and cnt["cnt_beats"] == total
