@@ -101,7 +101,7 @@ def _run_group(jobs: list[Job]) -> list[Result]:
         Q1 = q1s[c].astype(np.int64)
         Q2 = q2s[c].astype(np.int64)
         Y = ys[c]
-        shift = FEAT.frac + cfg.epoch_shift(epoch)
+        shift = STEP_MULT.frac + cfg.epoch_shift(epoch)
         total = np.zeros(K, dtype=np.int64)
         for start in range(0, n, b):
             if b == 1:
@@ -112,7 +112,7 @@ def _run_group(jobs: list[Job]) -> list[Result]:
                 acc = np.einsum("kbd,kd->kb", q1, x)
             z = MODEL.saturate(rshift_round(acc, FEAT.frac))
             r, lo = residual_and_loss(cfg.loss, z, yb)
-            rp = MODEL.saturate(rshift_round(r * m, STEP_MULT.frac))
+            rp = MODEL.saturate(rshift_round(r * m, shift))
             if b == 1:
                 total += lo
                 g = rp[:, None] * q2
@@ -120,7 +120,7 @@ def _run_group(jobs: list[Job]) -> list[Result]:
                 total += lo.sum(axis=1)
                 g = np.einsum("kb,kbd->kd", rp, q2)
             l2 = rshift_round(x, cfg.l2_shift) if cfg.l2_shift else 0
-            x = MODEL.saturate(x - rshift_round(g, shift) - l2)
+            x = MODEL.saturate(x - rshift_round(g, FEAT.frac) - l2)
         for k in range(K):
             loss_sums[k].append(min(int(total[k]), LOSS_ACC.max))
     return [Result(model=x[k].copy(), loss_sums=loss_sums[k], beats=cfg.epochs * n * layout_beats[k],

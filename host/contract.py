@@ -52,16 +52,17 @@ label y       s32      24      squared: any; logistic: 0 or 1; hinge: -1 or +1
 dot acc       s64      40      exact sum of ``Q1_i * x_i`` over the sample
 z             s32      24      ``sat(rshift_round(acc, 16))``
 residual r    s32      24      by loss, see below
-step mult m   u16      15      ``r' = sat(rshift_round(r * m, 15))``
+step mult m   u16      15      ``r' = sat(rshift_round(r * m, 15 + k))``
 gradient G    s64      40      exact ``sum_batch r' * Q2_i``
-update        s32      24      ``x = sat(x - rshift_round(G, 16 + k) - L2)``
+update        s32      24      ``x = sat(x - rshift_round(G, 16) - L2)``
 L2 term       s32      24      ``rshift_round(x, l2_shift)`` if ``l2_shift`` else 0
 sample loss   u40      24      by loss, see below
 epoch loss    u64      24      saturating sum of sample losses
 ============= ======== ======= ===================================================
 
 ``k`` is the epoch's step shift: ``min(step_shift + (e // decay_epochs), STEP_SHIFT_MAX)``
-(no decay when ``decay_epochs`` is 0). A mini-batch is ``batch`` consecutive samples
+(no decay when ``decay_epochs`` is 0). The step ``m * 2**-(15 + k)`` scales the residual
+once per sample (one shifter in the engine, not one per feature lane). A mini-batch is ``batch`` consecutive samples
 of an epoch (the last one may be shorter); all of its dot products read the model
 left by the previous batch; the model is updated once at its end.
 
@@ -92,7 +93,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-CONTRACT_VERSION = (1, 0)
+CONTRACT_VERSION = (2, 0)
 
 #: ASCII "ZSGD", read from the MAGIC register.
 MAGIC = int.from_bytes(b"ZSGD", "big")

@@ -117,7 +117,7 @@ def run(cfg: EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.nd
         q1, q2, y = decode(layout, get(epoch), codebook)
         if q1.shape[0] != cfg.n_samples:
             raise ValueError(f"epoch {epoch}: stream holds {q1.shape[0]} samples, config says {cfg.n_samples}")
-        shift = FEAT.frac + cfg.epoch_shift(epoch)
+        shift = STEP_MULT.frac + cfg.epoch_shift(epoch)
         total = 0
         for start in range(0, cfg.n_samples, cfg.batch):
             sl = slice(start, start + cfg.batch)
@@ -125,10 +125,10 @@ def run(cfg: EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.nd
             z = MODEL.saturate(rshift_round(acc, FEAT.frac))
             r, lo = residual_and_loss(cfg.loss, z, y[sl])
             total += int(lo.sum())
-            rp = MODEL.saturate(rshift_round(r * m, STEP_MULT.frac))
+            rp = MODEL.saturate(rshift_round(r * m, shift))
             g = rp @ q2[sl]
             l2 = rshift_round(x, cfg.l2_shift) if cfg.l2_shift else 0
-            x = MODEL.saturate(x - rshift_round(g, shift) - l2)
+            x = MODEL.saturate(x - rshift_round(g, FEAT.frac) - l2)
         loss_sums.append(min(total, LOSS_ACC.max))
         beats += cfg.n_samples * layout.beats_per_sample
         samples += cfg.n_samples

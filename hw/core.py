@@ -22,10 +22,11 @@ after ``A`` so that its multiplier stage meets ``r'``)
     ``R0`` row-buffer read; ``R1`` decode Q2 codes, codebook look-up;
     ``R2`` ``r' * q2`` (DSP lanes; for b <= 2 the 4 lanes compute the level table
     ``r' * level_k``); ``P`` = ``R3`` select per lane, add to the G accumulator
-    (or to the rounding constant ``2**(s-1)`` at the first sample of a batch),
-    write G back (not on the last sample of the batch); ``U1`` arithmetic shift by
-    ``s = 16 + k`` (clamped), L2 term; ``U2`` subtract and saturate and write the
-    model word (the write port is the last register). ``UPDATE_LATENCY`` = R0 -> U2.
+    (or to the rounding constant ``2**15`` at the first sample of a batch),
+    write G back (not on the last sample of the batch); ``U1`` ``G >> 16`` (wiring:
+    the step shift ``k`` is applied to ``r'`` in the scalar unit, once per sample)
+    clamped, L2 term; ``U2`` subtract and saturate and write the model word (the
+    write port is the last register). ``UPDATE_LATENCY`` = R0 -> U2.
 Batch boundary
     The first beat of the next batch is accepted in the cycle the update writes
     beat 0 of the model (the dot read port is transparent for the update's writes,
@@ -189,10 +190,14 @@ class Engine(wiring.Component):
         # multiplier path: operands (A+1 -> reg A+2), product (reg), tree.
         mult_tree = -(-ceil_log2(self.n_mult) // 2)
         self.MULT_PATH = 1 + mult_tree                     # stages after the operand regs
-        bucket_tree = -(-ceil_log2(self.lanes // 2) // 2)   # first level is in the operand stage
+        # bucket lanes: the lanes past the multipliers (the multipliers take the first M
+        # lanes in every mode, the bucket modes too)
+        bucket_tree = -(-ceil_log2((self.lanes - self.n_mult) // 2) // 2)   # first level is in the operand stage
         self.BUCKET_PATH = bucket_tree + 1 + 1              # tree, level*S, sum of 4
         # beat accepted at A; operands registered at A+2; paths; accumulator (+1).
-        self.DOT_LATENCY = 2 + max(self.MULT_PATH, self.BUCKET_PATH) + 1
+        # the multiplier lanes' sum joins the bucket products in the bucket path's last stage
+        self.DOT_PATH = max(self.BUCKET_PATH, self.MULT_PATH + 1)
+        self.DOT_LATENCY = 2 + self.DOT_PATH + 1
         # Scalar r' is valid LATENCY_RP after the accumulator; the replay multiplier
         # stage (R2) must see it: R0 = acc + LATENCY_RP - 2.
         self.REPLAY_START = self.DOT_LATENCY + Scalar.LATENCY_RP - 2
@@ -462,21 +467,23 @@ class Engine(wiring.Component):
         msum, mstages = _tree(m, prods, "mtree")
         assert 1 + mstages == self.MULT_PATH
 
-        # --- bucket trees: S_t = sum of x over lanes whose Q1 code selects bucket t ---
-        # b = 2: tree t sums the lanes whose code is t; b = 1: trees 0/1 take codes 0/1 of
-        # the lower half of the lanes, trees 2/3 those of the upper half.
+        # --- bucket trees over the lanes past the multipliers (bucket modes only):
+        # S_t = sum of x over the lanes whose Q1 code selects bucket t. b = 2: tree t
+        # sums the lanes whose code is t; b = 1: trees 0/1 take codes 0/1 of the lower
+        # half of these lanes, trees 2/3 those of the upper half.
+        BL = list(range(M, LANES))
         bsums = []
         for t in range(4):
             ins = []
-            for j in range(LANES):
+            for i, j in enumerate(BL):
                 c_b2 = lane_v1[j] & (dec1.code[j][:2] == t)
-                if (j >= LANES // 2) == (t >= 2):
+                if (i >= len(BL) // 2) == (t >= 2):
                     c_b1 = lane_v1[j] & (dec1.code[j][0] == (t % 2))
                     ins.append(Mux(Mux(is_b1, c_b1, c_b2), xm1[j], 0))
                 else:
                     ins.append(Mux(c_b2 & ~is_b1, xm1[j], 0))
             first = []
-            for j in range(0, LANES, 2):
+            for j in range(0, len(ins), 2):
                 r = Signal(signed(X_BITS + 1), name=f"bt{t}_{j}")
                 m.d.sync += r.eq(ins[j] + ins[j + 1])
                 first.append(r)
@@ -486,14 +493,13 @@ class Engine(wiring.Component):
             bp = Signal(signed(s.shape().width + FEAT.width), name=f"bp{t}")
             m.d.sync += bp.eq(s * lv)                    # level * S: 1 stage
             bsums.append(bp)
-        bsum = Signal(signed(ACC.width), name="bsum")
-        m.d.sync += bsum.eq(bsums[0] + bsums[1] + bsums[2] + bsums[3])   # 1 stage
         assert bst + 2 == self.BUCKET_PATH
-        msum_a = _delay(m, msum, self.BUCKET_PATH - self.MULT_PATH, "msum") \
-            if self.BUCKET_PATH > self.MULT_PATH else msum
-        bsum_a = _delay(m, bsum, self.MULT_PATH - self.BUCKET_PATH, "bsum") \
-            if self.MULT_PATH > self.BUCKET_PATH else bsum
-        path = max(self.MULT_PATH, self.BUCKET_PATH)
+        path = self.DOT_PATH
+        # the multiplier lanes' sum joins the four bucket products (1 stage)
+        msum_a = _delay(m, msum, path - 1 - self.MULT_PATH, "msum")
+        bsums = [_delay(m, b, path - self.BUCKET_PATH, f"bp{t}") for t, b in enumerate(bsums)]
+        bsum = Signal(signed(ACC.width), name="bsum")
+        m.d.sync += bsum.eq((bsums[0] + bsums[1]) + (bsums[2] + bsums[3]) + msum_a)
         # per-beat flags aligned with the beat sums (A+2+path)
         s_v = _delay(m, d1_v, 1 + path, "sv", flush)
         s_first = _delay(m, d1_first, 1 + path, "sfirst")
@@ -504,7 +510,7 @@ class Engine(wiring.Component):
         acc = Signal(signed(ACC.width))
         acc_v = Signal()
         acc_y = Signal(signed(MODEL.width))
-        beat_sum = Mux(is_bucket, bsum_a, msum_a)
+        beat_sum = bsum
         with m.If(s_v):
             m.d.sync += acc.eq(Mux(s_first, 0, acc) + beat_sum)
         m.d.sync += [acc_v.eq(s_v & s_last & ~flush)]
@@ -516,7 +522,8 @@ class Engine(wiring.Component):
         scalar = ResetInserter(flush)(Scalar())
         m.submodules.scalar = scalar
         m.d.comb += [scalar.i_valid.eq(acc_v), scalar.acc.eq(acc), scalar.y.eq(acc_y),
-                     scalar.loss.eq(loss_sel), scalar.step_mult.eq(step_mult)]
+                     scalar.loss.eq(loss_sel), scalar.step_mult.eq(step_mult),
+                     scalar.k.eq(_delay(m, tok0.k, self.DOT_LATENCY, "tokk"))]
 
         # Sample tokens: to the replay start and to the loss stage.
         tok_rp_v = _delay(m, tok_v0, self.REPLAY_START, "tokrv", flush)
@@ -578,12 +585,12 @@ class Engine(wiring.Component):
         # Per-beat replay metadata pipeline: R1, R2, P, U1, U2 (model write).
         meta_layout = data.StructLayout({
             "beat": beat_w, "nvalid": range(W + 1), "fb": 1, "lb": 1, "lj": 1, "zero": 1,
-            "last": 1, "k": range(STEP_SHIFT_MAX + 1),
+            "last": 1,
         })
         meta0 = Signal(meta_layout)
         m.d.comb += [meta0.beat.eq(cur_beat), meta0.nvalid.eq(cur_nvalid), meta0.fb.eq(cur_tok.fb),
                      meta0.lb.eq(cur_tok.lb), meta0.lj.eq(cur_tok.lj), meta0.zero.eq(cur_tok.zero),
-                     meta0.last.eq(cur_last), meta0.k.eq(cur_tok.k)]
+                     meta0.last.eq(cur_last)]
         metas, mvs = [meta0], [cur_v & ~flush]
         for i in range(1, 6):
             mr = Signal(meta_layout, name=f"meta{i}")
@@ -628,7 +635,7 @@ class Engine(wiring.Component):
         # P: select product, accumulate.
         mp = metas[P]
         rc = Signal(signed(G_BITS))
-        m.d.comb += rc.eq(Const(1, G_BITS) << (mp.k + (FEAT.frac - 1)))   # 2**(s-1), s = 16 + k
+        m.d.comb += rc.eq(1 << (FEAT.frac - 1))       # rounding constant of G >> 16
         fwd_v = Signal()
         fwd_addr = Signal(beat_w)
         fwd_hit = Signal()
@@ -660,14 +667,14 @@ class Engine(wiring.Component):
                 ports["x_rd_upd"].addr.eq(group_addr(mp.beat, ports["depth"])),
             ]
 
-        # U1: shift (clamped), L2 term.
+        # U1: G >> 16 (wiring) clamped, L2 term.
         mu1 = metas[U1]
         # The fixed part of the shift (FEAT.frac) is wiring; only k is a barrel shifter.
         hs, xs, l2t = [], [], []
         for l in range(LANES):
             t1 = Signal(signed(G_BITS), name=f"tu{l}")
             m.d.sync += t1.eq(t_p[l])
-            hf = t1[FEAT.frac:].as_signed() >> mu1.k
+            hf = t1[FEAT.frac:].as_signed()
             h = Signal(signed(MODEL.width + 3), name=f"h{l}")
             x = Signal(signed(X_BITS), name=f"xu{l}")
             l2 = Signal(signed(X_BITS + 1), name=f"l2_{l}")

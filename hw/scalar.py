@@ -1,7 +1,7 @@
 """Per-sample scalar unit: dot accumulator -> step-scaled residual r' and sample loss.
 
 Implements exactly ``reference.residual_and_loss`` followed by
-``r' = sat(rshift_round(r * m, STEP_MULT.frac))`` (see :mod:`zipsgd.contract`).
+``r' = sat(rshift_round(r * m, STEP_MULT.frac + k))`` (see :mod:`zipsgd.contract`).
 
 Pipeline (each line one register stage; LATENCY is counted from ``i_valid``):
 
@@ -9,7 +9,8 @@ Pipeline (each line one register stage; LATENCY is counted from ``i_valid``):
    residual ``r`` for every loss (squared / PLAN sigmoid / hinge) and the loss
    operands (``t`` for softplus, ``m`` for hinge).
 2. ``r * m`` (DSP) and ``r * r`` (DSP) / softplus table look-up.
-3. ``r' = sat(rshift_round(r * m, 15))``; sample loss selected and saturated.
+3. ``r' = sat(rshift_round(r * m, 15 + k))`` (``((r*m >> 14) >> k) + 1 >> 1``: one
+   barrel shifter for the whole engine); sample loss selected and saturated.
 
 So ``LATENCY_RP`` = ``LATENCY_LOSS`` = 3 cycles. The residual stage is on the
 critical batch-boundary loop, so it is kept short.
@@ -23,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 
 from zipsgd.contract import (
     ACC, FEAT, LOSS_SAMPLE, MODEL, SIGMOID_SEGMENTS, SOFTPLUS_ENTRIES, SOFTPLUS_SHIFT,
-    SOFTPLUS_TABLE, STEP_MULT, Loss,
+    SOFTPLUS_TABLE, STEP_MULT, STEP_SHIFT_MAX, Loss,
 )
 
 
@@ -57,6 +58,8 @@ class Scalar(wiring.Component):
         Loss selector (``Loss``), held for the job.
     step_mult : In(16)
         Step multiplier ``m`` (u16, frac 15), held for the job.
+    k : In(range(STEP_SHIFT_MAX + 1))
+        Step shift of the sample's epoch, valid with ``i_valid``.
     rp_valid, rp : Out
         ``r'`` (MODEL), ``LATENCY_RP`` cycles after ``i_valid``.
     loss_valid, loss_out : Out
@@ -73,6 +76,7 @@ class Scalar(wiring.Component):
             "y": In(signed(MODEL.width)),
             "loss": In(2),
             "step_mult": In(STEP_MULT.width),
+            "k": In(range(STEP_SHIFT_MAX + 1)),
             "rp_valid": Out(1),
             "rp": Out(signed(MODEL.width)),
             "loss_valid": Out(1),
@@ -111,8 +115,9 @@ class Scalar(wiring.Component):
         mg1 = Signal(signed(MODEL.width))      # margin (hinge)
         ls1 = Signal(2)
         sm1 = Signal(STEP_MULT.width)
+        k1 = Signal.like(self.k)
         m.d.sync += [
-            sm1.eq(self.step_mult),
+            sm1.eq(self.step_mult), k1.eq(self.k),
             v1.eq(self.i_valid),
             r1.eq(Mux(self.loss == Loss.SQUARED, r_sq, Mux(self.loss == Loss.LOGISTIC, r_lg, r_hg))),
             t1.eq(t_lg), mg1.eq(mg), ls1.eq(self.loss),
@@ -125,12 +130,13 @@ class Scalar(wiring.Component):
         sp2 = Signal(signed(MODEL.width + 2))
         hg2 = Signal(signed(MODEL.width + 2))
         ls2 = Signal(2)
+        k2 = Signal.like(self.k)
         table = Array(Const(v, unsigned(MODEL.width)) for v in SOFTPLUS_TABLE + (0,))
         ta = sat_abs(m, t1, "t_abs")
         idx = Signal(range(SOFTPLUS_ENTRIES + 1))
         m.d.comb += idx.eq(Mux((ta >> SOFTPLUS_SHIFT) >= SOFTPLUS_ENTRIES, SOFTPLUS_ENTRIES, ta >> SOFTPLUS_SHIFT))
         m.d.sync += [
-            v2.eq(v1),
+            v2.eq(v1), k2.eq(k1),
             rm2.eq(r1 * sm1),
             sq2.eq((r1 * r1).as_unsigned()),
             sp2.eq(Mux(t1 > 0, t1, 0) + table[idx]),
@@ -139,7 +145,10 @@ class Scalar(wiring.Component):
         ]
 
         # ---- stage 3: r' and the sample loss -------------------------------------------
-        rp = sat(m, rshift_round(rm2, STEP_MULT.frac), MODEL, "rp_next")
+        # rshift_round(v, 15 + k) == ((v >> 14 >> k) + 1) >> 1 (arithmetic shifts)
+        hk = Signal(signed(rm2.shape().width - (STEP_MULT.frac - 1)))
+        m.d.comb += hk.eq(rm2[STEP_MULT.frac - 1:].as_signed() >> k2)
+        rp = sat(m, (hk + 1) >> 1, MODEL, "rp_next")
         lo_sq = rshift_round(sq2, MODEL.frac + 1)
         lo = Mux(ls2 == Loss.SQUARED, lo_sq, Mux(ls2 == Loss.LOGISTIC, sp2, hg2))
         lo_sat = sat(m, lo, LOSS_SAMPLE, "loss_sat")

@@ -8,7 +8,7 @@ from amaranth.sim import Simulator
 
 from zipsgd import reference
 from zipsgd.contract import (
-    ACC, FEAT, MODEL, SIGMOID_SEGMENTS, SOFTPLUS_SHIFT, STEP_MULT, Encoding, Layout, Loss,
+    ACC, FEAT, MODEL, SIGMOID_SEGMENTS, SOFTPLUS_SHIFT, STEP_MULT, STEP_SHIFT_MAX, Encoding, Layout, Loss,
     rshift_round, valid_modes,
 )
 from zipsgd.hw.decode import Decoder, modes
@@ -90,7 +90,8 @@ def _scalar_cases(rng):
             else:
                 y = int(rng.choice([-one, one]))
             mult = int(rng.choice([STEP_MULT.one, STEP_MULT.max, 1, int(rng.integers(1, STEP_MULT.max + 1))]))
-            out.append((a, y, loss, mult))
+            k = int(rng.choice([0, 0, 1, 5, 17, 33, STEP_SHIFT_MAX, int(rng.integers(0, STEP_SHIFT_MAX + 1))]))
+            out.append((a, y, loss, mult, k))
     return out
 
 
@@ -105,12 +106,13 @@ def test_scalar_against_reference():
         cycles = 0
         while len(got_lo) < len(cases):
             if pending:
-                a, y, loss, mult = pending.pop(0)
+                a, y, loss, mult, k = pending.pop(0)
                 ctx.set(dut.i_valid, 1)
                 ctx.set(dut.acc, a)
                 ctx.set(dut.y, y)
                 ctx.set(dut.loss, loss)
                 ctx.set(dut.step_mult, mult)
+                ctx.set(dut.k, k)
             else:
                 ctx.set(dut.i_valid, 0)
             await ctx.tick()
@@ -121,14 +123,14 @@ def test_scalar_against_reference():
                 got_lo.append(ctx.get(dut.loss_out))
         assert cycles == len(cases) + Scalar.LATENCY_RP - 1
 
-    # The loss / mult inputs are per-job in the engine but per-sample here: check that
+    # The loss / mult / k inputs are per-job (k per epoch) in the engine but per-sample here: check that
     # stage 1 and 2 capture them (the test feeds a new value every cycle).
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
     sim.run()
-    for (a, y, loss, mult), rp, lo in zip(cases, got_rp, got_lo):
+    for (a, y, loss, mult, k), rp, lo in zip(cases, got_rp, got_lo):
         z = MODEL.saturate(rshift_round(a, FEAT.frac))
         r, lo_ref = reference.residual_and_loss(loss, np.array([z]), np.array([y]))
-        rp_ref = MODEL.saturate(rshift_round(int(r[0]) * mult, STEP_MULT.frac))
-        assert (rp, lo) == (rp_ref, int(lo_ref[0])), (a, y, loss, mult)
+        rp_ref = MODEL.saturate(rshift_round(int(r[0]) * mult, STEP_MULT.frac + k))
+        assert (rp, lo) == (rp_ref, int(lo_ref[0])), (a, y, loss, mult, k)

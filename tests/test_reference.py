@@ -63,10 +63,10 @@ def slow_run(cfg, streams, codebook):
                 z = sat(rnd(acc, 16))
                 r, lo = slow_loss(cfg.loss, z, int(y[s]))
                 total += min(lo, (1 << 40) - 1)
-                rp = sat(rnd(r * cfg.step_mult, 15))
+                rp = sat(rnd(r * cfg.step_mult, 15 + k))
                 for i in range(cfg.dim):
                     g[i] += rp * int(q2[s, i])
-            x = [sat(x[i] - rnd(g[i], 16 + k) - (rnd(x[i], cfg.l2_shift) if cfg.l2_shift else 0))
+            x = [sat(x[i] - rnd(g[i], 16) - (rnd(x[i], cfg.l2_shift) if cfg.l2_shift else 0))
                  for i in range(cfg.dim)]
         sums.append(total)
     return x, sums
