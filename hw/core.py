@@ -186,7 +186,6 @@ class Engine(wiring.Component):
 
     # ------------------------------------------------------------------------------
     def _latencies(self):
-        W = self.params.word_bits
         # multiplier path: operands (A+1 -> reg A+2), product (reg), tree.
         mult_tree = -(-ceil_log2(self.n_mult) // 2)
         self.MULT_PATH = 1 + mult_tree                     # stages after the operand regs

@@ -13,11 +13,12 @@ from amaranth.sim import Simulator
 
 from zipsgd import reference
 from zipsgd.contract import (
-    FEAT, HOST_WORD_BITS, MODEL, STEP_MULT, EngineConfig, EngineParams, Encoding, Error, Loss,
+    FEAT, MODEL, STEP_MULT, EngineConfig, EngineParams, Encoding, Error, Loss,
     check_config, valid_modes,
 )
 from zipsgd.hw.core import CFG_FIELDS, COUNTERS, Engine
 from zipsgd.hw.decode import modes
+from zipsgd.sim.cases import beats_of
 from zipsgd.packing import pack
 
 ONE = MODEL.one
@@ -57,13 +58,6 @@ def make_job(rng, word_bits, enc, bits, dim, n, *, loss=Loss.SQUARED, batch=1, e
                      codes2=j + rng.integers(0, 2, size=(n, dim)))
         streams.append(s)
     return cfg, streams, codebook
-
-
-def beats_of(stream, word_bits):
-    """Host words -> list of W-bit ints (low host word first)."""
-    hw = word_bits // HOST_WORD_BITS
-    w = np.asarray(stream, dtype=np.uint64).reshape(-1, hw)
-    return [sum(int(w[i, j]) << (HOST_WORD_BITS * j) for j in range(hw)) for i in range(w.shape[0])]
 
 
 # ------------------------------------------------------------------------------------
