@@ -75,7 +75,6 @@ class CocotbBoard(Board):
         self.dut = dut
         self.word_bits = word_bits
         self.hpb = self.word_bits // c.HOST_WORD_BITS
-        self.axil = None            # made by start(), once the engine's outputs are defined
         self.memfile = Path(workdir) / BOARD_MEMFILE
         self.throttle = throttle
         self._next_beat = 0
@@ -92,10 +91,10 @@ class CocotbBoard(Board):
 
     async def start(self):
         from cocotb.clock import Clock
-        from cocotb.triggers import ClockCycles
-        from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+        from cocotb.triggers import ClockCycles, RisingEdge
 
         d = self.dut
+        self._edge = RisingEdge(d.aclk)
         # The clock toggles in the simulator's C++ (GPI), not in a Python task: no
         # Python runs per cycle.
         Clock(d.aclk, SIM_PERIOD_NS, unit="ns", impl="gpi").start()
@@ -106,13 +105,12 @@ class CocotbBoard(Board):
         d.mem_lo.value = 0
         d.mem_hi.value = 0
         d.throttle.value = self.throttle
+        for name in ("awaddr", "awprot", "awvalid", "wdata", "wvalid", "bready", "araddr", "arprot", "arvalid",
+                     "rready"):
+            getattr(d, f"s_axil_{name}").value = 0
+        d.s_axil_wstrb.value = 0xF
         d.aresetn.value = 0
         await ClockCycles(d.aclk, 8)
-        # The AXI4-Lite master samples the bus from its first clock edge on: create it
-        # once reset has defined the engine's outputs (X before that under Icarus).
-        self.axil = AxiLiteMaster(AxiLiteBus.from_prefix(d, "s_axil"), d.aclk, d.aresetn,
-                                  reset_active_level=False)
-        await ClockCycles(d.aclk, 1)
         d.aresetn.value = 1
         await ClockCycles(d.aclk, 4)
 
@@ -130,11 +128,54 @@ class CocotbBoard(Board):
     def sleep(self, seconds):
         self._sleep_b(seconds)
 
+    # AXI4-Lite master: one transaction at a time, in order. Signals are sampled at
+    # each rising edge (before the edge's updates, as in any cocotb bus model) and the
+    # master's own changes land after the edge.
+    AXIL_TIMEOUT_CYCLES = 1000
+
+    async def _handshake(self, *pairs):
+        """Hold each (valid, ready) pair's valid high until its ready is seen at an edge."""
+        left = list(pairs)
+        for _ in range(self.AXIL_TIMEOUT_CYCLES):
+            await self._edge
+            for valid, ready in list(left):
+                if ready.value:
+                    valid.value = 0
+                    left.remove((valid, ready))
+            if not left:
+                return
+        raise RuntimeError(f"AXI4-Lite: no handshake within {self.AXIL_TIMEOUT_CYCLES} cycles")
+
+    async def _response(self, valid, resp, data=None):
+        """Wait for a response (its ready is held high); returns the read data."""
+        for _ in range(self.AXIL_TIMEOUT_CYCLES):
+            await self._edge
+            if valid.value:
+                if int(resp.value) != 0:
+                    raise RuntimeError(f"AXI4-Lite: response {int(resp.value)} (not OKAY)")
+                return None if data is None else int(data.value)
+        raise RuntimeError(f"AXI4-Lite: no response within {self.AXIL_TIMEOUT_CYCLES} cycles")
+
     async def _read(self, offset):
-        return int(await self.axil.read_dword(offset))
+        d = self.dut
+        d.s_axil_araddr.value = offset
+        d.s_axil_arvalid.value = 1
+        d.s_axil_rready.value = 1
+        await self._handshake((d.s_axil_arvalid, d.s_axil_arready))
+        value = await self._response(d.s_axil_rvalid, d.s_axil_rresp, d.s_axil_rdata)
+        d.s_axil_rready.value = 0
+        return value
 
     async def _write(self, offset, value):
-        await self.axil.write_dword(offset, int(value) & 0xFFFFFFFF)
+        d = self.dut
+        d.s_axil_awaddr.value = offset
+        d.s_axil_wdata.value = int(value) & 0xFFFFFFFF
+        d.s_axil_awvalid.value = 1
+        d.s_axil_wvalid.value = 1
+        d.s_axil_bready.value = 1
+        await self._handshake((d.s_axil_awvalid, d.s_axil_awready), (d.s_axil_wvalid, d.s_axil_wready))
+        await self._response(d.s_axil_bvalid, d.s_axil_bresp)
+        d.s_axil_bready.value = 0
 
     async def _batch(self, ops):
         out = []
