@@ -2,9 +2,10 @@
 same :class:`zipsgd.driver.Board` interface as a PYNQ board.
 
 Inside the simulator, :class:`CocotbBoard` serves register reads and writes over
-AXI4-Lite (cocotbext-axi), buffers in the board memory of ``sim_board.v`` (loaded
-with one ``$fread`` of a binary file) and DMA transfers queued into its behavioural
-DMA, which streams them at one beat per cycle. The unchanged
+AXI4-Lite (a minimal master of its own: one transaction at a time, three cycles),
+buffers in the board memory of ``sim_board.v`` (loaded with one ``$fread`` of a
+binary file) and DMA transfers queued into its behavioural DMA, which streams them
+at one beat per cycle. The unchanged
 :class:`zipsgd.driver.Engine` runs in a cocotb *bridge* thread, so each of its
 blocking calls advances simulated time.
 

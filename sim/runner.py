@@ -186,6 +186,10 @@ def verilog_ports(path, module: str) -> dict:
     return ports
 
 
+#: Files whose assertions cocotb has pytest rewrite (its default, every imported file,
+#: recompiles numpy and the rest at each simulator start: ~0.5 s).
+REWRITE_ASSERTIONS = "test_*.py"
+
 #: Builds kept per (simulator, top level, tag) when a new one is made.
 KEEP_BUILDS = 3
 
@@ -371,6 +375,7 @@ def run_cocotb(test_module: str, simulator: str, params: c.EngineParams, testcas
     b = build(simulator, top_sources(params, core), "zipsgd_top", waves=waves,
               tag=f"w{params.word_bits}_{core}")
     env = {"ZIPSGD_PARAMS": repr((params.word_bits, params.dim_max, params.batch_max, params.epochs_max)),
+           "COCOTB_REWRITE_ASSERTION_FILES": REWRITE_ASSERTIONS,
            "ZIPSGD_CORE": core, "ZIPSGD_BUILD_SECONDS": f"{b.seconds:.1f}"}
     env.update(extra_env or {})
     return run(b, test_module, testcase=testcase, extra_env=env, check=check)
@@ -385,7 +390,8 @@ def run_board(simulator: str, params: c.EngineParams, workdir, waves=False):
     """
     workdir = Path(workdir)
     b = board_build(simulator, params, waves=waves)
-    env = {"ZIPSGD_WORKDIR": str(workdir)}
+    # (no assertion rewriting: the board's test module asserts nothing)
+    env = {"ZIPSGD_WORKDIR": str(workdir), "COCOTB_REWRITE_ASSERTION_FILES": ""}
     return run(b, "zipsgd.sim.board_test", extra_env=env,
                plusargs=[f"+ZIPSGD_MEMFILE={workdir / BOARD_MEMFILE}"], test_dir=workdir / "sim")
 
