@@ -160,3 +160,67 @@ def test_default_batch_runs_in_order():
     assert out == [int(board.model[3]), int(board.model[4]), c.MAGIC]
     with pytest.raises(ValueError, match="unknown register operation"):
         board.batch([("x", 0)])
+
+
+def test_pynq_board_drives_the_same_register_traffic(monkeypatch):
+    """The PYNQ board keeps Board's defaults (batch = reads/writes one by one, no
+    interrupt wait): the same job makes exactly the same register accesses as on a
+    board that batches."""
+    from zipsgd import pynq_board
+
+    class BatchingBoard(FakeBoard):
+        batches = 0
+
+        def batch(self, ops):
+            self.batches += 1
+            out = []
+            for op in ops:
+                if op[0] == "r":
+                    out.append(self.read(op[1]))
+                else:
+                    self.write(op[1], op[2])
+            return out
+
+    cfg, streams, cb = _job()
+    direct = BatchingBoard(job_seconds=0.0)
+    Engine(direct).run(cfg, streams, cb)
+    assert direct.batches >= 4
+
+    regs = FakeBoard(job_seconds=0.0)
+
+    class IP:
+        read = staticmethod(regs.read)
+        write = staticmethod(regs.write)
+
+    class Channel:
+        idle = True
+
+        def transfer(self, buffer, start, nbytes):
+            regs.sent.append((start // 8, nbytes // 8))
+
+    class DMA:
+        sendchannel = Channel()
+        buffer_max_size = 1 << 26
+
+    class Buffer(FakeBuffer):
+        def freebuffer(self):
+            self.freed = True
+
+    class FakePynq:
+        class Clocks:
+            fclk0_mhz = 150.0
+
+        @staticmethod
+        def allocate(shape, dtype):
+            buf = np.zeros(shape, dtype=dtype).view(Buffer)
+            regs.buffers.append(buf)
+            return buf
+
+    monkeypatch.setattr(pynq_board, "_pynq", lambda: FakePynq)
+    board = pynq_board.PynqBoard(IP(), DMA())
+    assert board.clock_hz == 150e6 and not board.irq_wait
+    res = Engine(board).run(cfg, streams, cb)
+    assert regs.log == direct.log and regs.sent == direct.sent
+    assert np.array_equal(res.model, np.where(regs.model[:cfg.dim] >= 1 << 31, regs.model[:cfg.dim] - (1 << 32),
+                                              regs.model[:cfg.dim]))
+    assert regs.buffers[0].freed
