@@ -27,6 +27,9 @@ class BoardSpec:
         Peak PS DDR bandwidth (memory limit of the data stream).
     resources : dict
         LUT, FF, DSP and BRAM36 of the part.
+    lanes : int
+        Engine datapath lanes (``EngineParams.lanes``): ``W/2`` fits the xc7z020 (1-bit
+        single/nearest at half rate), ``W`` runs every mode at one beat per cycle.
     """
 
     name: str
@@ -37,6 +40,11 @@ class BoardSpec:
     clock_mhz: float
     ddr_gbytes_per_s: float
     resources: dict
+    lanes: int = 0
+
+    def __post_init__(self):
+        if not self.lanes:
+            object.__setattr__(self, "lanes", self.word_bits // 2)
 
 
 _Z7020 = {"LUT": 53_200, "FF": 106_400, "DSP": 220, "BRAM36": 140}
@@ -47,7 +55,7 @@ BOARDS = {
                   _Z7020),
         BoardSpec("pynq-z2", "xc7z020clg400-1", "tul.com.tw:pynq-z2:part0:1.0", "zynq7", 64, 150.0, 2.1, _Z7020),
         BoardSpec("zcu104", "xczu7ev-ffvc1156-2-e", "xilinx.com:zcu104:part0:1.0", "zynqmp", 128, 250.0, 19.2,
-                  {"LUT": 230_400, "FF": 460_800, "DSP": 1_728, "BRAM36": 312}),
+                  {"LUT": 230_400, "FF": 460_800, "DSP": 1_728, "BRAM36": 312}, lanes=128),
     )
 }
 

@@ -393,10 +393,19 @@ class EngineParams:
     dim_max: int = 4096
     batch_max: int = 4096
     epochs_max: int = 1024
+    #: Lanes of the engine's datapath: W/2 (default; SINGLE b = 1 beats, W features
+    #: each, are then taken in two halves at half rate) or W (every mode at one beat per
+    #: cycle, about twice the gradient/update logic: for the larger parts).
+    lanes: int | None = None
 
     def __post_init__(self):
         if self.word_bits not in WORD_BITS_ALLOWED:
             raise ValueError(f"unsupported word_bits={self.word_bits!r}: choose one of {WORD_BITS_ALLOWED}")
+        if self.lanes is None:
+            object.__setattr__(self, "lanes", self.word_bits // 2)
+        if self.lanes not in (self.word_bits // 2, self.word_bits):
+            raise ValueError(f"lanes must be {self.word_bits // 2} or {self.word_bits} at "
+                             f"word_bits={self.word_bits}, not {self.lanes!r}")
         for name in ("dim_max", "batch_max", "epochs_max"):
             v = getattr(self, name)
             if v < 1 or v & (v - 1):
@@ -534,6 +543,8 @@ REGISTERS: tuple[Register, ...] = (
              f"{name.lower()} counter, bits {'31..0' if half == 'LO' else '63..32'}"
              + (" (reading LO latches HI)" if half == "LO" else ""))
     for name in COUNTER_NAMES for half in ("LO", "HI")
+) + (
+    Register("PARAM_LANES", "r", "datapath lanes: W/2 (single/nearest 1-bit beats take two cycles) or W"),
 )
 
 COUNTER_DOC = {
@@ -578,7 +589,7 @@ def build_hash(params: EngineParams) -> int:
         CONTRACT_VERSION, [(r.name, r.access) for r in REGISTERS],
         [(f.name, f.width, f.frac, f.signed) for f in (FEAT, MODEL, STEP_MULT, ACC, LOSS_SAMPLE, LOSS_ACC)],
         SIGMOID_SEGMENTS, SOFTPLUS_TABLE, [m for m in valid_modes()],
-        params.word_bits, params.dim_max, params.batch_max, params.epochs_max,
+        params.word_bits, params.dim_max, params.batch_max, params.epochs_max, params.lanes,
     ))
     return zlib.crc32(text.encode())
 

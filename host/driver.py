@@ -147,11 +147,16 @@ class Engine:
                 f"engine on {board.name} implements contract {version >> 16}.{version & 0xFFFF}, this host "
                 f"library speaks {c.CONTRACT_VERSION[0]}.{c.CONTRACT_VERSION[1]}: rebuild the bitstream "
                 "(make bitstream) or install the matching zipsgd")
-        ids = ("PARAM_WORD_BITS", "PARAM_DIM_MAX", "PARAM_BATCH_MAX", "PARAM_EPOCHS_MAX", "BUILD_HASH", "PARAM_MODES")
+        ids = ("PARAM_WORD_BITS", "PARAM_DIM_MAX", "PARAM_BATCH_MAX", "PARAM_EPOCHS_MAX", "BUILD_HASH", "PARAM_MODES",
+               "PARAM_LANES")
         reg = dict(zip(ids, board.batch([("r", c.REG[n]) for n in ids])))
-        self.params = c.EngineParams(
-            word_bits=reg["PARAM_WORD_BITS"], dim_max=reg["PARAM_DIM_MAX"],
-            batch_max=reg["PARAM_BATCH_MAX"], epochs_max=reg["PARAM_EPOCHS_MAX"])
+        try:
+            self.params = c.EngineParams(
+                word_bits=reg["PARAM_WORD_BITS"], dim_max=reg["PARAM_DIM_MAX"],
+                batch_max=reg["PARAM_BATCH_MAX"], epochs_max=reg["PARAM_EPOCHS_MAX"], lanes=reg["PARAM_LANES"])
+        except ValueError as exc:
+            raise BitstreamMismatch(f"engine on {board.name} reports impossible build parameters ({exc}): "
+                                    "rebuild the bitstream") from None
         got = reg["BUILD_HASH"]
         if got != c.build_hash(self.params):
             raise BitstreamMismatch(

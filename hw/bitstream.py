@@ -32,7 +32,8 @@ def prepare(board_name: str, out: Path, dim_max: int = 4096) -> Path:
     spec = board(board_name)
     src = out / "src"
     src.mkdir(parents=True, exist_ok=True)
-    top_v = write_verilog(c.EngineParams(word_bits=spec.word_bits, dim_max=dim_max), src / "zipsgd_top.v")
+    top_v = write_verilog(c.EngineParams(word_bits=spec.word_bits, dim_max=dim_max, lanes=spec.lanes),
+                          src / "zipsgd_top.v")
     wrap_v = src / "zipsgd_bd.v"
     wrap_v.write_text(bd_wrapper_verilog(spec.word_bits, spec.clock_mhz))
     tcl_vars = src / "board_vars.tcl"

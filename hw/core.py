@@ -71,11 +71,11 @@ X_BITS = MODEL.width
 H_CLAMP = 1 << (MODEL.width + 1)
 
 
-def lane_groups(word_bits: int, dim_max: int):
+def lane_groups(word_bits: int, dim_max: int, lanes: int | None = None):
     """Lane groups ``(first_lane, n_lanes, depth)`` of the model / G memories."""
-    ms = modes(word_bits)
+    ms = modes(word_bits, lanes)
     groups = []
-    for lane in range(engine_lanes(word_bits)):
+    for lane in range(engine_lanes(word_bits, lanes)):
         f_min = min(md.elanes for md in ms if md.elanes > lane)
         depth = -(-dim_max // f_min)
         if groups and groups[-1][2] == depth:
@@ -145,12 +145,12 @@ class Engine(wiring.Component):
             raise TypeError(f"Engine: params must be an EngineParams, not {params!r}")
         self.params = params
         W = params.word_bits
-        self.modes = modes(W)
+        self.modes = modes(W, params.lanes)
         self.n_mult = mult_lanes(W)
         if self.n_mult < 4:
             raise ValueError(f"Engine: word_bits={W} gives {self.n_mult} multiplier lanes, need >= 4")
-        self.groups = lane_groups(W, params.dim_max)
-        self.lanes = engine_lanes(W)
+        self.groups = lane_groups(W, params.dim_max, params.lanes)
+        self.lanes = engine_lanes(W, params.lanes)
         self.beats_max = max(self.engine_beats(md, params.dim_max) for md in self.modes)
         # Latencies (filled by _latencies(), checked again in elaborate()).
         self._latencies()

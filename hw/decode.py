@@ -79,15 +79,17 @@ class Mode:
         return not self.bucket
 
 
-def engine_lanes(word_bits: int) -> int:
-    """Lanes of the engine's datapath: ``W/2`` (every mode but SINGLE b = 1 fits)."""
-    return word_bits // 2
+def engine_lanes(word_bits: int, lanes: int | None = None) -> int:
+    """Lanes of the engine's datapath (``EngineParams.lanes``): ``W/2`` by default (every
+    mode but SINGLE b = 1 fits), or ``W``."""
+    return word_bits // 2 if lanes is None else int(lanes)
 
 
-def modes(word_bits: int) -> list[Mode]:
-    """Every valid mode at stream width ``word_bits`` (in ``valid_modes()`` order)."""
+def modes(word_bits: int, lanes: int | None = None) -> list[Mode]:
+    """Every valid mode at stream width ``word_bits`` (in ``valid_modes()`` order), seen by
+    an engine of ``lanes`` lanes (default ``W/2``)."""
     out = []
-    cap = engine_lanes(word_bits)
+    cap = engine_lanes(word_bits, lanes)
     for i, (enc, b) in enumerate(valid_modes()):
         lay = Layout(word_bits, enc, b, 1)
         f, fl = lay.features_per_beat, lay.label_beat_features

@@ -55,6 +55,7 @@ CONSTANTS = {
     "PARAM_BATCH_MAX": lambda p: p.batch_max,
     "PARAM_EPOCHS_MAX": lambda p: p.epochs_max,
     "PARAM_MODES": lambda p: p.modes_mask,
+    "PARAM_LANES": lambda p: p.lanes,
 }
 #: Registers with hand-written behaviour (everything else must be a constant, a
 #: configuration register or a counter half).

@@ -52,7 +52,7 @@ async def test_id_registers(dut):
     expect = {
         "MAGIC": c.MAGIC, "VERSION": c.version_word(), "BUILD_HASH": c.build_hash(p),
         "PARAM_WORD_BITS": p.word_bits, "PARAM_DIM_MAX": p.dim_max, "PARAM_BATCH_MAX": p.batch_max,
-        "PARAM_EPOCHS_MAX": p.epochs_max, "PARAM_MODES": p.modes_mask,
+        "PARAM_EPOCHS_MAX": p.epochs_max, "PARAM_MODES": p.modes_mask, "PARAM_LANES": p.lanes,
     }
     for name, v in expect.items():
         got = await tb.read_reg(name)

@@ -44,6 +44,7 @@ def test_bitstream_readme_matches_board_table():
         cells = [x.strip() for x in row.strip("|").split("|")]
         assert cells[1] == spec.part and cells[3] == str(spec.word_bits)
         assert cells[4] == f"{spec.clock_mhz:g} MHz"
+        assert cells[6] == str(spec.lanes)
 
 
 def _ports(verilog: str, module: str) -> dict:

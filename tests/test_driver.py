@@ -38,6 +38,7 @@ class FakeBoard(Board):
         self.losses = [(e + 1) << 33 | e for e in range(8)]
         self.counts = {"CYCLES": 5 << 32 | 7, "BEATS": 1000, "STALLS": 12, "IDLES": 0, "SAMPLES": 30}
         self.latched = {}
+        self.overrides = {}                   # register name -> value read instead
 
     # registers
     def read(self, offset):
@@ -46,7 +47,8 @@ class FakeBoard(Board):
         fixed = {"MAGIC": self.magic, "VERSION": c.version_word(), "PARAM_WORD_BITS": PARAMS.word_bits,
                  "PARAM_DIM_MAX": PARAMS.dim_max, "PARAM_BATCH_MAX": PARAMS.batch_max,
                  "PARAM_EPOCHS_MAX": PARAMS.epochs_max, "BUILD_HASH": c.build_hash(PARAMS),
-                 "PARAM_MODES": 0xFFFF, "EPOCHS_DONE": 0}
+                 "PARAM_MODES": 0xFFFF, "PARAM_LANES": PARAMS.lanes, "EPOCHS_DONE": 0}
+        fixed.update(self.overrides)
         if name in fixed:
             return fixed[name]
         if name == "STATUS":
@@ -151,6 +153,18 @@ def test_foreign_ip_is_not_read_beyond_magic():
     with pytest.raises(BitstreamMismatch, match="MAGIC"):
         Engine(board)
     assert board.log == [("r", "MAGIC")]
+
+
+@pytest.mark.parametrize("reg,value,match", [
+    ("PARAM_LANES", 7, "impossible build parameters"),
+    ("PARAM_LANES", PARAMS.word_bits, "BUILD_HASH"),      # a full-lane engine with a half-lane hash
+    ("BUILD_HASH", c.build_hash(PARAMS) ^ 1, "BUILD_HASH"),
+])
+def test_mismatched_build_is_refused(reg, value, match):
+    board = FakeBoard()
+    board.overrides[reg] = value
+    with pytest.raises(BitstreamMismatch, match=match):
+        Engine(board)
 
 
 def test_default_batch_runs_in_order():
