@@ -38,9 +38,10 @@ def test_notebook_ships_clean_in_the_wheel():
     # the package-data entry of pyproject.toml puts it in the wheel
     if tomllib is None:
         pytest.skip("tomllib needs Python 3.11")
-    pkg_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    rel = shipped[0].relative_to(ROOT / "host").as_posix()
-    assert any(fnmatch.fnmatch(rel, pat) for pat in pkg_data.get("zipsgd", [])), pkg_data
+    st = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    rel = shipped[0].relative_to(ROOT / "host" / "notebooks").as_posix()
+    assert "zipsgd.notebooks" in st["packages"], st["packages"]
+    assert any(fnmatch.fnmatch(rel, pat) for pat in st["package-data"].get("zipsgd.notebooks", [])), st
 
 
 def test_notebook_command_copies_and_refuses_to_overwrite(tmp_path, capsys):
