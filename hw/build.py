@@ -893,14 +893,19 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="timing: nextpnr seed")
     ap.add_argument("--placer", default=None, help="timing: nextpnr placer (heap, sa)")
     ap.add_argument("--threads", type=int, default=None, help="timing: nextpnr threads")
+    ap.add_argument("--lanes", type=int, default=None,
+                    help="datapath lanes: W/2 (default; 1-bit single/nearest at half rate) or W")
     ap.add_argument("--core", default="engine", choices=("engine", "stub"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
-    params = c.EngineParams(word_bits=a.word_bits, dim_max=a.dim_max, batch_max=a.batch_max,
-                            epochs_max=a.epochs_max)
+    try:
+        params = c.EngineParams(word_bits=a.word_bits, dim_max=a.dim_max, batch_max=a.batch_max,
+                                epochs_max=a.epochs_max, lanes=a.lanes)
+    except ValueError as e:
+        ap.error(str(e))
     if a.command == "verilog":
         out = a.output or BUILD_DIR / f"zipsgd_top_w{a.word_bits}.v"
         write_verilog(params, out)
-        print(f"wrote {out} (module zipsgd_top, W={a.word_bits}, dim_max={a.dim_max}, "
+        print(f"wrote {out} (module zipsgd_top, W={a.word_bits}, dim_max={a.dim_max}, lanes={params.lanes}, "
               f"BUILD_HASH=0x{c.build_hash(params):08X})")
         return 0
     if a.command == "synth":
