@@ -230,6 +230,15 @@ def test_unplaced_estimate_adds_cell_and_routing_delays(tmp_path):
     assert "UNPLACED ESTIMATE" in text and "core.a -> core.b (TRELLIS_FF.DI)" in text
 
 
+def test_every_build_parameter_keys_the_verilog_cache():
+    from zipsgd import contract as c
+
+    base = c.EngineParams(word_bits=64, dim_max=256)
+    keys = {b.source_hash(base), b.source_hash(c.EngineParams(word_bits=64, dim_max=256, lanes=64)),
+            b.source_hash(c.EngineParams(word_bits=64, dim_max=512)), b.source_hash(base, core="stub")}
+    assert len(keys) == 4
+
+
 def test_timing_without_a_yosys_that_runs_abc_stops_with_a_clear_message(tmp_path):
     with pytest.raises(b.ToolMissing, match="Debian's `yosys`"):
         b.synth_ecp5(tmp_path / "t.v", tmp_path / "t.json", tmp_path / "y.log",
