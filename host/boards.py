@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .contract import default_lanes
+
 
 @dataclass(frozen=True)
 class BoardSpec:
@@ -44,7 +46,7 @@ class BoardSpec:
 
     def __post_init__(self):
         if not self.lanes:
-            object.__setattr__(self, "lanes", self.word_bits // 2)
+            object.__setattr__(self, "lanes", default_lanes(self.word_bits))
 
 
 _Z7020 = {"LUT": 53_200, "FF": 106_400, "DSP": 220, "BRAM36": 140}

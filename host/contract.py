@@ -385,6 +385,11 @@ def beats_per_sample(features_per_beat: int, label_beat_features: int, dim: int)
 # --------------------------------------------------------------------------------------
 # Engine build parameters and job configuration
 # --------------------------------------------------------------------------------------
+def default_lanes(word_bits: int) -> int:
+    """Engine datapath lanes unless a build says otherwise: ``W/2``."""
+    return word_bits // 2
+
+
 @dataclass(frozen=True)
 class EngineParams:
     """Build-time parameters of an engine (read back from PARAM_* registers)."""
@@ -402,9 +407,9 @@ class EngineParams:
         if self.word_bits not in WORD_BITS_ALLOWED:
             raise ValueError(f"unsupported word_bits={self.word_bits!r}: choose one of {WORD_BITS_ALLOWED}")
         if self.lanes is None:
-            object.__setattr__(self, "lanes", self.word_bits // 2)
-        if self.lanes not in (self.word_bits // 2, self.word_bits):
-            raise ValueError(f"lanes must be {self.word_bits // 2} or {self.word_bits} at "
+            object.__setattr__(self, "lanes", default_lanes(self.word_bits))
+        if self.lanes not in (default_lanes(self.word_bits), self.word_bits):
+            raise ValueError(f"lanes must be {default_lanes(self.word_bits)} or {self.word_bits} at "
                              f"word_bits={self.word_bits}, not {self.lanes!r}")
         for name in ("dim_max", "batch_max", "epochs_max"):
             v = getattr(self, name)

@@ -668,7 +668,6 @@ class Engine(wiring.Component):
 
         # U1: G >> 16 (wiring) clamped, L2 term.
         mu1 = metas[U1]
-        # The fixed part of the shift (FEAT.frac) is wiring; only k is a barrel shifter.
         hs, xs, l2t = [], [], []
         for l in range(LANES):
             t1 = Signal(signed(G_BITS), name=f"tu{l}")

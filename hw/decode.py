@@ -18,7 +18,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from zipsgd.contract import (
-    FEAT, FULL_BITS, LABEL_BITS, Encoding, Layout, feature_bits, valid_modes,
+    FEAT, FULL_BITS, LABEL_BITS, Encoding, Layout, default_lanes, feature_bits, valid_modes,
 )
 
 #: Width of a decoded code (the largest b).
@@ -43,8 +43,8 @@ class Mode:
         Features per beat ``F``.
     label_lanes : int
         Feature slots of the label beat.
-    elanes, elabel_lanes : int
-        The same seen by the engine, which has ``engine_lanes(W)`` lanes: a mode with
+    elanes : int
+        Features per beat as the engine takes them, with ``engine_lanes(W)`` lanes: a mode with
         more features per beat (SINGLE at b = 1) is *split*: each beat but a sample's
         last is taken in two halves of ``W/2`` bits (two cycles), the upper half shifted
         down; the last beat (features below the label) is taken whole.
@@ -57,7 +57,6 @@ class Mode:
     lanes: int
     label_lanes: int
     elanes: int = 0
-    elabel_lanes: int = 0
 
     @property
     def split(self) -> bool:
@@ -82,7 +81,7 @@ class Mode:
 def engine_lanes(word_bits: int, lanes: int | None = None) -> int:
     """Lanes of the engine's datapath (``EngineParams.lanes``): ``W/2`` by default (every
     mode but SINGLE b = 1 fits), or ``W``."""
-    return word_bits // 2 if lanes is None else int(lanes)
+    return default_lanes(word_bits) if lanes is None else int(lanes)
 
 
 def modes(word_bits: int, lanes: int | None = None) -> list[Mode]:
@@ -96,7 +95,7 @@ def modes(word_bits: int, lanes: int | None = None) -> list[Mode]:
         if f > 2 * cap or (f > cap and 2 * fl < f):
             raise ValueError(f"mode {Encoding(enc).name} b={b}: {f} features per beat do not split "
                              f"into two halves of {cap} lanes")
-        out.append(Mode(i, Encoding(enc), b, feature_bits(enc, b), f, fl, min(f, cap), min(fl, cap)))
+        out.append(Mode(i, Encoding(enc), b, feature_bits(enc, b), f, fl, min(f, cap)))
     return out
 
 
