@@ -89,7 +89,7 @@ from __future__ import annotations
 import enum
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -562,6 +562,8 @@ COUNTER_DOC = {
 
 #: Register name -> byte offset.
 REG = {r.name: 4 * i for i, r in enumerate(REGISTERS)}
+#: The configuration registers, as EngineConfig field names (lower case), in order.
+CONFIG_FIELDS = tuple(f.name for f in fields(EngineConfig) if f.name.upper() in REG)
 #: Byte size of the register window (power of two).
 REG_SPACE_BYTES = 1 << (4 * len(REGISTERS) - 1).bit_length()
 REG_ADDR_BITS = REG_SPACE_BYTES.bit_length() - 1

@@ -171,10 +171,6 @@ class Engine:
     def _r(self, name: str) -> int:
         return self.board.read(c.REG[name])
 
-    def _r64(self, name: str) -> int:
-        lo = self._r(f"{name}_LO")
-        return lo | self._r(f"{name}_HI") << 32
-
     def status(self) -> dict:
         return _status(self._r("STATUS"))
 
@@ -199,9 +195,7 @@ class Engine:
         err = c.check_config(cfg, self.params)
         if err != c.Error.NONE:
             raise ValueError(f"configuration refused before sending: {err.name}: {c.ERROR_TEXT[err]}")
-        ops = [("w", c.REG[reg.upper()], int(getattr(cfg, reg)) & 0xFFFFFFFF)
-               for reg in ("n_samples", "dim", "bits", "encoding", "loss", "step_shift", "step_mult",
-                           "decay_epochs", "l2_shift", "batch", "epochs", "copies")]
+        ops = [("w", c.REG[reg.upper()], int(getattr(cfg, reg)) & 0xFFFFFFFF) for reg in c.CONFIG_FIELDS]
         if codebook is not None:
             ops.append(("w", c.REG["CODEBOOK_ADDR"], 0))
             ops += [("w", c.REG["CODEBOOK_DATA"], int(level) & 0xFFFFFFFF)

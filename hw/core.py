@@ -51,6 +51,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from zipsgd.contract import (
+    CONFIG_FIELDS,
     ACC, FEAT, FULL_BITS, L2_SHIFT_MAX, LOSS_ACC, MODEL, STEP_MULT, STEP_SHIFT_MAX,
     EngineParams, Encoding, Error, Loss, beats_per_sample,
 )
@@ -59,8 +60,7 @@ from .decode import Decoder, engine_lanes, lane_code_bits, modes, mult_lanes
 from .scalar import Scalar
 
 #: Configuration register fields the core sees (32-bit unsigned each).
-CFG_FIELDS = ("n_samples", "dim", "bits", "encoding", "loss", "step_shift", "step_mult",
-              "decay_epochs", "l2_shift", "batch", "epochs", "copies")
+CFG_FIELDS = CONFIG_FIELDS
 CFG_LAYOUT = data.StructLayout({name: 32 for name in CFG_FIELDS})
 COUNTERS = ("cnt_cycles", "cnt_beats", "cnt_stalls", "cnt_idles", "cnt_samples")
 

@@ -21,10 +21,8 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from zipsgd.contract import FEAT, EngineParams, Error
+from zipsgd.contract import CONFIG_FIELDS as CFG_FIELDS, FEAT, EngineParams, Error
 
-CFG_FIELDS = ("n_samples", "dim", "bits", "encoding", "loss", "step_shift", "step_mult",
-              "decay_epochs", "l2_shift", "batch", "epochs", "copies")
 COUNTERS = ("cnt_cycles", "cnt_beats", "cnt_stalls", "cnt_idles", "cnt_samples")
 STUB_MODEL_BASE = 0x1000
 STUB_LOSS_MULT = 0x100000001
