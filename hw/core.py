@@ -57,7 +57,7 @@ from zipsgd.contract import (
 )
 
 from .decode import Decoder, engine_lanes, lane_code_bits, modes, mult_lanes
-from .scalar import Scalar
+from .scalar import ACC_ROUND, Scalar
 
 #: Configuration register fields the core sees (32-bit unsigned each).
 CFG_FIELDS = CONFIG_FIELDS
@@ -120,6 +120,39 @@ def _delay(m, value, n, name, flush=None):
     return prev
 
 
+#: Unsigned bits of the low pieces of a split multiplication (17 x 18 fits one DSP).
+PIECE = 17
+
+
+def _pieces(width: int):
+    """(lo, hi) bit ranges splitting a signed ``width``-bit operand into 17-bit unsigned
+    pieces and a signed top piece of at most 18 bits."""
+    out, lo = [], 0
+    while width - lo > 18:
+        out.append((lo, lo + PIECE))
+        lo += PIECE
+    out.append((lo, width))
+    return out
+
+
+def _split_mul(m, a, b, name):
+    """Registered partial products of ``a * b`` (``b`` cut into :func:`_pieces`); returns
+    their shifted sum as an expression (the caller registers it: 2 stages in all)."""
+    parts = []
+    bw = b.shape().width
+    pcs = _pieces(bw)
+    for i, (lo, hi) in enumerate(pcs):
+        piece = b[lo:hi].as_signed() if hi == bw else Cat(b[lo:hi], Const(0, 1)).as_signed()
+        r = Signal(signed(a.shape().width + piece.shape().width), name=f"{name}_p{i}")
+        m.d.sync += r.eq(a * piece)
+        parts.append((r, lo))
+    acc = None
+    for r, lo in parts:
+        v = r << lo if lo else r
+        acc = v if acc is None else acc + v
+    return acc, parts
+
+
 def _sat(m, value, fmt, name):
     out = Signal(signed(fmt.width) if fmt.signed else unsigned(fmt.width), name=name)
     m.d.comb += out.eq(Mux(value > fmt.max, fmt.max, Mux(value < fmt.min, fmt.min, value)))
@@ -152,6 +185,9 @@ class Engine(wiring.Component):
         self.groups = lane_groups(W, params.dim_max, params.lanes)
         self.lanes = engine_lanes(W, params.lanes)
         self.beats_max = max(self.engine_beats(md, params.dim_max) for md in self.modes)
+        # bucket sums S: X_BITS + log2(lanes per tree) bits, multiplied in 17-bit pieces
+        self.s_bits = X_BITS + 1 + ceil_log2((self.lanes - self.n_mult) // 2)
+        self.s_pieces = len(_pieces(self.s_bits))
         # Latencies (filled by _latencies(), checked again in elaborate()).
         self._latencies()
         self.rb_depth = 1 << ceil_log2(self.beats_max + self.REPLAY_START + 8)
@@ -186,22 +222,24 @@ class Engine(wiring.Component):
 
     # ------------------------------------------------------------------------------
     def _latencies(self):
-        # multiplier path: operands (A+1 -> reg A+2), product (reg), tree.
-        mult_tree = -(-ceil_log2(self.n_mult) // 2)
-        self.MULT_PATH = 1 + mult_tree                     # stages after the operand regs
-        # bucket lanes: the lanes past the multipliers (the multipliers take the first M
-        # lanes in every mode, the bucket modes too)
-        bucket_tree = -(-ceil_log2((self.lanes - self.n_mult) // 2) // 2)   # first level is in the operand stage
-        self.BUCKET_PATH = bucket_tree + 1 + 1              # tree, level*S, sum of 4
-        # beat accepted at A; operands registered at A+2; paths; accumulator (+1).
-        # the multiplier lanes' sum joins the bucket products in the bucket path's last stage
-        self.DOT_PATH = max(self.BUCKET_PATH, self.MULT_PATH + 1)
-        self.DOT_LATENCY = 2 + self.DOT_PATH + 1
+        # Cycles are counted from A, the cycle a beat is accepted. A+1: beat register and
+        # model words (EBR out); A+2: operands registered (codes decoded, codebook read,
+        # model words registered); A+3: partial products (17 x 17 pieces, one DSP each);
+        # A+4: products; then the registered adder tree (2 levels per stage).
+        self.MULT_SUM = 4 + -(-ceil_log2(self.n_mult) // 2)          # msum registered
+        # bucket lanes (past the multipliers): first tree level at A+3, the rest of the
+        # tree, then the partial products level * S (S in 17-bit pieces) one stage later
+        n_bl = (self.lanes - self.n_mult) // 2
+        self.BUCKET_PARTS = 4 + -(-ceil_log2(n_bl) // 2)
+        self.DOT_JOIN = max(self.MULT_SUM, self.BUCKET_PARTS)
+        # final tree: the bucket partial products and msum; then the sample accumulator
+        self.FINAL_TREE = -(-ceil_log2(4 * self.s_pieces + 1) // 2)
+        self.DOT_LATENCY = self.DOT_JOIN + self.FINAL_TREE + 1
         # Scalar r' is valid LATENCY_RP after the accumulator; the replay multiplier
-        # stage (R2) must see it: R0 = acc + LATENCY_RP - 2.
-        self.REPLAY_START = self.DOT_LATENCY + Scalar.LATENCY_RP - 2
-        # R0 -> model write at U2: R1, R2, P, U1, U2.
-        self.UPDATE_LATENCY = 5
+        # stage (R3) must see it.
+        self.REPLAY_START = self.DOT_LATENCY + Scalar.LATENCY_RP - 3
+        # R0 -> model write at U3: R1, R2, R3, R4, P, U1, U2, U3.
+        self.UPDATE_LATENCY = 8
         # The next batch's first beat is accepted in the cycle the update writes model
         # beat 0 (the dot read port is transparent for the update's writes).
         self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY - 1
@@ -221,7 +259,12 @@ class Engine(wiring.Component):
         st_idle, st_run, st_tail, st_drain = range(4)
         state = Signal(2)
         flush = Signal()              # clears every pipeline valid bit
-        m.d.comb += self.busy.eq(state != st_idle)
+        running = Signal()            # a job is in the engine
+        running_d = Signal()
+        done_i = Signal()             # done as the control sets it (the port is one cycle later,
+        m.d.comb += running.eq(state != st_idle)       # when the counters have caught up)
+        m.d.sync += [running_d.eq(running), self.done.eq(done_i)]
+        m.d.comb += self.busy.eq(running | running_d)
 
         mode = Signal(NM)
         n_samples = Signal(32)
@@ -241,27 +284,38 @@ class Engine(wiring.Component):
         is_bucket = Signal()
         is_b1 = Signal()
 
-        # Mode-derived constants follow the latched one-hot mode (AND-OR of constants).
-        def by_mode(fn):
-            acc = 0
-            for md in MS:
-                acc = acc | Mux(mode[md.index], fn(md), 0)
-            return acc
-        m.d.comb += [
-            lanes_f.eq(by_mode(lambda md: md.elanes)),
-            lanes_fl.eq(by_mode(lambda md: md.label_lanes)),
-            lanes_fh.eq(by_mode(lambda md: max(md.label_lanes - md.elanes, 0) if md.split else 0)),
-            is_split.eq(by_mode(lambda md: int(md.split))),
-            skip_high.eq(by_mode(lambda md: int(not md.split or md.label_lanes <= md.elanes))),
-            is_full.eq(by_mode(lambda md: int(md.full))),
-            is_bucket.eq(by_mode(lambda md: int(md.bucket))),
-            is_b1.eq(by_mode(lambda md: int(md.bucket and md.bits == 1))),
-        ]
+        lanes_ffl = Signal(range(2 * W + 1))  # lanes_f + lanes_fl
+        lanes_ffh = Signal(range(2 * W + 1))  # lanes_f + lanes_fh
 
         # Validation, exactly contract.check_config (order and codes).
         mode_hit = Signal(NM)
         for md in MS:
             m.d.comb += mode_hit[md.index].eq((cfg.encoding == int(md.encoding)) & (cfg.bits == md.bits))
+
+        # Mode-derived constants: registers latched with the mode at start (AND-OR of
+        # constants over the configuration's one-hot mode), so no datapath or stream
+        # control decision waits for a decode of the mode.
+        def by_hit(fn):
+            acc = 0
+            for md in MS:
+                acc = acc | Mux(mode_hit[md.index], fn(md), 0)
+            return acc
+        fh_of = lambda md: max(md.label_lanes - md.elanes, 0) if md.split else 0
+        mode_consts = [
+            (lanes_f, lambda md: md.elanes),
+            (lanes_fl, lambda md: md.label_lanes),
+            (lanes_fh, fh_of),
+            (lanes_ffl, lambda md: md.elanes + md.label_lanes),
+            (lanes_ffh, lambda md: md.elanes + fh_of(md)),
+            (is_split, lambda md: int(md.split)),
+            (skip_high, lambda md: int(not md.split or md.label_lanes <= md.elanes)),
+            (is_full, lambda md: int(md.full)),
+            (is_bucket, lambda md: int(md.bucket)),
+            (is_b1, lambda md: int(md.bucket and md.bits == 1)),
+        ]
+        # first beat of a sample is its last (dim <= label-beat slots), lower / upper half
+        first_last_l = Signal()
+        first_last_h = Signal()
         check = Signal(8)
         with m.If(cfg.encoding > max(Encoding)):
             m.d.comb += check.eq(Error.BAD_ENCODING)
@@ -342,7 +396,7 @@ class Engine(wiring.Component):
         # ============================ input side ====================================
         beat_w = ceil_log2(self.beats_max + 1)
         in_beat = Signal(beat_w)
-        in_fbase = Signal(range(p.dim_max + 2 * W + 1))
+        decay_m1 = Signal(32)
         in_sb = Signal(range(p.batch_max + 1))
         in_se = Signal(32)
         in_epoch = Signal(range(p.epochs_max + 1))
@@ -361,16 +415,27 @@ class Engine(wiring.Component):
         last_in_batch = Signal()
         final_beat = Signal()
         final_job = Signal()
-        rem = Signal(signed(in_fbase.shape().width + 2))
+        # Flags kept one step ahead (registers), so that TREADY and the acceptance of a
+        # beat depend on a few gates of registers only:
+        in_rem = Signal(signed(ceil_log2(p.dim_max + 2 * W + 1) + 2))  # dim - first feature of the beat
+        in_rl = Signal()            # in_rem <= lanes_fl (the beat, or its lower half, is the last)
+        in_rh = Signal()            # in_rem <= lanes_fh (its upper half is the last)
+        le_r = Signal()             # the sample is the last of its epoch
+        lb_r = Signal()             # ... the last of its batch (within the epoch)
+        lj_r = Signal()             # the epoch is the job's last
+        n_one = Signal()
+        b_one = Signal()
+        n_m2 = Signal(signed(34))
+        b_m2 = Signal(signed(34))
+        e_m2 = Signal(signed(34))
         m.d.comb += [
-            real_last.eq(Mux(in_half, in_fbase + lanes_fh >= dim, in_fbase + lanes_fl >= dim)),
+            real_last.eq(Mux(in_half, in_rh, in_rl)),
             in_last_beat.eq(real_last & (in_half | skip_high)),
-            rem.eq(dim - in_fbase),
-            in_nvalid.eq(Mux(rem <= 0, 0, Mux(rem >= lanes_f, lanes_f, rem))),
-            last_in_epoch.eq(in_se == n_samples - 1),
-            last_in_batch.eq((in_sb == batch - 1) | last_in_epoch),
+            in_nvalid.eq(Mux(in_rem <= 0, 0, Mux(in_rem >= lanes_f, lanes_f, in_rem))),
+            last_in_epoch.eq(le_r),
+            last_in_batch.eq(lb_r | le_r),
             final_beat.eq(in_last_beat & last_in_epoch),
-            final_job.eq(final_beat & (in_epoch == epochs - 1)),
+            final_job.eq(final_beat & lj_r),
         ]
 
         ready = Signal()            # the engine can take a beat (or half a beat)
@@ -409,7 +474,7 @@ class Engine(wiring.Component):
             with m.Else():
                 m.d.sync += rdb_lane.eq(rdb_lane + 1)
         dot_addr = Signal(beat_w)
-        m.d.comb += dot_addr.eq(Mux(self.busy, in_beat, rdb_beat))
+        m.d.comb += dot_addr.eq(Mux(running, in_beat, rdb_beat))
         for ports in mem_ports:
             m.d.comb += ports["x_rd_dot"].addr.eq(group_addr(dot_addr, ports["depth"]))
         m.d.comb += self.model_data.eq(Array(x_dot[:LANES])[rdb_lane])
@@ -446,13 +511,14 @@ class Engine(wiring.Component):
         dec1 = Decoder(W, which=1)
         m.submodules.dec1 = dec1
         m.d.comb += [dec1.beat.eq(d1_beat), dec1.mode.eq(mode)]
-        lane_v1 = [Signal(name=f"v1_{l}") for l in range(LANES)]
-        xm1 = [Signal(signed(X_BITS), name=f"x1_{l}") for l in range(LANES)]
+        # A+1: codes decoded from the beat register; per lane: does it carry a feature?
+        live1 = [Signal(name=f"live1_{l}") for l in range(LANES)]
         for l in range(LANES):
-            m.d.comb += [lane_v1[l].eq(d1_nvalid > l),
-                         xm1[l].eq(Mux(lane_v1[l] & ~d1_zero, x_dot[l], 0))]
+            m.d.comb += live1[l].eq((d1_nvalid > l) & ~d1_zero)
 
-        # --- multiplier lanes: operands registered at A+2, product at A+3 ---
+        # --- multiplier lanes: operands at A+2 (the codebook value is 0 for a lane without
+        # a feature; the model word straight from the memory), partial products at A+3,
+        # products at A+4, then the tree ---
         prods = []
         for l in range(M):
             rp, bits = codebook_port(l, f"cb1_{l}")
@@ -460,62 +526,70 @@ class Engine(wiring.Component):
             q = Mux(is_full, dec1.value[l], rp.data) if l < W // FULL_BITS else rp.data
             mq = Signal(signed(FEAT.width), name=f"mq{l}")
             mx = Signal(signed(X_BITS), name=f"mx{l}")
+            m.d.sync += [mq.eq(Mux(live1[l], q, 0)), mx.eq(x_dot[l])]
+            psum, _ = _split_mul(m, mq, mx, f"mp{l}")
             pr = Signal(signed(FEAT.width + X_BITS), name=f"mp{l}")
-            m.d.sync += [mq.eq(q), mx.eq(xm1[l]), pr.eq(mq * mx)]
+            m.d.sync += pr.eq(psum)
             prods.append(pr)
         msum, mstages = _tree(m, prods, "mtree")
-        assert 1 + mstages == self.MULT_PATH
+        assert 4 + mstages == self.MULT_SUM
 
         # --- bucket trees over the lanes past the multipliers (bucket modes only):
         # S_t = sum of x over the lanes whose Q1 code selects bucket t. b = 2: tree t
         # sums the lanes whose code is t; b = 1: trees 0/1 take codes 0/1 of the lower
-        # half of these lanes, trees 2/3 those of the upper half.
+        # half of these lanes, trees 2/3 those of the upper half. A+2: model words and the
+        # four select bits per lane registered; A+3: first tree level.
         BL = list(range(M, LANES))
-        bsums = []
-        for t in range(4):
-            ins = []
-            for i, j in enumerate(BL):
-                c_b2 = lane_v1[j] & (dec1.code[j][:2] == t)
+        bx = {}
+        bsel = {}
+        for i, j in enumerate(BL):
+            bx[j] = Signal(signed(X_BITS), name=f"bx{j}")
+            m.d.sync += bx[j].eq(x_dot[j])
+            for t in range(4):
+                c_b2 = live1[j] & (dec1.code[j][:2] == t)
                 if (i >= len(BL) // 2) == (t >= 2):
-                    c_b1 = lane_v1[j] & (dec1.code[j][0] == (t % 2))
-                    ins.append(Mux(Mux(is_b1, c_b1, c_b2), xm1[j], 0))
+                    c_b1 = live1[j] & (dec1.code[j][0] == (t % 2))
+                    c = Mux(is_b1, c_b1, c_b2)
                 else:
-                    ins.append(Mux(c_b2 & ~is_b1, xm1[j], 0))
+                    c = c_b2 & ~is_b1
+                bsel[j, t] = Signal(name=f"bs{t}_{j}")
+                m.d.sync += bsel[j, t].eq(c)
+        parts = []
+        for t in range(4):
+            ins = [Mux(bsel[j, t], bx[j], 0) for j in BL]
             first = []
             for j in range(0, len(ins), 2):
                 r = Signal(signed(X_BITS + 1), name=f"bt{t}_{j}")
                 m.d.sync += r.eq(ins[j] + ins[j + 1])
                 first.append(r)
-            s, bst = _tree(m, first, f"btree{t}")
-            lv = Signal(signed(FEAT.width), name=f"blv{t}")
-            m.d.comb += lv.eq(Mux(is_b1, lvl[t % 2], lvl[t]))
-            bp = Signal(signed(s.shape().width + FEAT.width), name=f"bp{t}")
-            m.d.sync += bp.eq(s * lv)                    # level * S: 1 stage
-            bsums.append(bp)
-        assert bst + 2 == self.BUCKET_PATH
-        path = self.DOT_PATH
-        # the multiplier lanes' sum joins the four bucket products (1 stage)
-        msum_a = _delay(m, msum, path - 1 - self.MULT_PATH, "msum")
-        bsums = [_delay(m, b, path - self.BUCKET_PATH, f"bp{t}") for t, b in enumerate(bsums)]
-        bsum = Signal(signed(ACC.width), name="bsum")
-        m.d.sync += bsum.eq((bsums[0] + bsums[1]) + (bsums[2] + bsums[3]) + msum_a)
-        # per-beat flags aligned with the beat sums (A+2+path)
-        s_v = _delay(m, d1_v, 1 + path, "sv", flush)
-        s_first = _delay(m, d1_first, 1 + path, "sfirst")
-        s_last = _delay(m, d1_last, 1 + path, "slast")
-        label_d = _delay(m, d1_label, 1 + path, "label")
+            s_t, bst = _tree(m, first, f"btree{t}")
+            assert s_t.shape().width == self.s_bits
+            lv = Signal(signed(FEAT.width), name=f"blv{t}")          # static during a job
+            m.d.sync += lv.eq(Mux(is_b1, lvl[t % 2], lvl[t]))
+            _, pp = _split_mul(m, lv, s_t, f"bp{t}")           # level * S in pieces: 1 stage
+            parts += [(r << lo if lo else r) for r, lo in pp]
+        assert 3 + bst + 1 == self.BUCKET_PARTS and len(parts) == 4 * self.s_pieces
+        join = self.DOT_JOIN
+        msum_a = _delay(m, msum, join - self.MULT_SUM, "msum")
+        parts = [_delay(m, v, join - self.BUCKET_PARTS, f"bpp{i}") for i, v in enumerate(parts)]
+        bsum, fst = _tree(m, parts + [msum_a], "ftree")
+        assert fst == self.FINAL_TREE
+        path = join + fst - 1            # beat flags: D1 (A+1) -> the beat sum (A + join + fst)
+        s_v = _delay(m, d1_v, path, "sv", flush)
+        s_first = _delay(m, d1_first, path, "sfirst")
+        s_last = _delay(m, d1_last, path, "slast")
+        label_d = _delay(m, d1_label, path, "label")
 
-        # --- sample accumulator (1 stage) ---
+        # --- sample accumulator (1 stage), started at the rounding constant of z ---
         acc = Signal(signed(ACC.width))
         acc_v = Signal()
         acc_y = Signal(signed(MODEL.width))
-        beat_sum = bsum
         with m.If(s_v):
-            m.d.sync += acc.eq(Mux(s_first, 0, acc) + beat_sum)
+            m.d.sync += acc.eq(Mux(s_first, ACC_ROUND, acc) + bsum)
         m.d.sync += [acc_v.eq(s_v & s_last & ~flush)]
         with m.If(s_v & s_last):
             m.d.sync += acc_y.eq(label_d)
-        assert 2 + path + 1 == self.DOT_LATENCY
+        assert join + fst + 1 == self.DOT_LATENCY
 
         # ============================ scalar unit ====================================
         scalar = ResetInserter(flush)(Scalar())
@@ -548,12 +622,11 @@ class Engine(wiring.Component):
         # ============================ replay =========================================
         ra_active = Signal()
         ra_beat = Signal(beat_w)
-        ra_fbase = Signal(range(p.dim_max + 2 * W + 1))
         ra_addr = Signal(ceil_log2(self.rb_depth))
         ra_tok = Signal(tok_layout)
         cur_v = Signal()
         cur_beat = Signal(beat_w)
-        cur_fbase = Signal(range(p.dim_max + 2 * W + 1))
+        cur_rem = Signal.like(in_rem)
         cur_addr = Signal(ceil_log2(self.rb_depth))
         cur_tok = Signal(tok_layout)
         ra_half = Signal()
@@ -561,27 +634,30 @@ class Engine(wiring.Component):
         cur_real_last = Signal()
         cur_last = Signal()
         cur_nvalid = Signal(range(W + 1))
-        crem = Signal(signed(cur_fbase.shape().width + 2))
+        ra_rem = Signal.like(in_rem)
+        ra_rl = Signal()
+        ra_rh = Signal()
         m.d.comb += [
             cur_v.eq(tok_rp_v | ra_active),
             cur_beat.eq(Mux(tok_rp_v, 0, ra_beat)),
-            cur_fbase.eq(Mux(tok_rp_v, 0, ra_fbase)),
+            cur_rem.eq(Mux(tok_rp_v, dim, ra_rem)),
             cur_addr.eq(Mux(tok_rp_v, tok_rp.rbstart, ra_addr)),
             cur_tok.eq(Mux(tok_rp_v, tok_rp.as_value(), ra_tok)),
             cur_half.eq(Mux(tok_rp_v, 0, ra_half)),
-            cur_real_last.eq(Mux(cur_half, cur_fbase + lanes_fh >= dim, cur_fbase + lanes_fl >= dim)),
+            cur_real_last.eq(Mux(cur_half, Mux(tok_rp_v, first_last_h, ra_rh),
+                                 Mux(tok_rp_v, first_last_l, ra_rl))),
             cur_last.eq(cur_real_last & (cur_half | skip_high)),
-            crem.eq(dim - cur_fbase),
-            cur_nvalid.eq(Mux(crem <= 0, 0, Mux(crem >= lanes_f, lanes_f, crem))),
+            cur_nvalid.eq(Mux(cur_rem <= 0, 0, Mux(cur_rem >= lanes_f, lanes_f, cur_rem))),
             rb_rd.addr.eq(cur_addr),
         ]
         with m.If(flush):
             m.d.sync += ra_active.eq(0)
         with m.Elif(cur_v):
             m.d.sync += [ra_active.eq(~cur_last), ra_beat.eq(cur_beat + 1), ra_half.eq(is_split & ~cur_half),
-                         ra_fbase.eq(cur_fbase + lanes_f), ra_addr.eq(cur_addr + 1), ra_tok.eq(cur_tok)]
+                         ra_rem.eq(cur_rem - lanes_f), ra_rl.eq(cur_rem <= lanes_ffl),
+                         ra_rh.eq(cur_rem <= lanes_ffh), ra_addr.eq(cur_addr + 1), ra_tok.eq(cur_tok)]
 
-        # Per-beat replay metadata pipeline: R1, R2, P, U1, U2 (model write).
+        # Per-beat replay metadata pipeline: R1, R2, R3, R4, P, U1, U2, U3 (model write).
         meta_layout = data.StructLayout({
             "beat": beat_w, "nvalid": range(W + 1), "fb": 1, "lb": 1, "lj": 1, "zero": 1,
             "last": 1,
@@ -590,20 +666,23 @@ class Engine(wiring.Component):
         m.d.comb += [meta0.beat.eq(cur_beat), meta0.nvalid.eq(cur_nvalid), meta0.fb.eq(cur_tok.fb),
                      meta0.lb.eq(cur_tok.lb), meta0.lj.eq(cur_tok.lj), meta0.zero.eq(cur_tok.zero),
                      meta0.last.eq(cur_last)]
+        R1, R2, R3, R4, P, U1, U2, U3 = range(1, 9)
+        assert U3 == self.UPDATE_LATENCY
         metas, mvs = [meta0], [cur_v & ~flush]
-        for i in range(1, 6):
+        for i in range(1, U3 + 1):
             mr = Signal(meta_layout, name=f"meta{i}")
             vr = Signal(name=f"metav{i}")
             m.d.sync += [mr.eq(metas[-1]), vr.eq(Mux(flush, 0, mvs[-1]))]
             metas.append(mr)
             mvs.append(vr)
-        R1, R2, P, U1, U2 = 1, 2, 3, 4, 5
-        assert U2 == self.UPDATE_LATENCY
 
-        # R1: decode Q2 codes; multiplier-lane operands.
+        # R1: the row buffer's word registered (block RAM output straight into a register).
+        rbq = Signal(W)
+        m.d.sync += rbq.eq(rb_rd.data)
+        # R2: decode Q2 codes; multiplier-lane operands.
         dec2 = Decoder(W, which=2)
         m.submodules.dec2 = dec2
-        m.d.comb += [dec2.beat.eq(rb_rd.data), dec2.mode.eq(mode)]
+        m.d.comb += [dec2.beat.eq(rbq), dec2.mode.eq(mode)]
         gq = []
         for l in range(M):
             rp, bits = codebook_port(l, f"cb2_{l}")
@@ -616,82 +695,103 @@ class Engine(wiring.Component):
             r = Signal(signed(FEAT.width), name=f"gq{l}")
             m.d.sync += r.eq(q)
             gq.append(r)
-        codes2 = [_delay(m, dec2.code[l][:2], P - R1, f"c2_{l}") for l in range(LANES)]
+        codes2 = [_delay(m, dec2.code[l][:2], P - R2, f"c2_{l}") for l in range(LANES)]
 
-        # R2 -> P: r' * q2 (one stage).
+        # R3 -> R4 -> P: r' * q2 (partial products, then their sum).
         rp_sig = scalar.rp
         gp = []
         for l in range(M):
+            psum, _ = _split_mul(m, gq[l], rp_sig, f"gp{l}")
             r = Signal(signed(FEAT.width + X_BITS), name=f"gp{l}")
-            m.d.sync += r.eq(gq[l] * rp_sig)
+            m.d.sync += r.eq(psum)
             gp.append(r)
         table = Array(gp[:4])
 
-        # G read issued at R2 (data at P).
+        # G read issued at R3 (data at R4, registered for P); the model read for the
+        # update issued at R4 (data at P, registered for U1).
         for ports in mem_ports:
-            m.d.comb += ports["g_rd"].addr.eq(group_addr(metas[R2].beat, ports["depth"]))
+            m.d.comb += [ports["g_rd"].addr.eq(group_addr(metas[R3].beat, ports["depth"])),
+                         ports["x_rd_upd"].addr.eq(group_addr(metas[R4].beat, ports["depth"]))]
+        g4 = [Signal(signed(G_BITS), name=f"g4_{l}") for l in range(LANES)]
+        xp = [Signal(signed(X_BITS), name=f"xp{l}") for l in range(LANES)]
+        m.d.sync += [g4[l].eq(g_rd[l]) for l in range(LANES)]
+        m.d.sync += [xp[l].eq(x_upd[l]) for l in range(LANES)]
 
-        # P: select product, accumulate.
+        # P: select product, accumulate. A G word written one or two cycles before P is
+        # newer than the memory's (read at R3): forward it (hits decided at R4).
         mp = metas[P]
         rc = Signal(signed(G_BITS))
         m.d.comb += rc.eq(1 << (FEAT.frac - 1))       # rounding constant of G >> 16
-        fwd_v = Signal()
+        g_we = Signal()
+        m.d.comb += g_we.eq(mvs[P] & ~mp.lb)
+        fwd_v = Signal()                              # a G write in the previous cycle
         fwd_addr = Signal(beat_w)
-        fwd_hit = Signal()
-        m.d.comb += fwd_hit.eq(fwd_v & (fwd_addr == mp.beat))
+        m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat)]
+        hit1 = Signal()                               # P's beat was written in the previous cycle
+        hit2 = Signal()                               # ... two cycles before
+        m.d.sync += [hit1.eq(g_we & ~flush & (mp.beat == metas[R4].beat)),
+                     hit2.eq(fwd_v & ~flush & (fwd_addr == metas[R4].beat))]
         t_p = []
-        fwd = []
         lane_vp = []
         for l in range(LANES):
             sel = table[codes2[l]]
             psel = Mux(is_bucket, sel, gp[l]) if l < M else sel
-            f = Signal(signed(G_BITS), name=f"fwd{l}")
-            base = Mux(mp.fb, rc, Mux(fwd_hit, f, g_rd[l]))
+            f1 = Signal(signed(G_BITS), name=f"fwd{l}")
+            f2 = Signal(signed(G_BITS), name=f"fwdb{l}")
+            base = Mux(mp.fb, rc, Mux(hit1, f1, Mux(hit2, f2, g4[l])))
             t = Signal(signed(G_BITS), name=f"t{l}")
             m.d.comb += t.eq(base + psel)
-            m.d.sync += f.eq(t)
+            m.d.sync += [f1.eq(t), f2.eq(f1)]
             t_p.append(t)
-            fwd.append(f)
             lane_vp.append(mp.nvalid > l)
-        g_we = Signal()
-        m.d.comb += g_we.eq(mvs[P] & ~mp.lb)
-        m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat)]
         for ports in mem_ports:
             lo, n = ports["lo"], ports["n"]
             m.d.comb += [
                 ports["g_wr"].addr.eq(group_addr(mp.beat, ports["depth"])),
                 ports["g_wr"].data.eq(Cat(*[t_p[lo + j] for j in range(n)])),
                 ports["g_wr"].en.eq(Cat(*[g_we & lane_vp[lo + j] for j in range(n)])),
-                # model read for the update: issued at P, data at U1
-                ports["x_rd_upd"].addr.eq(group_addr(mp.beat, ports["depth"])),
             ]
 
-        # U1: G >> 16 (wiring) clamped, L2 term.
+        # U1: G >> 16 (wiring) clamped; the L2 term x >> l2 and its rounding bit.
         mu1 = metas[U1]
-        hs, xs, l2t = [], [], []
+        l2_on = Signal()
+        m.d.sync += l2_on.eq(l2s != 0)
+        hs, xs, l2h, l2r = [], [], [], []
         for l in range(LANES):
-            t1 = Signal(signed(G_BITS), name=f"tu{l}")
-            m.d.sync += t1.eq(t_p[l])
-            hf = t1[FEAT.frac:].as_signed()
+            tu = Signal(signed(G_BITS), name=f"tu{l}")
+            m.d.sync += tu.eq(t_p[l])
+            hf = tu[FEAT.frac:].as_signed()
             h = Signal(signed(MODEL.width + 3), name=f"h{l}")
             x = Signal(signed(X_BITS), name=f"xu{l}")
-            l2 = Signal(signed(X_BITS + 1), name=f"l2_{l}")
-            xin = Mux(mu1.zero, 0, x_upd[l])
+            sh = Signal(signed(X_BITS), name=f"l2h{l}")
+            rb = Signal(name=f"l2r{l}")
+            xin = Mux(mu1.zero, 0, xp[l])
             m.d.sync += [
                 h.eq(Mux(hf > H_CLAMP, H_CLAMP, Mux(hf < -H_CLAMP, -H_CLAMP, hf))),
                 x.eq(xin),
-                l2.eq(Mux(l2s == 0, 0, (xin >> l2s) + xin.bit_select((l2s - 1)[:len(l2s)], 1))),
+                sh.eq(Mux(l2_on, xin >> l2s, 0)),
+                rb.eq(l2_on & xin.bit_select((l2s - 1)[:len(l2s)], 1)),
             ]
             hs.append(h)
             xs.append(x)
-            l2t.append(l2)
+            l2h.append(sh)
+            l2r.append(rb)
 
-        # U2: subtract and saturate, written straight into the model (no register:
+        # U2: x - (x >> l2) and h + rounding bit (one carry chain each).
+        ua, ub = [], []
+        for l in range(LANES):
+            a_ = Signal(signed(X_BITS + 1), name=f"ua{l}")
+            b_ = Signal(signed(MODEL.width + 4), name=f"ub{l}")
+            m.d.sync += [a_.eq(xs[l] - l2h[l]), b_.eq(hs[l] + l2r[l])]
+            ua.append(a_)
+            ub.append(b_)
+
+        # U3: subtract and saturate, written straight into the model (no register:
         # the write port is the pipeline register; saves one boundary cycle).
-        mu2 = metas[U2]
-        xn = [_sat(m, xs[l] - hs[l] - l2t[l], MODEL, f"xn{l}") for l in range(LANES)]
+        mu2 = metas[U3]
+        xn = [_sat(m, ua[l] - ub[l], MODEL, f"xn{l}") for l in range(LANES)]
         x_we = Signal()
-        m.d.comb += x_we.eq(mvs[U2] & mu2.lb)
+        m.d.comb += x_we.eq(mvs[U3] & mu2.lb)
         for ports in mem_ports:
             lo, n = ports["lo"], ports["n"]
             m.d.comb += [
@@ -702,9 +802,9 @@ class Engine(wiring.Component):
         upd_w0 = Signal()
         job_end = Signal()
         m.d.comb += [upd_w0.eq(x_we & (mu2.beat == 0)),
-                     job_end.eq(mvs[U2] & mu2.lj & mu2.last)]
+                     job_end.eq(mvs[U3] & mu2.lj & mu2.last)]
         # upd_w0 computed one stage early and registered (keeps TREADY off the meta path)
-        m.d.sync += w0_now.eq(~flush & mvs[U1] & metas[U1].lb & (metas[U1].beat == 0))
+        m.d.sync += w0_now.eq(~flush & mvs[U2] & metas[U2].lb & (metas[U2].beat == 0))
 
         # ============================ control ========================================
         abort = Signal()            # stream fault: drop everything in flight
@@ -714,33 +814,44 @@ class Engine(wiring.Component):
             m.d.sync += pending.eq(0)
 
         with m.If(self.soft_reset):
-            m.d.sync += [state.eq(st_idle), self.done.eq(0), self.error.eq(Error.NONE), pending.eq(0)]
+            m.d.sync += [state.eq(st_idle), done_i.eq(0), self.done.eq(0), self.error.eq(Error.NONE),
+                         pending.eq(0), running_d.eq(0)]
         with m.Elif(state == st_idle):
             with m.If(self.start):
                 for name in COUNTERS:
                     m.d.sync += getattr(self, name).eq(0)
-                m.d.sync += [self.done.eq(0), self.error.eq(check), epochs_done.eq(0), loss_acc.eq(0)]
-                with m.If(check != Error.NONE):
-                    m.d.sync += self.done.eq(1)
+                m.d.sync += [done_i.eq(0), self.done.eq(0), self.error.eq(check), epochs_done.eq(0),
+                             loss_acc.eq(0)]
+                with m.If(check != Error.NONE):           # refused at once (nothing to count)
+                    m.d.sync += [done_i.eq(1), self.done.eq(1)]
                 with m.Else():
                     m.d.sync += [
                         state.eq(st_run),
                         mode.eq(mode_hit), n_samples.eq(cfg.n_samples), dim.eq(cfg.dim),
                         batch.eq(cfg.batch), epochs.eq(cfg.epochs), loss_sel.eq(cfg.loss),
                         step_mult.eq(cfg.step_mult), decay.eq(cfg.decay_epochs), l2s.eq(cfg.l2_shift),
-                        in_beat.eq(0), in_fbase.eq(0), in_sb.eq(0), in_se.eq(0), in_epoch.eq(0),
+                        in_beat.eq(0), in_sb.eq(0), in_se.eq(0), in_epoch.eq(0),
                         in_k.eq(cfg.step_shift), in_dcnt.eq(0), in_zero.eq(1), pending.eq(0),
                         wptr.eq(0), in_half.eq(0),
+                        decay_m1.eq(cfg.decay_epochs - 1),
+                        in_rem.eq(cfg.dim), in_rl.eq(cfg.dim <= by_hit(lambda md: md.label_lanes)),
+                        in_rh.eq(cfg.dim <= by_hit(fh_of)),
+                        first_last_l.eq(cfg.dim <= by_hit(lambda md: md.label_lanes)),
+                        first_last_h.eq(cfg.dim <= by_hit(fh_of)),
+                        le_r.eq(cfg.n_samples == 1), lb_r.eq(cfg.batch == 1), lj_r.eq(cfg.epochs == 1),
+                        n_one.eq(cfg.n_samples == 1), b_one.eq(cfg.batch == 1),
+                        n_m2.eq(cfg.n_samples - 2), b_m2.eq(cfg.batch - 2), e_m2.eq(cfg.epochs - 2),
                     ]
+                    m.d.sync += [reg.eq(by_hit(fn)) for reg, fn in mode_consts]
         with m.Elif(state == st_drain):
             with m.If(accept & tlast):
-                m.d.sync += [state.eq(st_idle), self.done.eq(1)]
+                m.d.sync += [state.eq(st_idle), done_i.eq(1)]
         with m.Else():
             with m.If(job_end):
-                m.d.sync += [state.eq(st_idle), self.done.eq(1)]
+                m.d.sync += [state.eq(st_idle), done_i.eq(1)]
             with m.If(take & (state == st_run)):
                 with m.If(fault_short):
-                    m.d.sync += [state.eq(st_idle), self.done.eq(1), self.error.eq(Error.STREAM_SHORT),
+                    m.d.sync += [state.eq(st_idle), done_i.eq(1), self.error.eq(Error.STREAM_SHORT),
                                  pending.eq(0)]
                 with m.Elif(fault_long):
                     m.d.sync += [state.eq(st_drain), self.error.eq(Error.STREAM_LONG), pending.eq(0)]
@@ -749,37 +860,41 @@ class Engine(wiring.Component):
                     with m.If(in_beat == 0):
                         m.d.sync += in_rbstart.eq(wptr)
                     with m.If(~in_last_beat):
-                        m.d.sync += [in_beat.eq(in_beat + 1), in_fbase.eq(in_fbase + lanes_f)]
+                        m.d.sync += [in_beat.eq(in_beat + 1), in_rem.eq(in_rem - lanes_f),
+                                     in_rl.eq(in_rem <= lanes_ffl), in_rh.eq(in_rem <= lanes_ffh)]
                     with m.Else():
-                        m.d.sync += [in_beat.eq(0), in_fbase.eq(0)]
+                        m.d.sync += [in_beat.eq(0), in_rem.eq(dim), in_rl.eq(first_last_l),
+                                     in_rh.eq(first_last_h)]
                         with m.If(last_in_batch):
-                            m.d.sync += [in_sb.eq(0), pending.eq(1), in_zero.eq(0)]
+                            m.d.sync += [in_sb.eq(0), pending.eq(1), in_zero.eq(0), lb_r.eq(b_one)]
                         with m.Else():
-                            m.d.sync += in_sb.eq(in_sb + 1)
+                            m.d.sync += [in_sb.eq(in_sb + 1), lb_r.eq(in_sb == b_m2)]
                         with m.If(last_in_epoch):
-                            m.d.sync += [in_se.eq(0), in_epoch.eq(in_epoch + 1)]
+                            m.d.sync += [in_se.eq(0), in_epoch.eq(in_epoch + 1), le_r.eq(n_one),
+                                         lj_r.eq(in_epoch == e_m2)]
                             with m.If(decay != 0):
-                                with m.If(in_dcnt + 1 == decay):
+                                with m.If(in_dcnt == decay_m1):
                                     m.d.sync += [in_dcnt.eq(0),
                                                  in_k.eq(Mux(in_k >= STEP_SHIFT_MAX, in_k, in_k + 1))]
                                 with m.Else():
                                     m.d.sync += in_dcnt.eq(in_dcnt + 1)
                         with m.Else():
-                            m.d.sync += in_se.eq(in_se + 1)
+                            m.d.sync += [in_se.eq(in_se + 1), le_r.eq(in_se == n_m2)]
                         with m.If(final_job):
                             m.d.sync += state.eq(st_tail)
 
 
         # ============================ counters =======================================
+        # Each cycle's events are registered, then added (keeps the 64-bit adders off the
+        # TREADY path); busy and done show one cycle late, when the counts are complete.
+        ev = {name: Signal(name=f"ev_{name}") for name in COUNTERS}
+        m.d.sync += [
+            ev["cnt_cycles"].eq(running),
+            ev["cnt_stalls"].eq(running & ~self.i_data.ready),
+            ev["cnt_idles"].eq(running & self.i_data.ready & ~self.i_data.valid),
+            ev["cnt_beats"].eq(accept),
+            ev["cnt_samples"].eq(scalar.loss_valid & tok_lo_v),
+        ]
         with m.If(~(self.start & (state == st_idle))):
-            with m.If(self.busy):
-                m.d.sync += [
-                    self.cnt_cycles.eq(self.cnt_cycles + 1),
-                    self.cnt_stalls.eq(self.cnt_stalls + ~self.i_data.ready),
-                    self.cnt_idles.eq(self.cnt_idles + (self.i_data.ready & ~self.i_data.valid)),
-                ]
-            m.d.sync += [
-                self.cnt_beats.eq(self.cnt_beats + accept),
-                self.cnt_samples.eq(self.cnt_samples + (scalar.loss_valid & tok_lo_v)),
-            ]
+            m.d.sync += [getattr(self, name).eq(getattr(self, name) + ev[name]) for name in COUNTERS]
         return m
