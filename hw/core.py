@@ -2,37 +2,56 @@
 
 One beat per clock in steady state. Data flow (cycle numbers are relative to the
 cycle ``A`` in which the *last* beat of a sample is accepted; every latency is a
-class attribute so the tests and the report can read it):
+class attribute so the tests and the report can read it).
+
+Timing rules (for 125 MHz on the open-source ECP5 estimate, a slow part): every
+block-RAM output goes straight into a register; every multiplication is cut into
+17 x 18 pieces whose partial products are registered (one DSP each), then summed;
+a stage holds at most one carry chain plus a few LUT levels (two chained adds in
+the adder trees); stream control (TREADY, acceptance) depends on registered flags
+only; counters add last cycle's registered events.
 
 Dot path (one beat per cycle, never stalls)
     ``A``      beat accepted; model read (port ``dot``) issued at the beat address;
                beat written into the row buffer.
-    ``A+1``    model words arrive; beat decoded (Q1 codes), codebook look-up,
-               lane masking (feature index >= d, or first batch of the job: x = 0);
-               multiplier operands / first bucket-tree level registered.
-    multiplier path   ``q1 * x`` (1 stage) + registered adder tree (2 levels/stage);
-    bucket path       masked tree per codebook level (2 levels/stage) + ``level * S``
-                      (1 stage) + sum of the 4 buckets (1 stage);
-    the shorter path is delayed to match; then the sample accumulator (1 stage).
+    ``A+1``    model words arrive; beat decoded (Q1 codes), codebook look-up with
+               lane masking (feature index >= d, or first batch of the job: the
+               codebook value is 0); registered at ``A+2`` with the model words and,
+               for the bucket lanes, four bucket-select bits per lane.
+    multiplier path   partial products of ``q1 * x`` (``A+3``), products (``A+4``),
+                      registered adder tree (2 levels/stage): ``MULT_SUM``;
+    bucket path       first masked tree level (``A+3``), rest of the tree, partial
+                      products ``level * S`` (S in 17-bit pieces): ``BUCKET_PARTS``;
+    the shorter path is delayed to ``DOT_JOIN``; a final tree adds the bucket
+    partial products and the multiplier sum; then the sample accumulator, which
+    starts every sample at the rounding constant of ``z`` (``scalar.ACC_ROUND``).
     ``DOT_LATENCY`` = cycles from acceptance of a beat to the accumulator holding it.
 Scalar unit (:class:`~zipsgd.hw.scalar.Scalar`)
-    ``z``, residual, ``r'`` (``Scalar.LATENCY_RP`` = 3 stages) and the sample loss.
+    ``z``, residual, ``r'`` (``Scalar.LATENCY_RP`` = 6 stages) and the sample loss.
 Replay / gradient / update (one beat per cycle, starts ``REPLAY_START`` cycles
 after ``A`` so that its multiplier stage meets ``r'``)
-    ``R0`` row-buffer read; ``R1`` decode Q2 codes, codebook look-up;
-    ``R2`` ``r' * q2`` (DSP lanes; for b <= 2 the 4 lanes compute the level table
-    ``r' * level_k``); ``P`` = ``R3`` select per lane, add to the G accumulator
-    (or to the rounding constant ``2**15`` at the first sample of a batch),
-    write G back (not on the last sample of the batch); ``U1`` ``G >> 16`` (wiring:
-    the step shift ``k`` is applied to ``r'`` in the scalar unit, once per sample)
-    clamped, L2 term; ``U2`` subtract and saturate and write the model word (the
-    write port is the last register). ``UPDATE_LATENCY`` = R0 -> U2.
+    ``R0`` row-buffer read; ``R1`` its word registered; ``R2`` decode Q2 codes,
+    codebook look-up; ``R3`` partial products of ``r' * q2`` (DSP lanes; for b <= 2
+    the 4 lanes compute the level table ``r' * level_k``), G read issued; ``R4``
+    products, G word registered, model read issued, forwarding decided (a G word
+    written one or two cycles before ``P`` is taken from the forwarding registers);
+    ``P`` select per lane, add to the G accumulator (or to the rounding constant
+    ``2**15`` at the first sample of a batch), write G back (not on the last sample
+    of the batch); ``U1`` ``G >> 16`` (wiring: the step shift ``k`` is applied to
+    ``r'`` in the scalar unit, once per sample) clamped, ``x >> l2`` and its rounding
+    bit; ``U2`` ``x - (x >> l2)`` and ``h + bit``; ``U3`` subtract and saturate and
+    write the model word (the write port is the last register).
+    ``UPDATE_LATENCY`` = R0 -> U3.
 Batch boundary
     The first beat of the next batch is accepted in the cycle the update writes
     beat 0 of the model (the dot read port is transparent for the update's writes,
     and the sweep writes one beat per cycle, so every later beat is read no earlier
     than it is written): ``BATCH_STALL`` cycles with ``ready`` low per boundary
-    (epoch boundaries cost the same).
+    (epoch boundaries cost the same): 19 at W = 64 (``DOT_LATENCY`` 9 + scalar 6 +
+    4 update stages after ``r'`` is used), 20 at W = 128 or with W lanes.
+Status
+    ``busy`` and ``done`` show one cycle after the last counted cycle (the counters
+    add registered events); a refused configuration shows ``done`` at once.
 
 Model and G memories are one memory per *lane group*: lanes that share the
 narrowest mode using them share a depth ``ceil(dim_max / F_min)``; words are
@@ -185,6 +204,10 @@ class Engine(wiring.Component):
         self.groups = lane_groups(W, params.dim_max, params.lanes)
         self.lanes = engine_lanes(W, params.lanes)
         self.beats_max = max(self.engine_beats(md, params.dim_max) for md in self.modes)
+        #: Cycles from a move of the model read-back pointer (``model_rewind``/``model_next``
+        #: seen) to ``model_data``; from a ``loss_addr`` change to ``loss_data``.
+        self.READBACK_LATENCY = 3
+        self.LOSS_READ_LATENCY = 2
         # bucket sums S: X_BITS + log2(lanes per tree) bits, multiplied in 17-bit pieces
         self.s_bits = X_BITS + 1 + ceil_log2((self.lanes - self.n_mult) // 2)
         self.s_pieces = len(_pieces(self.s_bits))
@@ -339,8 +362,13 @@ class Engine(wiring.Component):
 
         # ============================ codebook ======================================
         lvl = Array(Signal(signed(FEAT.width), name=f"lvl{k}") for k in range(4))
-        with m.If(self.cb_we & (self.cb_addr < 4)):
-            m.d.sync += lvl[self.cb_addr[:2]].eq(self.cb_data.as_signed())
+        # codebook writes registered once (they fan out to every lane's copy)
+        cb_we = Signal()
+        cb_addr = Signal.like(self.cb_addr)
+        cb_data = Signal.like(self.cb_data)
+        m.d.sync += [cb_we.eq(self.cb_we), cb_addr.eq(self.cb_addr), cb_data.eq(self.cb_data)]
+        with m.If(cb_we & (cb_addr < 4)):
+            m.d.sync += lvl[cb_addr[:2]].eq(cb_data.as_signed())
 
         def codebook_port(lane, name):
             """A LUT-RAM copy of the codebook for one multiplier lane (async read)."""
@@ -349,8 +377,8 @@ class Engine(wiring.Component):
             m.submodules[name] = mem
             wp = mem.write_port()
             rp = mem.read_port(domain="comb")
-            m.d.comb += [wp.addr.eq(self.cb_addr[:bits]), wp.data.eq(self.cb_data.as_signed()),
-                         wp.en.eq(self.cb_we & (self.cb_addr < (1 << bits)))]
+            m.d.comb += [wp.addr.eq(cb_addr[:bits]), wp.data.eq(cb_data.as_signed()),
+                         wp.en.eq(cb_we & (cb_addr < (1 << bits)))]
             return rp, bits
 
         # ============================ memories ======================================
@@ -391,7 +419,8 @@ class Engine(wiring.Component):
         m.submodules.loss_mem = loss_mem
         lm_wr = loss_mem.write_port()
         lm_rd = loss_mem.read_port()
-        m.d.comb += [lm_rd.addr.eq(self.loss_addr), self.loss_data.eq(lm_rd.data)]
+        m.d.comb += lm_rd.addr.eq(self.loss_addr)
+        m.d.sync += self.loss_data.eq(lm_rd.data)       # block RAM output registered
 
         # ============================ input side ====================================
         beat_w = ceil_log2(self.beats_max + 1)
@@ -477,7 +506,6 @@ class Engine(wiring.Component):
         m.d.comb += dot_addr.eq(Mux(running, in_beat, rdb_beat))
         for ports in mem_ports:
             m.d.comb += ports["x_rd_dot"].addr.eq(group_addr(dot_addr, ports["depth"]))
-        m.d.comb += self.model_data.eq(Array(x_dot[:LANES])[rdb_lane])
 
         # ============================ dot path ======================================
         # D1 (A+1): beat register, per-beat flags.
@@ -520,6 +548,7 @@ class Engine(wiring.Component):
         # a feature; the model word straight from the memory), partial products at A+3,
         # products at A+4, then the tree ---
         prods = []
+        mxs = []
         for l in range(M):
             rp, bits = codebook_port(l, f"cb1_{l}")
             m.d.comb += rp.addr.eq(dec1.code[l][:bits])
@@ -527,6 +556,7 @@ class Engine(wiring.Component):
             mq = Signal(signed(FEAT.width), name=f"mq{l}")
             mx = Signal(signed(X_BITS), name=f"mx{l}")
             m.d.sync += [mq.eq(Mux(live1[l], q, 0)), mx.eq(x_dot[l])]
+            mxs.append(mx)
             psum, _ = _split_mul(m, mq, mx, f"mp{l}")
             pr = Signal(signed(FEAT.width + X_BITS), name=f"mp{l}")
             m.d.sync += pr.eq(psum)
@@ -554,6 +584,11 @@ class Engine(wiring.Component):
                     c = c_b2 & ~is_b1
                 bsel[j, t] = Signal(name=f"bs{t}_{j}")
                 m.d.sync += bsel[j, t].eq(c)
+        # model read-back: the lane's word from the registered dot-port words (valid
+        # READBACK_LATENCY cycles after the pointer moves)
+        words2 = [mxs[l] for l in range(M)] + [bx[j] for j in BL]
+        rdb_lane2 = _delay(m, rdb_lane, 2, "rdbl")
+        m.d.sync += self.model_data.eq(Array(words2)[rdb_lane2])
         parts = []
         for t in range(4):
             ins = [Mux(bsel[j, t], bx[j], 0) for j in BL]

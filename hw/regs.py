@@ -41,8 +41,9 @@ from zipsgd.contract import (
 )
 
 #: Cycles a read waits after a model pulse or a LOSS_ADDR write. The engine's readback
-#: ports are valid 2 cycles after a pulse / address change; its interface asks for 4,
-#: and a MODEL_DATA read is acknowledged at the earliest 6 cycles after its pulse.
+#: ports are valid 4 cycles after a pulse (3 after its read pointer moves: block RAM,
+#: registered words, lane multiplexer) and 3 after a loss address change; a MODEL_DATA
+#: read is acknowledged at the earliest 6 cycles after its pulse.
 HOLD_CYCLES = 5
 
 #: Constant registers: name -> function of EngineParams.

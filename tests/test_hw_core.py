@@ -124,7 +124,7 @@ class Driver:
         await self.pulse(d.model_rewind)
         out = []
         for i in range(dim):
-            await ctx.tick().repeat(2)
+            await ctx.tick().repeat(d.READBACK_LATENCY)
             v = ctx.get(d.model_data)
             out.append(v - (1 << 32) if v >= 1 << 31 else v)
             await self.pulse(d.model_next)
@@ -135,7 +135,7 @@ class Driver:
         out = []
         for e in range(epochs):
             ctx.set(d.loss_addr, e)
-            await ctx.tick().repeat(2)
+            await ctx.tick().repeat(d.LOSS_READ_LATENCY)
             out.append(ctx.get(d.loss_data))
         return out
 
