@@ -761,6 +761,34 @@ def estimate_paths(netlist: Path, top: str = "zipsgd_top", period: float = 8.0, 
             "families": dict(sorted(families.items(), key=lambda kv: -kv[1][1])), "paths": paths}
 
 
+#: Blocks placed and routed alone by ``timing`` (a measured Fmax even when the whole engine
+#: does not place): name -> (module maker, what it is).
+TIMING_BLOCKS = {
+    "scalar": (lambda params: _scalar(), "scalar unit (z, residual, r', loss; on the batch-boundary loop)"),
+}
+
+
+def _scalar():
+    from .scalar import Scalar
+    return Scalar()
+
+
+def block_timing(params: c.EngineParams, name: str, out_dir: Path, freq: float = 125.0,
+                 seed: int = 1) -> dict:
+    """synth_ecp5 + nextpnr-ecp5 (out of context) of one block of :data:`TIMING_BLOCKS` alone.
+
+    Returns ``{"what", "synth", "pnr"}`` (``pnr`` as :func:`place_and_route`)."""
+    from amaranth.back import verilog as _verilog
+    make, what = TIMING_BLOCKS[name]
+    d = Path(out_dir) / f"block_{name}"
+    d.mkdir(parents=True, exist_ok=True)
+    v = d / f"{name}.v"
+    v.write_text(_verilog.convert(make(params), name=name))
+    syn = synth_ecp5(v, d / f"{name}_ecp5.json", d / "yosys_ecp5.log", top=name)
+    pnr = place_and_route(d / f"{name}_ecp5.json", d, freq, seed)
+    return {"what": what, "synth": syn, "pnr": pnr}
+
+
 def timing(params: c.EngineParams, out_dir: Path | None = None, freq: float = 125.0, seed: int = 1,
            placer: str | None = None, threads: int | None = None, core: str = "engine",
            progress=None) -> dict:
@@ -793,6 +821,10 @@ def timing(params: c.EngineParams, out_dir: Path | None = None, freq: float = 12
             res["pnr_error"] = str(e).splitlines()[-1].replace("ERROR: ", "").strip()
             say("nextpnr could not place it: unplaced path estimate instead")
             res["estimate"] = estimate_paths(netlist, period=1000.0 / freq)
+    res["blocks"] = {}
+    for name in TIMING_BLOCKS:
+        say(f"block {name} alone: synth_ecp5 + nextpnr-ecp5 -> {out_dir / ('block_' + name)}")
+        res["blocks"][name] = block_timing(params, name, out_dir, freq, seed)
     (out_dir / "report.txt").write_text(timing_report(res) + "\n")
     return res
 
@@ -812,6 +844,14 @@ def timing_report(res: dict, max_paths: int = 3, max_steps: int = 14) -> str:
              "synth_ecp5 cells: " + ", ".join(f"{cells[k]} {k}" for k in (
                  "LUT4", "CCU2C", "PFUMX", "L6MUX21", "TRELLIS_DPR16X4", "TRELLIS_FF", "MULT18X18D", "ALU54B",
                  "DP16KD") if cells.get(k))]
+    for name, b in res.get("blocks", {}).items():
+        for clk, (ach, tgt) in b["pnr"]["fmax"].items():
+            path = b["pnr"]["paths"][0] if b["pnr"]["paths"] else None
+            lines.append(f"block {name} alone ({b['what']}): Fmax {ach:.1f} MHz "
+                         f"({'PASS' if ach >= tgt else 'FAIL'} at {tgt:g} MHz), placed and routed"
+                         + (f"; critical path {path['start']['signal']} -> {path['end']['signal']} "
+                            f"{path['delay']:.2f} ns "
+                            f"({path['logic']:.2f} logic + {path['routing']:.2f} routing)" if path else ""))
     if res["overflow"] or res.get("pnr_error"):
         if res["overflow"]:
             lines.append(f"DOES NOT FIT the {ECP5['name']}: " + "; ".join(res["overflow"]))

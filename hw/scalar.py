@@ -9,24 +9,27 @@ every sample's sum at that constant), so ``z = sat(acc >> FEAT.frac)`` needs no 
 Pipeline (each line one register stage, at most one carry chain and a few LUT levels
 deep, for 125 MHz on a slow ECP5; LATENCY is counted from ``i_valid``):
 
-1. ``z`` (saturated) and, from the raw ``acc`` bits in parallel, every candidate of the
-   residual: ``z - y``, ``MAX - y``, ``MIN - y`` (squared) and the PLAN sigmoid
-   ``sigma(z)`` (each segment of both signs is one constant add of ``z``, the segment is
-   chosen by constant compares of ``z``).
+1. ``z`` (saturated) and, from the raw ``acc`` bits in parallel, the squared loss's
+   residual ``sat(z - y)`` and the PLAN sigmoid ``sigma(z)`` (each segment of both signs
+   is one constant add of ``z``, the segment is chosen by constant compares of ``z``).
 2. ``r`` for the job's loss (saturations and selection), the softplus argument ``t`` and the
    hinge margin.
 3. Partial products ``r_hi * m``, ``r_lo * m`` and those of ``r * r`` (17x17, one DSP each);
-   softplus table index; hinge loss.
-4. ``r * m`` and ``r * r`` summed; softplus table read.
-5. ``(r * m) >> (14 + k)`` (one barrel shifter); squared loss rounded; softplus summed.
-6. ``r' = sat((h + 1) >> 1)``; sample loss selected and saturated.
+   ``-t`` for the softplus; hinge loss.
+4. ``r * m`` and ``r * r`` summed; softplus table index.
+5. ``(r * m) >> (14 + k)`` (one barrel shifter); squared loss rounded; softplus table read
+   (a ROM, possibly a block RAM: its word is registered once more at 6).
+6. ``r' = sat((h + 1) >> 1)``.
+7. Softplus summed.
+8. Sample loss selected and saturated (the loss is off the batch-boundary loop).
 
-So ``LATENCY_RP`` = ``LATENCY_LOSS`` = 6 cycles.
+So ``LATENCY_RP`` = 6 and ``LATENCY_LOSS`` = 8 cycles.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.utils import ceil_log2
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -40,9 +43,31 @@ ACC_ROUND = 1 << (FEAT.frac - 1)
 
 
 def sat(m, value, fmt, name):
-    """Combinational saturation of ``value`` to ``fmt``; returns a new Signal."""
+    """Combinational saturation of ``value`` to ``fmt``; returns a new Signal.
+
+    Decided from the bits above the format (all equal to the sign: in range), so it
+    costs a few LUT levels after whatever computes ``value``, no comparator chain."""
     out = Signal(signed(fmt.width) if fmt.signed else unsigned(fmt.width), name=name)
-    m.d.comb += out.eq(Mux(value > fmt.max, fmt.max, Mux(value < fmt.min, fmt.min, value)))
+    v = Value.cast(value)
+    w, n, sv = len(v), fmt.width, v.shape().signed
+    if fmt.signed:
+        if not sv:                                   # unsigned: only too big
+            v = Cat(v, Const(0, 1)).as_signed()
+            w += 1
+        if w <= n:
+            m.d.comb += out.eq(v)
+            return out
+        top = v[n - 1:]
+        ok = (top == 0) | (top == (1 << len(top)) - 1)
+        m.d.comb += out.eq(Mux(ok, v[:n], Mux(v[-1], fmt.min, fmt.max)))
+    else:
+        if sv:                                       # negative -> 0, too big -> max
+            ok = v[n:] == 0 if w > n else ~v[-1]
+            m.d.comb += out.eq(Mux(ok, v[:n], Mux(v[-1], 0, fmt.max)))
+        elif w <= n:
+            m.d.comb += out.eq(v)
+        else:
+            m.d.comb += out.eq(Mux(v[n:] == 0, v[:n], fmt.max))
     return out
 
 
@@ -74,7 +99,7 @@ class Scalar(wiring.Component):
     """
 
     LATENCY_RP = 6
-    LATENCY_LOSS = 6
+    LATENCY_LOSS = 8
 
     def __init__(self):
         super().__init__({
@@ -114,8 +139,8 @@ class Scalar(wiring.Component):
         ovf1 = reg(ovf, "ovf1")
         neg1 = reg(neg, "neg1")
         # squared: sat(z - y) for z in range, else sat(MAX - y) / sat(MIN - y)
-        dq1 = reg(zr - y, "dq1", signed(MW + 1))
-        dl1 = reg(Mux(neg, MODEL.min, MODEL.max) - y, "dl1", signed(MW + 1))
+        rsq1 = reg(Mux(ovf, sat(m, Mux(neg, MODEL.min, MODEL.max) - y, MODEL, "r_sq_o"),
+                       sat(m, zr - y, MODEL, "r_sq_i")), "rsq1", signed(MW))
         # logistic: the first segment whose threshold <= |z|; z >= 0: s(z), z < 0: one - s(-z)
         # (one - off) - ((-z) >> s) == (z + 2**s - 1 + (one - off) * 2**s) >> s
         cands, hits = [], []
@@ -133,18 +158,21 @@ class Scalar(wiring.Component):
         for c, h in zip(reversed(cands[:-1]), reversed(hits[:-1])):
             sig = Mux(h, c, sig)
         sig1 = reg(sig, "sig1", signed(MW + 1))
+        # hinge: margin mg = z (y >= 0) or sat(-z); mg < one <=> z < one / z > -one
+        zlt1 = reg(Mux(ovf, neg, zr < one), "zlt1")
+        zgt1 = reg(Mux(ovf, ~neg, zr > -one), "zgt1")
         ls1 = reg(self.loss, "ls1")
+        lsq1 = reg(self.loss == Loss.SQUARED, "lsq1")
+        llg1 = reg(self.loss == Loss.LOGISTIC, "llg1")
         sm1 = reg(self.step_mult, "sm1")
         k1 = reg(self.k, "k1")
         v1 = reg(self.i_valid, "v1")
 
         # ---- stage 2: r, softplus argument, hinge margin -----------------------------
-        r_sq = Mux(ovf1, sat(m, dl1, MODEL, "r_sq_o"), sat(m, dq1, MODEL, "r_sq_i"))
         r_lg = sat(m, sig1 - y1, MODEL, "r_lg")
-        # hinge: margin mg = z (y >= 0) or sat(-z); mg < one <=> z < one / z > -one
-        r_hg = Mux(y1 >= 0, Mux(z1 < one, -one, 0), Mux(z1 > -one, one, 0))
+        r_hg = Mux(y1 >= 0, Mux(zlt1, -one, 0), Mux(zgt1, one, 0))
         neg_z = sat(m, -z1, MODEL, "neg_z")
-        r2 = reg(Mux(ls1 == Loss.SQUARED, r_sq, Mux(ls1 == Loss.LOGISTIC, r_lg, r_hg)), "r2", signed(MW))
+        r2 = reg(Mux(lsq1, rsq1, Mux(llg1, r_lg, r_hg)), "r2", signed(MW))
         t2 = reg(Mux(y1 == 0, z1, neg_z), "t2", signed(MW))        # softplus argument
         mg2 = reg(Mux(y1 >= 0, z1, neg_z), "mg2", signed(MW))      # hinge margin
         ls2, sm2, k2, v2 = reg(ls1, "ls2"), reg(sm1, "sm2"), reg(k1, "k2"), reg(v1, "v2")
@@ -159,19 +187,20 @@ class Scalar(wiring.Component):
         ps_ll = reg(r_lo * r_lo, "ps_ll", signed(2 * H + 2))
         ps_hl = reg(r_hi * r_lo, "ps_hl", signed(2 * H + 1))
         ps_hh = reg(r_hi * r_hi, "ps_hh", signed(2 * H + 1))
-        ta = sat(m, Mux(t2 < 0, -t2, t2), MODEL, "t_abs")
-        idx3 = reg(Mux((ta >> SOFTPLUS_SHIFT) >= SOFTPLUS_ENTRIES, SOFTPLUS_ENTRIES, ta >> SOFTPLUS_SHIFT),
-                   "idx3", unsigned(len(Const(SOFTPLUS_ENTRIES))))
-        tp3 = reg(Mux(t2 > 0, t2, 0), "tp3", signed(MW))
+        tn3 = reg(-t2, "tn3", signed(MW + 1))                    # |t| = max(t, -t) next stage
+        t3 = reg(t2, "t3")
         hg3 = reg(Mux(mg2 < one, one - mg2, 0), "hg3", signed(MW + 2))
         ls3, k3, v3 = reg(ls2, "ls3"), reg(k2, "k3"), reg(v2, "v3")
 
         # ---- stage 4: sums of partial products, softplus table ------------------------
         rm4 = reg((pm_hi << H) + pm_lo, "rm4", signed(MW + STEP_MULT.width + 1))
         sq4 = reg(((ps_hh << MW) + (ps_hl << (H + 1)) + ps_ll).as_unsigned(), "sq4", unsigned(2 * MW))
-        table = Array(Const(v, unsigned(MW)) for v in SOFTPLUS_TABLE + (0,))
-        tab4 = reg(table[idx3], "tab4", unsigned(MW))
-        tp4 = reg(tp3, "tp4")
+        # softplus table index min(|t| >> SHIFT, ENTRIES) (|t| unsaturated: same index)
+        ta = Mux(t3 < 0, tn3, t3).as_unsigned()
+        ib = ceil_log2(SOFTPLUS_ENTRIES)
+        idx4 = reg(Mux(ta[SOFTPLUS_SHIFT + ib:] != 0, SOFTPLUS_ENTRIES, ta[SOFTPLUS_SHIFT:SOFTPLUS_SHIFT + ib]),
+                   "idx4", unsigned(ib + 1))
+        tp4 = reg(Mux(t3 > 0, t3, 0), "tp4", signed(MW))
         hg4 = reg(hg3, "hg4")
         ls4, k4, v4 = reg(ls3, "ls4"), reg(k3, "k4"), reg(v3, "v4")
 
@@ -180,18 +209,31 @@ class Scalar(wiring.Component):
         hk5 = reg(rm4[STEP_MULT.frac - 1:].as_signed() >> k4, "hk5",
                   signed(rm4.shape().width - (STEP_MULT.frac - 1)))
         lsq5 = reg(rshift_round(sq4, MODEL.frac + 1), "lsq5", unsigned(2 * MW))
-        sp5 = reg(tp4 + tab4, "sp5", signed(MW + 2))
+        table = Array(Const(v, unsigned(MW)) for v in SOFTPLUS_TABLE + (0,))
+        tab5 = reg(table[idx4], "tab5", unsigned(MW))
+        tp5 = reg(tp4, "tp5")
         hg5 = reg(hg4, "hg5")
         ls5, v5 = reg(ls4, "ls5"), reg(v4, "v5")
 
-        # ---- stage 6: r' and the sample loss -------------------------------------------
+        # ---- stage 6: r' -------------------------------------------------------------------
         rp = sat(m, (hk5 + 1) >> 1, MODEL, "rp_next")
-        lo = Mux(ls5 == Loss.SQUARED, lsq5, Mux(ls5 == Loss.LOGISTIC, sp5, hg5))
-        lo_sat = sat(m, lo, LOSS_SAMPLE, "loss_sat")
-        m.d.sync += [
-            self.rp_valid.eq(v5), self.loss_valid.eq(v5),
-            self.loss_out.eq(lo_sat),
-        ]
+        m.d.sync += self.rp_valid.eq(v5)
         with m.If(v5):
             m.d.sync += self.rp.eq(rp)
+        # (the table may be a block-RAM ROM: its word is registered once more)
+        tab6 = reg(tab5, "tab6")
+        tp6 = reg(tp5, "tp6")
+        lsq6 = reg(lsq5, "lsq6")
+        hg6 = reg(hg5, "hg6")
+        ls6, v6 = reg(ls5, "ls6"), reg(v5, "v6")
+
+        # ---- stage 7: softplus summed ------------------------------------------------------
+        sp7 = reg(tp6 + tab6, "sp7", signed(MW + 2))
+        lsq7, hg7 = reg(lsq6, "lsq7"), reg(hg6, "hg7")
+        ls7, v7 = reg(ls6, "ls7"), reg(v6, "v7")
+
+        # ---- stage 8: the sample loss selected and saturated ----------------------------
+        lo = Mux(ls7 == Loss.SQUARED, lsq7, Mux(ls7 == Loss.LOGISTIC, sp7, hg7))
+        lo_sat = sat(m, lo, LOSS_SAMPLE, "loss_sat")
+        m.d.sync += [self.loss_valid.eq(v7), self.loss_out.eq(lo_sat)]
         return m

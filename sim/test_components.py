@@ -92,4 +92,4 @@ async def test_scalar_stream(dut):
     bad = [(case, (rp, lo), scalar_expected(case)) for case, rp, lo in zip(cases, got_rp, got_lo)
            if (rp, lo) != scalar_expected(case)]
     assert not bad, f"{len(bad)} of {len(cases)} wrong, first: {bad[0]}"
-    assert cycles == len(cases) + Scalar.LATENCY_RP, cycles   # inputs driven after edge i show at edge i + LATENCY_RP
+    assert cycles == len(cases) + max(Scalar.LATENCY_RP, Scalar.LATENCY_LOSS), cycles   # the later output

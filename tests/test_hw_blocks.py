@@ -60,7 +60,7 @@ def test_scalar_against_reference():
                 got_rp.append(ctx.get(dut.rp))
             if ctx.get(dut.loss_valid):
                 got_lo.append(ctx.get(dut.loss_out))
-        assert cycles == len(cases) + Scalar.LATENCY_RP - 1
+        assert cycles == len(cases) + max(Scalar.LATENCY_RP, Scalar.LATENCY_LOSS) - 1
 
     # The loss / mult / k inputs are per-job (k per epoch) in the engine but per-sample here: check that
     # stage 1 and 2 capture them (the test feeds a new value every cycle).
