@@ -59,7 +59,7 @@ synth: setup .yosys-ok
 # Yosys synth_ecp5 + nextpnr-ecp5 out of context on an LFE5U-85F: Fmax at 125 MHz,
 # utilisation, critical paths (build/timing/report.txt). Long: tens of minutes.
 timing: setup .yosys-ok
-	$(PY) -m zipsgd.hw.build timing $(HWARGS)
+	$(PY) -m zipsgd.hw.build timing $(HWARGS) $(TIMINGARGS)
 
 bitstream: setup
 	$(MAKE) -C bitstreams BOARD=$(BOARD) PY=$(abspath $(PY))

@@ -791,11 +791,13 @@ def block_timing(params: c.EngineParams, name: str, out_dir: Path, freq: float =
 
 def timing(params: c.EngineParams, out_dir: Path | None = None, freq: float = 125.0, seed: int = 1,
            placer: str | None = None, threads: int | None = None, core: str = "engine",
-           progress=None) -> dict:
+           progress=None, place: bool = True) -> dict:
     """ECP5 timing estimate of ``zipsgd_top``: synth_ecp5, fit check, nextpnr-ecp5.
 
     Returns a dict with ``params``, ``synth`` (cells, seconds, tool), ``overflow`` (what
     does not fit; empty when it fits), and when placed ``pnr`` (:func:`place_and_route`).
+    ``place=False`` skips the engine's place and route (tens of minutes; it fails at
+    today's size) for the unplaced estimate; the blocks are placed and routed either way.
     The text report (:func:`timing_report`) is written to ``out_dir/report.txt``.
     """
     out_dir = Path(out_dir or BUILD_DIR / "timing")
@@ -810,6 +812,10 @@ def timing(params: c.EngineParams, out_dir: Path | None = None, freq: float = 12
     res["overflow"] = ecp5_overflow(res["synth"]["cells"])
     if res["overflow"]:
         say("does not fit: unplaced path estimate instead of place and route")
+        res["estimate"] = estimate_paths(netlist, period=1000.0 / freq)
+    elif not place:
+        say("engine place and route skipped (--estimate-only): unplaced path estimate")
+        res["pnr_error"] = "not attempted (--estimate-only)"
         res["estimate"] = estimate_paths(netlist, period=1000.0 / freq)
     else:
         say(f"nextpnr-ecp5 {ECP5['name']} out of context, {freq:g} MHz, seed {seed} -> {out_dir / 'nextpnr.log'}")
@@ -857,8 +863,11 @@ def timing_report(res: dict, max_paths: int = 3, max_steps: int = 14) -> str:
             lines.append(f"DOES NOT FIT the {ECP5['name']}: " + "; ".join(res["overflow"]))
             lines.append("(no place and route; a smaller --dim-max needs less block RAM, not less logic)")
         else:
-            lines.append(f"PLACEMENT FAILED on the {ECP5['name']} (seed {res['seed']}): {res['pnr_error']}")
-            lines.append("(another --seed, --placer sa or a smaller --dim-max may place)")
+            if res["pnr_error"].startswith("not attempted"):
+                lines.append(f"ENGINE NOT PLACED: {res['pnr_error']}")
+            else:
+                lines.append(f"PLACEMENT FAILED on the {ECP5['name']} (seed {res['seed']}): {res['pnr_error']}")
+                lines.append("(another --seed, --placer sa or a smaller --dim-max may place)")
         if res.get("estimate"):
             lines.append(estimate_report(res["estimate"]))
         return "\n".join(lines)
@@ -938,6 +947,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="timing: nextpnr seed")
     ap.add_argument("--placer", default=None, help="timing: nextpnr placer (heap, sa)")
     ap.add_argument("--threads", type=int, default=None, help="timing: nextpnr threads")
+    ap.add_argument("--estimate-only", action="store_true",
+                    help="timing: skip the engine's place and route (unplaced estimate; blocks still placed)")
     ap.add_argument("--lanes", type=int, default=None,
                     help="datapath lanes: W/2 (default; 1-bit single/nearest at half rate) or W")
     ap.add_argument("--core", default="engine", choices=("engine", "stub"), help=argparse.SUPPRESS)
@@ -960,7 +971,7 @@ def main(argv=None) -> int:
     out_dir = a.output or BUILD_DIR / "timing"
     try:
         res = timing(params, out_dir, a.freq, a.seed, a.placer, a.threads, a.core,
-                     progress=lambda msg: print(msg, flush=True))
+                     progress=lambda msg: print(msg, flush=True), place=not a.estimate_only)
     except ToolMissing as e:
         print(f"timing: {e}", file=sys.stderr)
         return 2

