@@ -77,6 +77,7 @@ from zipsgd.contract import (
 
 from .decode import Decoder, engine_lanes, lane_code_bits, modes, mult_lanes
 from .scalar import ACC_ROUND, Scalar
+from .scalar import sat as _sat
 
 #: Configuration register fields the core sees (32-bit unsigned each).
 CFG_FIELDS = CONFIG_FIELDS
@@ -172,12 +173,6 @@ def _split_mul(m, a, b, name):
     return acc, parts
 
 
-def _sat(m, value, fmt, name):
-    out = Signal(signed(fmt.width) if fmt.signed else unsigned(fmt.width), name=name)
-    m.d.comb += out.eq(Mux(value > fmt.max, fmt.max, Mux(value < fmt.min, fmt.min, value)))
-    return out
-
-
 class Engine(wiring.Component):
     """zipsgd SGD engine core (see the module docstring for the pipeline).
 
@@ -261,8 +256,8 @@ class Engine(wiring.Component):
         # Scalar r' is valid LATENCY_RP after the accumulator; the replay multiplier
         # stage (R3) must see it.
         self.REPLAY_START = self.DOT_LATENCY + Scalar.LATENCY_RP - 3
-        # R0 -> model write at U3: R1, R2, R3, R4, P, U1, U2, U3.
-        self.UPDATE_LATENCY = 8
+        # R0 -> model write at U2: R1, R2, R3, R4, P, U1, U2.
+        self.UPDATE_LATENCY = 7
         # The next batch's first beat is accepted in the cycle the update writes model
         # beat 0 (the dot read port is transparent for the update's writes).
         self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY - 1
@@ -701,10 +696,10 @@ class Engine(wiring.Component):
         m.d.comb += [meta0.beat.eq(cur_beat), meta0.nvalid.eq(cur_nvalid), meta0.fb.eq(cur_tok.fb),
                      meta0.lb.eq(cur_tok.lb), meta0.lj.eq(cur_tok.lj), meta0.zero.eq(cur_tok.zero),
                      meta0.last.eq(cur_last)]
-        R1, R2, R3, R4, P, U1, U2, U3 = range(1, 9)
-        assert U3 == self.UPDATE_LATENCY
+        R1, R2, R3, R4, P, U1, U2 = range(1, 8)
+        assert U2 == self.UPDATE_LATENCY
         metas, mvs = [meta0], [cur_v & ~flush]
-        for i in range(1, U3 + 1):
+        for i in range(1, U2 + 1):
             mr = Signal(meta_layout, name=f"meta{i}")
             vr = Signal(name=f"metav{i}")
             m.d.sync += [mr.eq(metas[-1]), vr.eq(Mux(flush, 0, mvs[-1]))]
@@ -743,14 +738,30 @@ class Engine(wiring.Component):
         table = Array(gp[:4])
 
         # G read issued at R3 (data at R4, registered for P); the model read for the
-        # update issued at R4 (data at P, registered for U1).
+        # update issued at R2 (data at R3, registered for R4).
         for ports in mem_ports:
             m.d.comb += [ports["g_rd"].addr.eq(group_addr(metas[R3].beat, ports["depth"])),
-                         ports["x_rd_upd"].addr.eq(group_addr(metas[R4].beat, ports["depth"]))]
+                         ports["x_rd_upd"].addr.eq(group_addr(metas[R2].beat, ports["depth"]))]
         g4 = [Signal(signed(G_BITS), name=f"g4_{l}") for l in range(LANES)]
-        xp = [Signal(signed(X_BITS), name=f"xp{l}") for l in range(LANES)]
+        xq = [Signal(signed(X_BITS), name=f"xq{l}") for l in range(LANES)]
         m.d.sync += [g4[l].eq(g_rd[l]) for l in range(LANES)]
-        m.d.sync += [xp[l].eq(x_upd[l]) for l in range(LANES)]
+        m.d.sync += [xq[l].eq(x_upd[l]) for l in range(LANES)]
+
+        # R4: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
+        # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in), ready at U1.
+        l2_on = Signal()
+        m.d.sync += l2_on.eq(l2s != 0)
+        ua = []
+        for l in range(LANES):
+            xin = Mux(metas[R4].zero, 0, xq[l])
+            x5 = Signal(signed(X_BITS), name=f"xp{l}")
+            sh = Signal(signed(X_BITS), name=f"l2h{l}")
+            rb = Signal(name=f"l2r{l}")
+            m.d.sync += [x5.eq(xin), sh.eq(Mux(l2_on, xin >> l2s, 0)),
+                         rb.eq(l2_on & xin.bit_select((l2s - 1)[:len(l2s)], 1))]
+            a_ = Signal(signed(X_BITS + 2), name=f"ua{l}")
+            m.d.sync += a_.eq(x5 + ~sh + ~rb)            # x - sh - rb
+            ua.append(_delay(m, a_, 1, f"ua{l}"))
 
         # P: select product, accumulate. A G word written one or two cycles before P is
         # newer than the memory's (read at R3): forward it (hits decided at R4).
@@ -787,46 +798,24 @@ class Engine(wiring.Component):
                 ports["g_wr"].en.eq(Cat(*[g_we & lane_vp[lo + j] for j in range(n)])),
             ]
 
-        # U1: G >> 16 (wiring) clamped; the L2 term x >> l2 and its rounding bit.
-        mu1 = metas[U1]
-        l2_on = Signal()
-        m.d.sync += l2_on.eq(l2s != 0)
-        hs, xs, l2h, l2r = [], [], [], []
+        # U1: G >> 16 (wiring) clamped to +-2**33 (beyond, the update saturates alike).
+        hs = []
         for l in range(LANES):
             tu = Signal(signed(G_BITS), name=f"tu{l}")
             m.d.sync += tu.eq(t_p[l])
-            hf = tu[FEAT.frac:].as_signed()
-            h = Signal(signed(MODEL.width + 3), name=f"h{l}")
-            x = Signal(signed(X_BITS), name=f"xu{l}")
-            sh = Signal(signed(X_BITS), name=f"l2h{l}")
-            rb = Signal(name=f"l2r{l}")
-            xin = Mux(mu1.zero, 0, xp[l])
-            m.d.sync += [
-                h.eq(Mux(hf > H_CLAMP, H_CLAMP, Mux(hf < -H_CLAMP, -H_CLAMP, hf))),
-                x.eq(xin),
-                sh.eq(Mux(l2_on, xin >> l2s, 0)),
-                rb.eq(l2_on & xin.bit_select((l2s - 1)[:len(l2s)], 1)),
-            ]
+            hf = tu[FEAT.frac:]
+            top = hf[ceil_log2(H_CLAMP):]
+            ok = (top == 0) | (top == (1 << len(top)) - 1)
+            h = Signal(signed(ceil_log2(H_CLAMP) + 1), name=f"h{l}")
+            m.d.sync += h.eq(Mux(ok, hf[:len(h)].as_signed(), Mux(hf[-1], -H_CLAMP, H_CLAMP - 1)))
             hs.append(h)
-            xs.append(x)
-            l2h.append(sh)
-            l2r.append(rb)
 
-        # U2: x - (x >> l2) and h + rounding bit (one carry chain each).
-        ua, ub = [], []
-        for l in range(LANES):
-            a_ = Signal(signed(X_BITS + 1), name=f"ua{l}")
-            b_ = Signal(signed(MODEL.width + 4), name=f"ub{l}")
-            m.d.sync += [a_.eq(xs[l] - l2h[l]), b_.eq(hs[l] + l2r[l])]
-            ua.append(a_)
-            ub.append(b_)
-
-        # U3: subtract and saturate, written straight into the model (no register:
+        # U2: subtract and saturate, written straight into the model (no register:
         # the write port is the pipeline register; saves one boundary cycle).
-        mu2 = metas[U3]
-        xn = [_sat(m, ua[l] - ub[l], MODEL, f"xn{l}") for l in range(LANES)]
+        mu2 = metas[U2]
+        xn = [_sat(m, ua[l] - hs[l], MODEL, f"xn{l}") for l in range(LANES)]
         x_we = Signal()
-        m.d.comb += x_we.eq(mvs[U3] & mu2.lb)
+        m.d.comb += x_we.eq(mvs[U2] & mu2.lb)
         for ports in mem_ports:
             lo, n = ports["lo"], ports["n"]
             m.d.comb += [
@@ -837,9 +826,9 @@ class Engine(wiring.Component):
         upd_w0 = Signal()
         job_end = Signal()
         m.d.comb += [upd_w0.eq(x_we & (mu2.beat == 0)),
-                     job_end.eq(mvs[U3] & mu2.lj & mu2.last)]
+                     job_end.eq(mvs[U2] & mu2.lj & mu2.last)]
         # upd_w0 computed one stage early and registered (keeps TREADY off the meta path)
-        m.d.sync += w0_now.eq(~flush & mvs[U2] & metas[U2].lb & (metas[U2].beat == 0))
+        m.d.sync += w0_now.eq(~flush & mvs[U1] & metas[U1].lb & (metas[U1].beat == 0))
 
         # ============================ control ========================================
         abort = Signal()            # stream fault: drop everything in flight

@@ -7,13 +7,14 @@ slave with ``contract.REG_ADDR_BITS``-bit byte addresses, and ``irq`` (level, th
 engine's ``done``).
 
 The design has a single clock domain, ``sync``, whose clock is ``aclk`` and whose
-reset is ``~aresetn``; :func:`convert` emits it as Verilog module ``zipsgd_top``.
+reset is ``~aresetn`` registered once (so the reset takes effect, and ends, one cycle
+after ``aresetn`` changes); :func:`convert` emits it as Verilog module ``zipsgd_top``.
 """
 
 from __future__ import annotations
 
 from amaranth.back import verilog
-from amaranth.hdl import ClockDomain, Module
+from amaranth.hdl import ClockDomain, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -68,7 +69,12 @@ class Top(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.domains.sync = cd = ClockDomain("sync")
-        m.d.comb += [cd.clk.eq(self.aclk), cd.rst.eq(~self.aresetn)]
+        # The reset is registered once (active high): every flip-flop then takes the same
+        # reset net as is (an inverted aresetn would cost an inverter per flip-flop on an
+        # ECP5, and a reset net per flip-flop that two flip-flops of a slice cannot share).
+        rst_q = Signal(reset_less=True)
+        m.d.sync += rst_q.eq(~self.aresetn)
+        m.d.comb += [cd.clk.eq(self.aclk), cd.rst.eq(rst_q)]
 
         core, axil, regs = self.core, self.axil, self.regs
         m.submodules.core = core
