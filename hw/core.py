@@ -368,7 +368,9 @@ class Engine(wiring.Component):
         def codebook_port(lane, name):
             """A LUT-RAM copy of the codebook for one multiplier lane (async read)."""
             bits = lane_code_bits(W, lane, only_mult=True)
-            mem = Memory(shape=signed(FEAT.width), depth=1 << bits, init=[])
+            # LUT-RAM (a block RAM would put its slow clock-to-out before a multiplier)
+            mem = Memory(shape=signed(FEAT.width), depth=1 << bits, init=[],
+                         attrs={"ram_style": "distributed"})
             m.submodules[name] = mem
             wp = mem.write_port()
             rp = mem.read_port(domain="comb")
@@ -387,10 +389,12 @@ class Engine(wiring.Component):
             m.submodules[f"model{gi}"] = xm
             m.submodules[f"gacc{gi}"] = gm
             x_wr = xm.write_port(granularity=X_BITS)
-            # The dot port is transparent for the update's writes: the next batch may read
-            # model beat i in the very cycle the update writes it (saves a boundary cycle).
+            # The next batch may read model beat i in the very cycle the update writes it
+            # (saves a boundary cycle): the dot port is not transparent, the core forwards
+            # the written word itself after the memory's output register (no bypass
+            # multiplexer behind the block RAM's slow clock-to-out).
             ports = dict(
-                x_rd_dot=xm.read_port(transparent_for=(x_wr,)), x_rd_upd=xm.read_port(), x_wr=x_wr,
+                x_rd_dot=xm.read_port(), x_rd_upd=xm.read_port(), x_wr=x_wr,
                 g_rd=gm.read_port(), g_wr=gm.write_port(granularity=G_BITS), lo=lo, n=n, depth=depth)
             mem_ports.append(ports)
             for j in range(n):
@@ -542,6 +546,19 @@ class Engine(wiring.Component):
         # --- multiplier lanes: operands at A+2 (the codebook value is 0 for a lane without
         # a feature; the model word straight from the memory), partial products at A+3,
         # products at A+4, then the tree ---
+        # Forwarding of a model word the update writes in the cycle the dot port reads it:
+        # the written word and a hit flag registered with the memory's output (A+1), and
+        # chosen after the operand registers (A+2).
+        dfw_hit = [Signal(name=f"dfwh{l}") for l in range(LANES)]
+        dfw_data = [Signal(signed(X_BITS), name=f"dfwd{l}") for l in range(LANES)]
+        xop = {}
+        mraw = {}
+        for l in range(LANES):
+            mraw[l] = Signal(signed(X_BITS), name=f"mx{l}" if l < M else f"bx{l}")
+            fx = Signal(signed(X_BITS), name=f"fx{l}")
+            hx = Signal(name=f"hx{l}")
+            m.d.sync += [mraw[l].eq(x_dot[l]), fx.eq(dfw_data[l]), hx.eq(dfw_hit[l])]
+            xop[l] = Mux(hx, fx, mraw[l])
         prods = []
         mxs = []
         for l in range(M):
@@ -549,10 +566,9 @@ class Engine(wiring.Component):
             m.d.comb += rp.addr.eq(dec1.code[l][:bits])
             q = Mux(is_full, dec1.value[l], rp.data) if l < W // FULL_BITS else rp.data
             mq = Signal(signed(FEAT.width), name=f"mq{l}")
-            mx = Signal(signed(X_BITS), name=f"mx{l}")
-            m.d.sync += [mq.eq(Mux(live1[l], q, 0)), mx.eq(x_dot[l])]
-            mxs.append(mx)
-            psum, _ = _split_mul(m, mq, mx, f"mp{l}")
+            m.d.sync += mq.eq(Mux(live1[l], q, 0))
+            mxs.append(mraw[l])
+            psum, _ = _split_mul(m, mq, xop[l], f"mp{l}")
             pr = Signal(signed(FEAT.width + X_BITS), name=f"mp{l}")
             m.d.sync += pr.eq(psum)
             prods.append(pr)
@@ -568,8 +584,7 @@ class Engine(wiring.Component):
         bx = {}
         bsel = {}
         for i, j in enumerate(BL):
-            bx[j] = Signal(signed(X_BITS), name=f"bx{j}")
-            m.d.sync += bx[j].eq(x_dot[j])
+            bx[j] = mraw[j]
             for t in range(4):
                 c_b2 = live1[j] & (dec1.code[j][:2] == t)
                 if (i >= len(BL) // 2) == (t >= 2):
@@ -586,7 +601,7 @@ class Engine(wiring.Component):
         m.d.sync += self.model_data.eq(Array(words2)[rdb_lane2])
         parts = []
         for t in range(4):
-            ins = [Mux(bsel[j, t], bx[j], 0) for j in BL]
+            ins = [Mux(bsel[j, t], xop[j], 0) for j in BL]
             first = []
             for j in range(0, len(ins), 2):
                 r = Signal(signed(X_BITS + 1), name=f"bt{t}_{j}")
@@ -823,6 +838,9 @@ class Engine(wiring.Component):
                 ports["x_wr"].data.eq(Cat(*[xn[lo + j] for j in range(n)])),
                 ports["x_wr"].en.eq(Cat(*[x_we & (mu2.nvalid > lo + j) for j in range(n)])),
             ]
+        for l in range(LANES):
+            m.d.sync += [dfw_hit[l].eq(x_we & (mu2.nvalid > l) & (mu2.beat == dot_addr)),
+                         dfw_data[l].eq(xn[l])]
         upd_w0 = Signal()
         job_end = Signal()
         m.d.comb += [upd_w0.eq(x_we & (mu2.beat == 0)),
