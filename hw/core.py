@@ -49,6 +49,10 @@ Batch boundary
     than it is written): ``BATCH_STALL`` cycles with ``ready`` low per boundary
     (epoch boundaries cost the same): 19 at W = 64 (``DOT_LATENCY`` 9 + scalar 6 +
     4 update stages after ``r'`` is used), 20 at W = 128 or with W lanes.
+Configuration
+    Decoded every cycle into registers (mode, its constants, the validation code,
+    first-beat flags), ``CFG_SETTLE`` cycles deep: the configuration must be stable that
+    long before ``start`` (the register block delays its start pulse accordingly).
 Status
     ``busy`` and ``done`` show one cycle after the last counted cycle (the counters
     add registered events); a refused configuration shows ``done`` at once.
@@ -82,6 +86,8 @@ from .scalar import sat as _sat
 #: Configuration register fields the core sees (32-bit unsigned each).
 CFG_FIELDS = CONFIG_FIELDS
 CFG_LAYOUT = data.StructLayout({name: 32 for name in CFG_FIELDS})
+#: Cycles the configuration must be stable before a start (see ``Engine.CFG_SETTLE``).
+CFG_SETTLE = 3
 COUNTERS = ("cnt_cycles", "cnt_beats", "cnt_stalls", "cnt_idles", "cnt_samples")
 
 #: Bits of G / model words.
@@ -203,6 +209,10 @@ class Engine(wiring.Component):
         #: seen) to ``model_data``; from a ``loss_addr`` change to ``loss_data``.
         self.READBACK_LATENCY = 3
         self.LOSS_READ_LATENCY = 2
+        #: Cycles the configuration inputs must be stable before ``start`` (its decoded
+        #: form is registered: mode, mode constants, first-beat flags; the register block
+        #: delays ``start`` to guarantee it).
+        self.CFG_SETTLE = CFG_SETTLE
         # bucket sums S: X_BITS + log2(lanes per tree) bits, multiplied in 17-bit pieces
         self.s_bits = X_BITS + 1 + ceil_log2((self.lanes - self.n_mult) // 2)
         self.s_pieces = len(_pieces(self.s_bits))
@@ -305,10 +315,14 @@ class Engine(wiring.Component):
         lanes_ffl = Signal(range(2 * W + 1))  # lanes_f + lanes_fl
         lanes_ffh = Signal(range(2 * W + 1))  # lanes_f + lanes_fh
 
-        # Validation, exactly contract.check_config (order and codes).
-        mode_hit = Signal(NM)
+        # Configuration-derived values are registered every cycle (the configuration is
+        # static for CFG_SETTLE cycles before a start, see the class docstring), so a start
+        # latches them without any decode or compare in its path.
+        mode_hit_c = Signal(NM)
         for md in MS:
-            m.d.comb += mode_hit[md.index].eq((cfg.encoding == int(md.encoding)) & (cfg.bits == md.bits))
+            m.d.comb += mode_hit_c[md.index].eq((cfg.encoding == int(md.encoding)) & (cfg.bits == md.bits))
+        mode_hit = Signal(NM)
+        m.d.sync += mode_hit.eq(mode_hit_c)
 
         # Mode-derived constants: registers latched with the mode at start (AND-OR of
         # constants over the configuration's one-hot mode), so no datapath or stream
@@ -331,29 +345,47 @@ class Engine(wiring.Component):
             (is_bucket, lambda md: int(md.bucket)),
             (is_b1, lambda md: int(md.bucket and md.bits == 1)),
         ]
+        cst = {}                                  # the constants of the configured mode
+        for reg_, fn in mode_consts:
+            cst[reg_.name] = Signal.like(reg_, name=f"cfg_{reg_.name}")
+            m.d.sync += cst[reg_.name].eq(by_hit(fn))
         # first beat of a sample is its last (dim <= label-beat slots), lower / upper half
         first_last_l = Signal()
         first_last_h = Signal()
+        cfg_fll = Signal(name="cfg_first_last_l")
+        cfg_flh = Signal(name="cfg_first_last_h")
+        m.d.sync += [cfg_fll.eq(cfg.dim <= cst["lanes_fl"]), cfg_flh.eq(cfg.dim <= cst["lanes_fh"])]
+        check_c = Signal(8)
         check = Signal(8)
+        m.d.sync += check.eq(check_c)
         with m.If(cfg.encoding > max(Encoding)):
-            m.d.comb += check.eq(Error.BAD_ENCODING)
-        with m.Elif(mode_hit == 0):
-            m.d.comb += check.eq(Error.BAD_BITS)
+            m.d.comb += check_c.eq(Error.BAD_ENCODING)
+        with m.Elif(mode_hit_c == 0):
+            m.d.comb += check_c.eq(Error.BAD_BITS)
         with m.Elif((cfg.dim < 1) | (cfg.dim > p.dim_max)):
-            m.d.comb += check.eq(Error.BAD_DIM)
+            m.d.comb += check_c.eq(Error.BAD_DIM)
         with m.Elif(cfg.n_samples < 1):
-            m.d.comb += check.eq(Error.BAD_N)
+            m.d.comb += check_c.eq(Error.BAD_N)
         with m.Elif((cfg.batch < 1) | (cfg.batch > p.batch_max)):
-            m.d.comb += check.eq(Error.BAD_BATCH)
+            m.d.comb += check_c.eq(Error.BAD_BATCH)
         with m.Elif(cfg.loss > max(Loss)):
-            m.d.comb += check.eq(Error.BAD_LOSS)
+            m.d.comb += check_c.eq(Error.BAD_LOSS)
         with m.Elif((cfg.epochs < 1) | (cfg.epochs > p.epochs_max)):
-            m.d.comb += check.eq(Error.BAD_EPOCHS)
+            m.d.comb += check_c.eq(Error.BAD_EPOCHS)
         with m.Elif((cfg.step_mult < 1) | (cfg.step_mult > STEP_MULT.max)
                     | (cfg.step_shift > STEP_SHIFT_MAX) | (cfg.l2_shift > L2_SHIFT_MAX)):
-            m.d.comb += check.eq(Error.BAD_STEP)
+            m.d.comb += check_c.eq(Error.BAD_STEP)
         with m.Else():
-            m.d.comb += check.eq(Error.NONE)
+            m.d.comb += check_c.eq(Error.NONE)
+
+        cfg_decay_m1 = Signal(32)
+        cfg_n_one, cfg_b_one, cfg_e_one = Signal(), Signal(), Signal()
+        cfg_n_m2, cfg_b_m2, cfg_e_m2 = Signal(signed(34)), Signal(signed(34)), Signal(signed(34))
+        m.d.sync += [
+            cfg_decay_m1.eq(cfg.decay_epochs - 1),
+            cfg_n_one.eq(cfg.n_samples == 1), cfg_b_one.eq(cfg.batch == 1), cfg_e_one.eq(cfg.epochs == 1),
+            cfg_n_m2.eq(cfg.n_samples - 2), cfg_b_m2.eq(cfg.batch - 2), cfg_e_m2.eq(cfg.epochs - 2),
+        ]
 
         # ============================ codebook ======================================
         lvl = Array(Signal(signed(FEAT.width), name=f"lvl{k}") for k in range(4))
@@ -875,16 +907,14 @@ class Engine(wiring.Component):
                         in_beat.eq(0), in_sb.eq(0), in_se.eq(0), in_epoch.eq(0),
                         in_k.eq(cfg.step_shift), in_dcnt.eq(0), in_zero.eq(1), pending.eq(0),
                         wptr.eq(0), in_half.eq(0),
-                        decay_m1.eq(cfg.decay_epochs - 1),
-                        in_rem.eq(cfg.dim), in_rl.eq(cfg.dim <= by_hit(lambda md: md.label_lanes)),
-                        in_rh.eq(cfg.dim <= by_hit(fh_of)),
-                        first_last_l.eq(cfg.dim <= by_hit(lambda md: md.label_lanes)),
-                        first_last_h.eq(cfg.dim <= by_hit(fh_of)),
-                        le_r.eq(cfg.n_samples == 1), lb_r.eq(cfg.batch == 1), lj_r.eq(cfg.epochs == 1),
-                        n_one.eq(cfg.n_samples == 1), b_one.eq(cfg.batch == 1),
-                        n_m2.eq(cfg.n_samples - 2), b_m2.eq(cfg.batch - 2), e_m2.eq(cfg.epochs - 2),
+                        decay_m1.eq(cfg_decay_m1),
+                        in_rem.eq(cfg.dim), in_rl.eq(cfg_fll), in_rh.eq(cfg_flh),
+                        first_last_l.eq(cfg_fll), first_last_h.eq(cfg_flh),
+                        le_r.eq(cfg_n_one), lb_r.eq(cfg_b_one), lj_r.eq(cfg_e_one),
+                        n_one.eq(cfg_n_one), b_one.eq(cfg_b_one),
+                        n_m2.eq(cfg_n_m2), b_m2.eq(cfg_b_m2), e_m2.eq(cfg_e_m2),
                     ]
-                    m.d.sync += [reg.eq(by_hit(fn)) for reg, fn in mode_consts]
+                    m.d.sync += [reg.eq(cst[reg.name]) for reg, _ in mode_consts]
         with m.Elif(state == st_drain):
             with m.If(accept & tlast):
                 m.d.sync += [state.eq(st_idle), done_i.eq(1)]

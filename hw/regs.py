@@ -40,6 +40,8 @@ from zipsgd.contract import (
     EngineConfig, EngineParams, build_hash, version_word,
 )
 
+from .core import CFG_SETTLE
+
 #: Cycles a read waits after a model pulse or a LOSS_ADDR write. The engine's readback
 #: ports are valid 4 cycles after a pulse (3 after its read pointer moves: block RAM,
 #: registered words, lane multiplexer) and 3 after a loss address change; a MODEL_DATA
@@ -145,9 +147,17 @@ class Registers(wiring.Component):
             m.d.comb += getattr(self.cfg, name).eq(reg)
             cfg_regs[name.upper()] = reg
 
-        # ---- CTRL pulses (registered: the engine sees them the cycle after the write)
+        # ---- CTRL pulses (registered: the engine sees them the cycle after the write;
+        # start CFG_SETTLE - 1 cycles later still, so that a configuration written by the
+        # previous bus transfer has settled in the engine's registered decode)
         for f in CTRL_FIELDS:
-            m.d.sync += getattr(self, f.name).eq(wr["CTRL"] & self.w_data[f.lsb])
+            pulse = wr["CTRL"] & self.w_data[f.lsb]
+            if f.name == "start":
+                for i in range(CFG_SETTLE - 1):
+                    d = Signal(name=f"start_d{i}")
+                    m.d.sync += d.eq(pulse)
+                    pulse = d
+            m.d.sync += getattr(self, f.name).eq(pulse)
 
         status = Signal(32)
         m.d.comb += status.eq(sum(getattr(self, f.name).as_unsigned() << f.lsb for f in STATUS_FIELDS))

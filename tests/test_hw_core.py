@@ -74,10 +74,11 @@ class Driver:
         await self.ctx.tick()
         self.ctx.set(sig, 0)
 
-    def set_cfg(self, cfg: EngineConfig):
+    async def set_cfg(self, cfg: EngineConfig):
         for name in CFG_FIELDS:
             v = getattr(cfg, "decay_epochs" if name == "decay_epochs" else name)
             self.ctx.set(getattr(self.dut.cfg, name), int(v) & 0xFFFFFFFF)
+        await self.ctx.tick().repeat(self.dut.CFG_SETTLE)     # the decoded configuration settles
 
     async def write_codebook(self, codebook):
         if codebook is None:
@@ -146,7 +147,7 @@ class Driver:
         """Configure, start, stream every epoch, wait; returns a result dict."""
         ctx, d = self.ctx, self.dut
         await self.write_codebook(codebook)
-        self.set_cfg(cfg)
+        await self.set_cfg(cfg)
         await self.pulse(d.start)
         res = {"error": ctx.get(d.error), "done": ctx.get(d.done), "busy": ctx.get(d.busy)}
         if res["error"] != Error.NONE:
@@ -281,7 +282,7 @@ def test_stream_faults_and_soft_reset():
         out = {}
         # STREAM_SHORT: TLAST on beat 4 of the epoch.
         await drv.write_codebook(cb)
-        drv.set_cfg(cfg)
+        await drv.set_cfg(cfg)
         await drv.pulse(d.start)
         sent = await drv.send(beats[:5], [0, 0, 0, 0, 1])
         await ctx.tick()
@@ -340,7 +341,7 @@ def test_throughput(batch, bits, params):
     async def body(drv):
         ctx, d = drv.ctx, drv.dut
         await drv.write_codebook(cb)
-        drv.set_cfg(cfg)
+        await drv.set_cfg(cfg)
         await drv.pulse(d.start)
         accepted, trace = 0, []
         beats = []
