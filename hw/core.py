@@ -12,12 +12,13 @@ the adder trees); stream control (TREADY, acceptance) depends on registered flag
 only; counters add last cycle's registered events.
 
 Dot path (one beat per cycle, never stalls)
-    ``A``      beat accepted; model read (port ``dot``) issued at the beat address;
-               beat written into the row buffer.
-    ``A+1``    model words arrive; beat decoded (Q1 codes), codebook look-up with
-               lane masking (feature index >= d, or first batch of the job: the
-               codebook value is 0); registered at ``A+2`` with the model words and,
-               for the bucket lanes, four bucket-select bits per lane.
+    ``A``      beat accepted and decoded (Q1 codes, registered); model read (port
+               ``dot``) issued at the beat address; beat written into the row buffer.
+    ``A+1``    model words arrive; codebook look-up with lane masking (feature index
+               >= d, or first batch of the job: the codebook value is 0); registered
+               at ``A+2`` with the model words (and a word the update wrote in the
+               read cycle, forwarded) and, for the bucket lanes, four bucket-select bits
+               per lane.
     multiplier path   partial products of ``q1 * x`` (``A+3``), products (``A+4``),
                       registered adder tree (2 levels/stage): ``MULT_SUM``;
     bucket path       first masked tree level (``A+3``), rest of the tree, partial
@@ -30,25 +31,25 @@ Scalar unit (:class:`~zipsgd.hw.scalar.Scalar`)
     ``z``, residual, ``r'`` (``Scalar.LATENCY_RP`` = 6 stages) and the sample loss.
 Replay / gradient / update (one beat per cycle, starts ``REPLAY_START`` cycles
 after ``A`` so that its multiplier stage meets ``r'``)
-    ``R0`` row-buffer read; ``R1`` its word registered; ``R2`` decode Q2 codes,
-    codebook look-up; ``R3`` partial products of ``r' * q2`` (DSP lanes; for b <= 2
-    the 4 lanes compute the level table ``r' * level_k``), G read issued; ``R4``
-    products, G word registered, model read issued, forwarding decided (a G word
-    written one or two cycles before ``P`` is taken from the forwarding registers);
+    ``R0`` row-buffer read; ``R1`` its word registered; ``R2`` Q2 codes decoded
+    (registered); ``R3`` codebook look-up, model read for the update issued; ``R4``
+    partial products of ``r' * q2`` (DSP lanes; for b <= 2 the 4 lanes compute the
+    level table ``r' * level_k``), G read issued; ``R5`` products, G word registered,
+    ``x >> l2`` and its rounding bit, forwarding decided (a G word written one or two
+    cycles before ``P`` is taken from the forwarding registers);
     ``P`` select per lane, add to the G accumulator (or to the rounding constant
     ``2**15`` at the first sample of a batch), write G back (not on the last sample
-    of the batch); ``U1`` ``G >> 16`` (wiring: the step shift ``k`` is applied to
-    ``r'`` in the scalar unit, once per sample) clamped, ``x >> l2`` and its rounding
-    bit; ``U2`` ``x - (x >> l2)`` and ``h + bit``; ``U3`` subtract and saturate and
-    write the model word (the write port is the last register).
-    ``UPDATE_LATENCY`` = R0 -> U3.
+    of the batch), ``x - (x >> l2) - bit`` (one carry chain); ``U1`` ``G >> 16``
+    (wiring: the step shift ``k`` is applied to ``r'`` in the scalar unit, once per
+    sample) clamped; ``U2`` subtract and saturate and write the model word (the write
+    port is the last register). ``UPDATE_LATENCY`` = R0 -> U2.
 Batch boundary
     The first beat of the next batch is accepted in the cycle the update writes
     beat 0 of the model (the dot read port is transparent for the update's writes,
     and the sweep writes one beat per cycle, so every later beat is read no earlier
     than it is written): ``BATCH_STALL`` cycles with ``ready`` low per boundary
-    (epoch boundaries cost the same): 19 at W = 64 (``DOT_LATENCY`` 9 + scalar 6 +
-    4 update stages after ``r'`` is used), 20 at W = 128 or with W lanes.
+    (epoch boundaries cost the same): 18 at W = 64 (``DOT_LATENCY`` 9 + scalar 6 +
+    3 update stages after ``r'`` is used), 19 at W = 128 or with W lanes.
 Configuration
     Decoded every cycle into registers (mode, its constants, the validation code,
     first-beat flags), ``CFG_SETTLE`` cycles deep: the configuration must be stable that
@@ -265,9 +266,9 @@ class Engine(wiring.Component):
         self.DOT_LATENCY = self.DOT_JOIN + self.FINAL_TREE + 1
         # Scalar r' is valid LATENCY_RP after the accumulator; the replay multiplier
         # stage (R3) must see it.
-        self.REPLAY_START = self.DOT_LATENCY + Scalar.LATENCY_RP - 3
-        # R0 -> model write at U2: R1, R2, R3, R4, P, U1, U2.
-        self.UPDATE_LATENCY = 7
+        self.REPLAY_START = self.DOT_LATENCY + Scalar.LATENCY_RP - 4
+        # R0 -> model write at U2: R1, R2, R3, R4, R5, P, U1, U2.
+        self.UPDATE_LATENCY = 8
         # The next batch's first beat is accepted in the cycle the update writes model
         # beat 0 (the dot read port is transparent for the update's writes).
         self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY - 1
@@ -567,9 +568,14 @@ class Engine(wiring.Component):
         tok_v0 = Signal()
         m.d.comb += tok_v0.eq(run_accept & in_last_beat)
 
+        # Q1 codes decoded from the beat entering the engine (cycle A) and registered with it
         dec1 = Decoder(W, which=1)
         m.submodules.dec1 = dec1
-        m.d.comb += [dec1.beat.eq(d1_beat), dec1.mode.eq(mode)]
+        m.d.comb += [dec1.beat.eq(vbeat), dec1.mode.eq(mode)]
+        c1 = [Signal(8, name=f"c1_{l}") for l in range(LANES)]
+        v1 = [Signal(signed(FEAT.width), name=f"fv1_{l}") for l in range(W // FULL_BITS)]
+        m.d.sync += [c1[l].eq(dec1.code[l]) for l in range(LANES)]
+        m.d.sync += [v1[l].eq(dec1.value[l]) for l in range(W // FULL_BITS)]
         # A+1: codes decoded from the beat register; per lane: does it carry a feature?
         live1 = [Signal(name=f"live1_{l}") for l in range(LANES)]
         for l in range(LANES):
@@ -595,8 +601,8 @@ class Engine(wiring.Component):
         mxs = []
         for l in range(M):
             rp, bits = codebook_port(l, f"cb1_{l}")
-            m.d.comb += rp.addr.eq(dec1.code[l][:bits])
-            q = Mux(is_full, dec1.value[l], rp.data) if l < W // FULL_BITS else rp.data
+            m.d.comb += rp.addr.eq(c1[l][:bits])
+            q = Mux(is_full, v1[l], rp.data) if l < W // FULL_BITS else rp.data
             mq = Signal(signed(FEAT.width), name=f"mq{l}")
             m.d.sync += mq.eq(Mux(live1[l], q, 0))
             mxs.append(mraw[l])
@@ -618,9 +624,9 @@ class Engine(wiring.Component):
         for i, j in enumerate(BL):
             bx[j] = mraw[j]
             for t in range(4):
-                c_b2 = live1[j] & (dec1.code[j][:2] == t)
+                c_b2 = live1[j] & (c1[j][:2] == t)
                 if (i >= len(BL) // 2) == (t >= 2):
-                    c_b1 = live1[j] & (dec1.code[j][0] == (t % 2))
+                    c_b1 = live1[j] & (c1[j][0] == (t % 2))
                     c = Mux(is_b1, c_b1, c_b2)
                 else:
                     c = c_b2 & ~is_b1
@@ -743,7 +749,7 @@ class Engine(wiring.Component):
         m.d.comb += [meta0.beat.eq(cur_beat), meta0.nvalid.eq(cur_nvalid), meta0.fb.eq(cur_tok.fb),
                      meta0.lb.eq(cur_tok.lb), meta0.lj.eq(cur_tok.lj), meta0.zero.eq(cur_tok.zero),
                      meta0.last.eq(cur_last)]
-        R1, R2, R3, R4, P, U1, U2 = range(1, 8)
+        R1, R2, R3, R4, R5, P, U1, U2 = range(1, 9)
         assert U2 == self.UPDATE_LATENCY
         metas, mvs = [meta0], [cur_v & ~flush]
         for i in range(1, U2 + 1):
@@ -756,25 +762,29 @@ class Engine(wiring.Component):
         # R1: the row buffer's word registered (block RAM output straight into a register).
         rbq = Signal(W)
         m.d.sync += rbq.eq(rb_rd.data)
-        # R2: decode Q2 codes; multiplier-lane operands.
+        # R2: decode Q2 codes (registered); R3: codebook look-up, multiplier-lane operands.
         dec2 = Decoder(W, which=2)
         m.submodules.dec2 = dec2
         m.d.comb += [dec2.beat.eq(rbq), dec2.mode.eq(mode)]
+        c2 = [Signal(8, name=f"c2r_{l}") for l in range(LANES)]
+        v2 = [Signal(signed(FEAT.width), name=f"fv2_{l}") for l in range(W // FULL_BITS)]
+        m.d.sync += [c2[l].eq(dec2.code[l]) for l in range(LANES)]
+        m.d.sync += [v2[l].eq(dec2.value[l]) for l in range(W // FULL_BITS)]
         gq = []
         for l in range(M):
             rp, bits = codebook_port(l, f"cb2_{l}")
-            m.d.comb += rp.addr.eq(dec2.code[l][:bits])
+            m.d.comb += rp.addr.eq(c2[l][:bits])
             q = rp.data
             if l < W // FULL_BITS:
-                q = Mux(is_full, dec2.value[l], q)
+                q = Mux(is_full, v2[l], q)
             if l < 4:
                 q = Mux(is_bucket, lvl[l], q)
             r = Signal(signed(FEAT.width), name=f"gq{l}")
             m.d.sync += r.eq(q)
             gq.append(r)
-        codes2 = [_delay(m, dec2.code[l][:2], P - R2, f"c2_{l}") for l in range(LANES)]
+        codes2 = [_delay(m, c2[l][:2], P - R3, f"c2_{l}") for l in range(LANES)]
 
-        # R3 -> R4 -> P: r' * q2 (partial products, then their sum).
+        # R4 -> R5 -> P: r' * q2 (partial products, then their sum).
         rp_sig = scalar.rp
         gp = []
         for l in range(M):
@@ -784,23 +794,23 @@ class Engine(wiring.Component):
             gp.append(r)
         table = Array(gp[:4])
 
-        # G read issued at R3 (data at R4, registered for P); the model read for the
-        # update issued at R2 (data at R3, registered for R4).
+        # G read issued at R4 (data at R5, registered for P); the model read for the
+        # update issued at R3 (data at R4, registered for R5).
         for ports in mem_ports:
-            m.d.comb += [ports["g_rd"].addr.eq(group_addr(metas[R3].beat, ports["depth"])),
-                         ports["x_rd_upd"].addr.eq(group_addr(metas[R2].beat, ports["depth"]))]
+            m.d.comb += [ports["g_rd"].addr.eq(group_addr(metas[R4].beat, ports["depth"])),
+                         ports["x_rd_upd"].addr.eq(group_addr(metas[R3].beat, ports["depth"]))]
         g4 = [Signal(signed(G_BITS), name=f"g4_{l}") for l in range(LANES)]
         xq = [Signal(signed(X_BITS), name=f"xq{l}") for l in range(LANES)]
         m.d.sync += [g4[l].eq(g_rd[l]) for l in range(LANES)]
         m.d.sync += [xq[l].eq(x_upd[l]) for l in range(LANES)]
 
-        # R4: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
+        # R5: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
         # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in), ready at U1.
         l2_on = Signal()
         m.d.sync += l2_on.eq(l2s != 0)
         ua = []
         for l in range(LANES):
-            xin = Mux(metas[R4].zero, 0, xq[l])
+            xin = Mux(metas[R5].zero, 0, xq[l])
             x5 = Signal(signed(X_BITS), name=f"xp{l}")
             sh = Signal(signed(X_BITS), name=f"l2h{l}")
             rb = Signal(name=f"l2r{l}")
@@ -811,7 +821,7 @@ class Engine(wiring.Component):
             ua.append(_delay(m, a_, 1, f"ua{l}"))
 
         # P: select product, accumulate. A G word written one or two cycles before P is
-        # newer than the memory's (read at R3): forward it (hits decided at R4).
+        # newer than the memory's (read at R4): forward it (hits decided at R5).
         mp = metas[P]
         rc = Signal(signed(G_BITS))
         m.d.comb += rc.eq(1 << (FEAT.frac - 1))       # rounding constant of G >> 16
@@ -822,8 +832,8 @@ class Engine(wiring.Component):
         m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat)]
         hit1 = Signal()                               # P's beat was written in the previous cycle
         hit2 = Signal()                               # ... two cycles before
-        m.d.sync += [hit1.eq(g_we & ~flush & (mp.beat == metas[R4].beat)),
-                     hit2.eq(fwd_v & ~flush & (fwd_addr == metas[R4].beat))]
+        m.d.sync += [hit1.eq(g_we & ~flush & (mp.beat == metas[R5].beat)),
+                     hit2.eq(fwd_v & ~flush & (fwd_addr == metas[R5].beat))]
         t_p = []
         lane_vp = []
         for l in range(LANES):
