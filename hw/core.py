@@ -45,7 +45,7 @@ after ``A`` so that its multiplier stage meets ``r'``)
     port is the last register). ``UPDATE_LATENCY`` = R0 -> U2.
 Batch boundary
     The first beat of the next batch is accepted in the cycle the update writes
-    beat 0 of the model (the dot read port is transparent for the update's writes,
+    beat 0 of the model (the core forwards a model word written in the cycle it is read,
     and the sweep writes one beat per cycle, so every later beat is read no earlier
     than it is written): ``BATCH_STALL`` cycles with ``ready`` low per boundary
     (epoch boundaries cost the same): 18 at W = 64 (``DOT_LATENCY`` 9 + scalar 6 +
@@ -270,7 +270,7 @@ class Engine(wiring.Component):
         # R0 -> model write at U2: R1, R2, R3, R4, R5, P, U1, U2.
         self.UPDATE_LATENCY = 8
         # The next batch's first beat is accepted in the cycle the update writes model
-        # beat 0 (the dot read port is transparent for the update's writes).
+        # beat 0 (the core forwards the word the update writes in the cycle it is read).
         self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY - 1
 
     # ------------------------------------------------------------------------------
