@@ -9,9 +9,10 @@ every sample's sum at that constant), so ``z = sat(acc >> FEAT.frac)`` needs no 
 Pipeline (each line one register stage, at most one carry chain and a few LUT levels
 deep, for 125 MHz on a slow ECP5; LATENCY is counted from ``i_valid``):
 
-1. ``z`` (saturated) and, from the raw ``acc`` bits in parallel, the squared loss's
-   residual ``sat(z - y)`` and the PLAN sigmoid ``sigma(z)`` (each segment of both signs
-   is one constant add of ``z``, the segment is chosen by constant compares of ``z``).
+1. ``z`` (saturated) and, from the raw ``acc`` bits in parallel, the residual of the
+   squared loss ``sat(z - y)`` or of the hinge loss (constant compares of ``z``), and the
+   PLAN sigmoid ``sigma(z)`` (each segment of both signs is one constant add of ``z``, the
+   segment is chosen by constant compares of ``z``).
 2. ``r`` for the job's loss (saturations and selection), the softplus argument ``t`` and the
    hinge margin.
 3. Partial products ``r_hi * m``, ``r_lo * m`` and those of ``r * r`` (17x17, one DSP each);
@@ -139,8 +140,8 @@ class Scalar(wiring.Component):
         ovf1 = reg(ovf, "ovf1")
         neg1 = reg(neg, "neg1")
         # squared: sat(z - y) for z in range, else sat(MAX - y) / sat(MIN - y)
-        rsq1 = reg(Mux(ovf, sat(m, Mux(neg, MODEL.min, MODEL.max) - y, MODEL, "r_sq_o"),
-                       sat(m, zr - y, MODEL, "r_sq_i")), "rsq1", signed(MW))
+        r_sq = Mux(ovf, sat(m, Mux(neg, MODEL.min, MODEL.max) - y, MODEL, "r_sq_o"),
+                   sat(m, zr - y, MODEL, "r_sq_i"))
         # logistic: the first segment whose threshold <= |z|; z >= 0: s(z), z < 0: one - s(-z)
         # (one - off) - ((-z) >> s) == (z + 2**s - 1 + (one - off) * 2**s) >> s
         cands, hits = [], []
@@ -159,10 +160,13 @@ class Scalar(wiring.Component):
             sig = Mux(h, c, sig)
         sig1 = reg(sig, "sig1", signed(MW + 1))
         # hinge: margin mg = z (y >= 0) or sat(-z); mg < one <=> z < one / z > -one
-        zlt1 = reg(Mux(ovf, neg, zr < one), "zlt1")
-        zgt1 = reg(Mux(ovf, ~neg, zr > -one), "zgt1")
+        zlt = Mux(ovf, neg, zr < one)
+        zgt = Mux(ovf, ~neg, zr > -one)
+        r_hg = Mux(~y[-1], Mux(zlt, -one, 0), Mux(zgt, one, 0))        # sign bits, not compares
+        # the residual of the squared and hinge losses is final here; the logistic one
+        # needs sigma(z) - y next stage
+        rot1 = reg(Mux(self.loss == Loss.SQUARED, r_sq, r_hg), "rot1", signed(MW))
         ls1 = reg(self.loss, "ls1")
-        lsq1 = reg(self.loss == Loss.SQUARED, "lsq1")
         llg1 = reg(self.loss == Loss.LOGISTIC, "llg1")
         sm1 = reg(self.step_mult, "sm1")
         k1 = reg(self.k, "k1")
@@ -170,11 +174,10 @@ class Scalar(wiring.Component):
 
         # ---- stage 2: r, softplus argument, hinge margin -----------------------------
         r_lg = sat(m, sig1 - y1, MODEL, "r_lg")
-        r_hg = Mux(y1 >= 0, Mux(zlt1, -one, 0), Mux(zgt1, one, 0))
         neg_z = sat(m, -z1, MODEL, "neg_z")
-        r2 = reg(Mux(lsq1, rsq1, Mux(llg1, r_lg, r_hg)), "r2", signed(MW))
+        r2 = reg(Mux(llg1, r_lg, rot1), "r2", signed(MW))
         t2 = reg(Mux(y1 == 0, z1, neg_z), "t2", signed(MW))        # softplus argument
-        mg2 = reg(Mux(y1 >= 0, z1, neg_z), "mg2", signed(MW))      # hinge margin
+        mg2 = reg(Mux(~y1[-1], z1, neg_z), "mg2", signed(MW))      # hinge margin
         ls2, sm2, k2, v2 = reg(ls1, "ls2"), reg(sm1, "sm2"), reg(k1, "k2"), reg(v1, "v2")
 
         # ---- stage 3: partial products (17 x 17 each), softplus index, hinge loss ------
@@ -189,19 +192,19 @@ class Scalar(wiring.Component):
         ps_hh = reg(r_hi * r_hi, "ps_hh", signed(2 * H + 1))
         tn3 = reg(-t2, "tn3", signed(MW + 1))                    # |t| = max(t, -t) next stage
         t3 = reg(t2, "t3")
-        hg3 = reg(Mux(mg2 < one, one - mg2, 0), "hg3", signed(MW + 2))
+        hg3 = reg(one - mg2, "hg3", signed(MW + 2))             # hinge loss max(0, one - mg) next
         ls3, k3, v3 = reg(ls2, "ls3"), reg(k2, "k3"), reg(v2, "v3")
 
         # ---- stage 4: sums of partial products, softplus table ------------------------
         rm4 = reg((pm_hi << H) + pm_lo, "rm4", signed(MW + STEP_MULT.width + 1))
         sq4 = reg(((ps_hh << MW) + (ps_hl << (H + 1)) + ps_ll).as_unsigned(), "sq4", unsigned(2 * MW))
         # softplus table index min(|t| >> SHIFT, ENTRIES) (|t| unsaturated: same index)
-        ta = Mux(t3 < 0, tn3, t3).as_unsigned()
+        ta = Mux(t3[-1], tn3, t3).as_unsigned()
         ib = ceil_log2(SOFTPLUS_ENTRIES)
         idx4 = reg(Mux(ta[SOFTPLUS_SHIFT + ib:] != 0, SOFTPLUS_ENTRIES, ta[SOFTPLUS_SHIFT:SOFTPLUS_SHIFT + ib]),
                    "idx4", unsigned(ib + 1))
-        tp4 = reg(Mux(t3 > 0, t3, 0), "tp4", signed(MW))
-        hg4 = reg(hg3, "hg4")
+        tp4 = reg(Mux(t3[-1], 0, t3), "tp4", signed(MW))                # max(t, 0)
+        hg4 = reg(Mux(hg3[-1], 0, hg3), "hg4", signed(MW + 2))
         ls4, k4, v4 = reg(ls3, "ls4"), reg(k3, "k4"), reg(v3, "v4")
 
         # ---- stage 5: barrel shift by k, squared loss rounded, softplus summed ---------
