@@ -313,6 +313,7 @@ class Engine(wiring.Component):
         is_bucket = Signal()
         is_b1 = Signal()
 
+        lanes_f_m1 = Signal(range(W + 1))   # lanes_f - 1 (read-back pointer)
         lanes_ffl = Signal(range(2 * W + 1))  # lanes_f + lanes_fl
         lanes_ffh = Signal(range(2 * W + 1))  # lanes_f + lanes_fh
 
@@ -336,6 +337,7 @@ class Engine(wiring.Component):
         fh_of = lambda md: max(md.label_lanes - md.elanes, 0) if md.split else 0
         mode_consts = [
             (lanes_f, lambda md: md.elanes),
+            (lanes_f_m1, lambda md: md.elanes - 1),
             (lanes_fl, lambda md: md.label_lanes),
             (lanes_fh, fh_of),
             (lanes_ffl, lambda md: md.elanes + md.label_lanes),
@@ -530,7 +532,7 @@ class Engine(wiring.Component):
         with m.If(self.model_rewind):
             m.d.sync += [rdb_beat.eq(0), rdb_lane.eq(0)]
         with m.Elif(self.model_next):
-            with m.If(rdb_lane + 1 >= lanes_f):
+            with m.If(rdb_lane == lanes_f_m1):
                 m.d.sync += [rdb_beat.eq(rdb_beat + 1), rdb_lane.eq(0)]
             with m.Else():
                 m.d.sync += rdb_lane.eq(rdb_lane + 1)
@@ -807,7 +809,8 @@ class Engine(wiring.Component):
         # R5: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
         # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in), ready at U1.
         l2_on = Signal()
-        m.d.sync += l2_on.eq(l2s != 0)
+        l2s_m1 = Signal(len(l2s))                     # l2 - 1: the rounding bit's position
+        m.d.sync += [l2_on.eq(l2s != 0), l2s_m1.eq(l2s - 1)]
         ua = []
         for l in range(LANES):
             xin = Mux(metas[R5].zero, 0, xq[l])
@@ -815,7 +818,7 @@ class Engine(wiring.Component):
             sh = Signal(signed(X_BITS), name=f"l2h{l}")
             rb = Signal(name=f"l2r{l}")
             m.d.sync += [x5.eq(xin), sh.eq(Mux(l2_on, xin >> l2s, 0)),
-                         rb.eq(l2_on & xin.bit_select((l2s - 1)[:len(l2s)], 1))]
+                         rb.eq(l2_on & xin.bit_select(l2s_m1, 1))]
             a_ = Signal(signed(X_BITS + 2), name=f"ua{l}")
             m.d.sync += a_.eq(x5 + ~sh + ~rb)            # x - sh - rb
             ua.append(_delay(m, a_, 1, f"ua{l}"))
