@@ -13,8 +13,9 @@ Behaviour
   struct) hold their value and drive ``cfg``; reset values are the defaults of
   :class:`~zipsgd.contract.EngineConfig` (0 where it has none). Byte enables apply.
 * ``CTRL`` writes give one-cycle ``start`` / ``soft_reset`` pulses
-  (``contract.CTRL_FIELDS``); ``STATUS`` shows ``busy``, ``done``, ``error``
-  (``contract.STATUS_FIELDS``).
+  (``contract.CTRL_FIELDS``; ``start`` comes ``CFG_SETTLE`` cycles after the write, when
+  the engine's registered decode of the configuration has settled); ``STATUS`` shows
+  ``busy``, ``done``, ``error`` (``contract.STATUS_FIELDS``).
 * ``CODEBOOK_DATA`` writes pulse ``cb_we`` at ``CODEBOOK_ADDR``, which then
   increments.
 * A write to ``MODEL_ADDR`` rewinds the model read pointer (any value; reads of
