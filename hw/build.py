@@ -393,13 +393,14 @@ def ecp5_overflow(cells: dict) -> list:
 
 def place_and_route(netlist: Path, out_dir: Path, freq: float = 125.0, seed: int = 1,
                     placer: str | None = None, threads: int | None = None,
-                    router: str = "router2") -> dict:
+                    router: str = "router2", route: bool = True) -> dict:
     """nextpnr-ecp5, out of context on :data:`ECP5`; the parsed report (:func:`parse_nextpnr_report`).
 
     Writes ``nextpnr.log`` and ``nextpnr_report.json`` into ``out_dir``. Timing failures
     are allowed (the report says by how much); any other failure raises RuntimeError.
     ``router2`` by default: nextpnr's ``router1`` needs hours on the engine (measured: 38 k of
-    277 k arcs in 5 min).
+    277 k arcs in 5 min); router2 too on 2 cores (4 iterations in 20 min). ``route=False``
+    stops after placement: nextpnr's timing report is then its post-placement estimate.
     """
     log = out_dir / "nextpnr.log"
     rep = out_dir / "nextpnr_report.json"
@@ -413,6 +414,8 @@ def place_and_route(netlist: Path, out_dir: Path, freq: float = 125.0, seed: int
         cmd += ["--placer", placer]
     if router:
         cmd += ["--router", router]
+    if not route:
+        cmd += ["--no-route"]
     if threads:
         cmd += ["--threads", str(threads)]
     t0 = time.monotonic()
@@ -424,8 +427,15 @@ def place_and_route(netlist: Path, out_dir: Path, freq: float = 125.0, seed: int
         raise RuntimeError("nextpnr-ecp5 failed: " + ("\n".join(errors[-5:]) or out.stderr[-2000:]))
     res = parse_nextpnr_report(json.loads(rep.read_text()))
     res["log"] = parse_nextpnr_log(text)
+    if not res["fmax"]:               # not routed: the log's post-placement estimate
+        res["fmax"] = {clk: (ach, tgt) for clk, (ach, tgt, _) in res["log"]["fmax"].items()}
+    if not res["utilization"]:
+        res["utilization"] = res["log"]["utilization"]
+    hist = re.findall(r"^Info: \[\s*(-?\d+),\s*(-?\d+)\) \|([*+ ]*)$", text, re.M)
+    res["slack_histogram"] = [(int(a), int(b), bar.strip()) for a, b, bar in hist]
     res["seconds"] = seconds
     res["command"] = " ".join(["nextpnr-ecp5"] + cmd[1:])
+    res["routed"] = route
     return res
 
 
@@ -796,7 +806,7 @@ def block_timing(params: c.EngineParams, name: str, out_dir: Path, freq: float =
 
 def timing(params: c.EngineParams, out_dir: Path | None = None, freq: float = 125.0, seed: int = 1,
            placer: str | None = None, threads: int | None = None, core: str = "engine",
-           progress=None, place: bool = True) -> dict:
+           progress=None, place: bool = True, route: bool = True) -> dict:
     """ECP5 timing estimate of ``zipsgd_top``: synth_ecp5, fit check, nextpnr-ecp5.
 
     Returns a dict with ``params``, ``synth`` (cells, seconds, tool), ``overflow`` (what
@@ -825,7 +835,7 @@ def timing(params: c.EngineParams, out_dir: Path | None = None, freq: float = 12
     else:
         say(f"nextpnr-ecp5 {ECP5['name']} out of context, {freq:g} MHz, seed {seed} -> {out_dir / 'nextpnr.log'}")
         try:
-            res["pnr"] = place_and_route(netlist, out_dir, freq, seed, placer, threads)
+            res["pnr"] = place_and_route(netlist, out_dir, freq, seed, placer, threads, route=route)
         except RuntimeError as e:
             if not any(k in str(e) for k in ("than available", "utilisation limit", "legal placement")):
                 raise
@@ -877,6 +887,11 @@ def timing_report(res: dict, max_paths: int = 3, max_steps: int = 14) -> str:
             lines.append(estimate_report(res["estimate"]))
         return "\n".join(lines)
     pnr = res["pnr"]
+    if not pnr.get("routed", True):
+        lines.append("PLACED, NOT ROUTED (--no-route): nextpnr's post-placement timing estimate")
+        if pnr.get("slack_histogram"):
+            lines.append("  slack histogram (ps; * and + as in nextpnr's log):")
+            lines += [f"    [{a:>7d}, {b:>7d}) {bar}" for a, b, bar in pnr["slack_histogram"]]
     for clk, (ach, tgt) in pnr["fmax"].items():
         lines.append(f"Fmax {clk}: {ach:.1f} MHz ({'PASS' if ach >= tgt else 'FAIL'} at {tgt:g} MHz)")
     if not pnr["fmax"]:
@@ -952,6 +967,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="timing: nextpnr seed")
     ap.add_argument("--placer", default=None, help="timing: nextpnr placer (heap, sa)")
     ap.add_argument("--threads", type=int, default=None, help="timing: nextpnr threads")
+    ap.add_argument("--no-route", action="store_true",
+                    help="timing: place the engine but do not route it (nextpnr's post-placement timing)")
     ap.add_argument("--estimate-only", action="store_true",
                     help="timing: skip the engine's place and route (unplaced estimate; blocks still placed)")
     ap.add_argument("--lanes", type=int, default=None,
@@ -976,7 +993,8 @@ def main(argv=None) -> int:
     out_dir = a.output or BUILD_DIR / "timing"
     try:
         res = timing(params, out_dir, a.freq, a.seed, a.placer, a.threads, a.core,
-                     progress=lambda msg: print(msg, flush=True), place=not a.estimate_only)
+                     progress=lambda msg: print(msg, flush=True), place=not a.estimate_only,
+                     route=not a.no_route)
     except ToolMissing as e:
         print(f"timing: {e}", file=sys.stderr)
         return 2

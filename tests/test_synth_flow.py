@@ -324,3 +324,22 @@ def test_scalar_unit_alone_is_placed_and_routed(tmp_path):
                             "pnr_error": "Unable to find legal placement", "blocks": {"scalar": blk}})
     assert "block scalar alone (scalar unit" in text and f"Fmax {ach:.1f} MHz" in text
     assert "PLACEMENT FAILED" in text
+
+
+@needs_yosys
+@NEEDS_NEXTPNR
+def test_placement_only_reports_the_post_placement_estimate(tmp_path):
+    """``--no-route`` (the engine's routing takes hours here): Fmax and slack histogram come
+    from nextpnr's log after placement, and the report says it was not routed."""
+    from zipsgd import contract as c
+
+    (tmp_path / "t.v").write_text(COUNTER)
+    syn = b.synth_ecp5(tmp_path / "t.v", tmp_path / "t.json", tmp_path / "y.log", top="t", yosys=NATIVE)
+    res = b.place_and_route(tmp_path / "t.json", tmp_path, freq=125, seed=1, route=False)
+    (clk,) = res["fmax"]
+    assert res["routed"] is False and res["fmax"][clk][1] == 125 and res["fmax"][clk][0] > 0
+    assert res["slack_histogram"] and all(a < b_ for a, b_, _ in res["slack_histogram"])
+    assert res["utilization"]["MULT18X18D"][0] == 1
+    text = b.timing_report({"params": c.EngineParams(), "freq": 125.0, "seed": 1, "synth": syn,
+                            "overflow": [], "pnr": res})
+    assert "PLACED, NOT ROUTED" in text and f"Fmax {clk}:" in text and "slack histogram" in text
