@@ -129,7 +129,7 @@ def _tree(m, inputs, name, levels_per_stage=2):
             level = nxt
         regs = []
         for i, v in enumerate(level):
-            r = Signal(v.shape(), name=f"{name}_s{stages}_{i}")
+            r = Signal(v.shape(), name=f"{name}_s{stages}_{i}", reset_less=True)
             m.d.sync += r.eq(v)
             regs.append(r)
         level = regs
@@ -138,10 +138,11 @@ def _tree(m, inputs, name, levels_per_stage=2):
 
 
 def _delay(m, value, n, name, flush=None):
-    """``value`` delayed by ``n`` registers (cleared by ``flush`` when given)."""
+    """``value`` delayed by ``n`` registers (cleared by ``flush`` and by reset when given: a
+    valid bit; data registers take no reset, which keeps the reset net's fan-out small)."""
     prev = value
     for i in range(n):
-        r = Signal(prev.shape(), name=f"{name}_d{i + 1}")
+        r = Signal(prev.shape(), name=f"{name}_d{i + 1}", reset_less=flush is None)
         m.d.sync += r.eq(prev if flush is None else Mux(flush, 0, prev))
         prev = r
     return prev
@@ -170,7 +171,7 @@ def _split_mul(m, a, b, name):
     pcs = _pieces(bw)
     for i, (lo, hi) in enumerate(pcs):
         piece = b[lo:hi].as_signed() if hi == bw else Cat(b[lo:hi], Const(0, 1)).as_signed()
-        r = Signal(signed(a.shape().width + piece.shape().width), name=f"{name}_p{i}")
+        r = Signal(signed(a.shape().width + piece.shape().width), name=f"{name}_p{i}", reset_less=True)
         m.d.sync += r.eq(a * piece)
         parts.append((r, lo))
     acc = None
@@ -544,12 +545,12 @@ class Engine(wiring.Component):
         # ============================ dot path ======================================
         # D1 (A+1): beat register, per-beat flags.
         d1_v = Signal()
-        d1_beat = Signal(W)
-        d1_nvalid = Signal(range(W + 1))
+        d1_beat = Signal(W, reset_less=True)
+        d1_nvalid = Signal(range(W + 1), reset_less=True)
         d1_first = Signal()
         d1_last = Signal()
         d1_zero = Signal()
-        d1_label = Signal(signed(MODEL.width))     # the label field of the bus beat
+        d1_label = Signal(signed(MODEL.width), reset_less=True)     # the label field of the bus beat
         m.d.sync += [
             d1_v.eq(run_accept & ~flush),
             d1_beat.eq(vbeat), d1_nvalid.eq(in_nvalid), d1_first.eq(in_beat == 0),
@@ -574,8 +575,8 @@ class Engine(wiring.Component):
         dec1 = Decoder(W, which=1)
         m.submodules.dec1 = dec1
         m.d.comb += [dec1.beat.eq(vbeat), dec1.mode.eq(mode)]
-        c1 = [Signal(8, name=f"c1_{l}") for l in range(LANES)]
-        v1 = [Signal(signed(FEAT.width), name=f"fv1_{l}") for l in range(W // FULL_BITS)]
+        c1 = [Signal(8, name=f"c1_{l}", reset_less=True) for l in range(LANES)]
+        v1 = [Signal(signed(FEAT.width), name=f"fv1_{l}", reset_less=True) for l in range(W // FULL_BITS)]
         m.d.sync += [c1[l].eq(dec1.code[l]) for l in range(LANES)]
         m.d.sync += [v1[l].eq(dec1.value[l]) for l in range(W // FULL_BITS)]
         # A+1: codes decoded from the beat register; per lane: does it carry a feature?
@@ -589,14 +590,14 @@ class Engine(wiring.Component):
         # Forwarding of a model word the update writes in the cycle the dot port reads it:
         # the written word and a hit flag registered with the memory's output (A+1), and
         # chosen after the operand registers (A+2).
-        dfw_hit = [Signal(name=f"dfwh{l}") for l in range(LANES)]
-        dfw_data = [Signal(signed(X_BITS), name=f"dfwd{l}") for l in range(LANES)]
+        dfw_hit = [Signal(name=f"dfwh{l}", reset_less=True) for l in range(LANES)]
+        dfw_data = [Signal(signed(X_BITS), name=f"dfwd{l}", reset_less=True) for l in range(LANES)]
         xop = {}
         mraw = {}
         for l in range(LANES):
-            mraw[l] = Signal(signed(X_BITS), name=f"mx{l}" if l < M else f"bx{l}")
-            fx = Signal(signed(X_BITS), name=f"fx{l}")
-            hx = Signal(name=f"hx{l}")
+            mraw[l] = Signal(signed(X_BITS), name=f"mx{l}" if l < M else f"bx{l}", reset_less=True)
+            fx = Signal(signed(X_BITS), name=f"fx{l}", reset_less=True)
+            hx = Signal(name=f"hx{l}", reset_less=True)
             m.d.sync += [mraw[l].eq(x_dot[l]), fx.eq(dfw_data[l]), hx.eq(dfw_hit[l])]
             xop[l] = Mux(hx, fx, mraw[l])
         prods = []
@@ -605,11 +606,11 @@ class Engine(wiring.Component):
             rp, bits = codebook_port(l, f"cb1_{l}")
             m.d.comb += rp.addr.eq(c1[l][:bits])
             q = Mux(is_full, v1[l], rp.data) if l < W // FULL_BITS else rp.data
-            mq = Signal(signed(FEAT.width), name=f"mq{l}")
+            mq = Signal(signed(FEAT.width), name=f"mq{l}", reset_less=True)
             m.d.sync += mq.eq(Mux(live1[l], q, 0))
             mxs.append(mraw[l])
             psum, _ = _split_mul(m, mq, xop[l], f"mp{l}")
-            pr = Signal(signed(FEAT.width + X_BITS), name=f"mp{l}")
+            pr = Signal(signed(FEAT.width + X_BITS), name=f"mp{l}", reset_less=True)
             m.d.sync += pr.eq(psum)
             prods.append(pr)
         msum, mstages = _tree(m, prods, "mtree")
@@ -632,7 +633,7 @@ class Engine(wiring.Component):
                     c = Mux(is_b1, c_b1, c_b2)
                 else:
                     c = c_b2 & ~is_b1
-                bsel[j, t] = Signal(name=f"bs{t}_{j}")
+                bsel[j, t] = Signal(name=f"bs{t}_{j}", reset_less=True)
                 m.d.sync += bsel[j, t].eq(c)
         # model read-back: the lane's word from the registered dot-port words (valid
         # READBACK_LATENCY cycles after the pointer moves)
@@ -644,12 +645,12 @@ class Engine(wiring.Component):
             ins = [Mux(bsel[j, t], xop[j], 0) for j in BL]
             first = []
             for j in range(0, len(ins), 2):
-                r = Signal(signed(X_BITS + 1), name=f"bt{t}_{j}")
+                r = Signal(signed(X_BITS + 1), name=f"bt{t}_{j}", reset_less=True)
                 m.d.sync += r.eq(ins[j] + ins[j + 1])
                 first.append(r)
             s_t, bst = _tree(m, first, f"btree{t}")
             assert s_t.shape().width == self.s_bits
-            lv = Signal(signed(FEAT.width), name=f"blv{t}")          # static during a job
+            lv = Signal(signed(FEAT.width), name=f"blv{t}", reset_less=True)          # static during a job
             m.d.sync += lv.eq(Mux(is_b1, lvl[t % 2], lvl[t]))
             _, pp = _split_mul(m, lv, s_t, f"bp{t}")           # level * S in pieces: 1 stage
             parts += [(r << lo if lo else r) for r, lo in pp]
@@ -755,21 +756,21 @@ class Engine(wiring.Component):
         assert U2 == self.UPDATE_LATENCY
         metas, mvs = [meta0], [cur_v & ~flush]
         for i in range(1, U2 + 1):
-            mr = Signal(meta_layout, name=f"meta{i}")
+            mr = Signal(meta_layout, name=f"meta{i}", reset_less=True)
             vr = Signal(name=f"metav{i}")
             m.d.sync += [mr.eq(metas[-1]), vr.eq(Mux(flush, 0, mvs[-1]))]
             metas.append(mr)
             mvs.append(vr)
 
         # R1: the row buffer's word registered (block RAM output straight into a register).
-        rbq = Signal(W)
+        rbq = Signal(W, reset_less=True)
         m.d.sync += rbq.eq(rb_rd.data)
         # R2: decode Q2 codes (registered); R3: codebook look-up, multiplier-lane operands.
         dec2 = Decoder(W, which=2)
         m.submodules.dec2 = dec2
         m.d.comb += [dec2.beat.eq(rbq), dec2.mode.eq(mode)]
-        c2 = [Signal(8, name=f"c2r_{l}") for l in range(LANES)]
-        v2 = [Signal(signed(FEAT.width), name=f"fv2_{l}") for l in range(W // FULL_BITS)]
+        c2 = [Signal(8, name=f"c2r_{l}", reset_less=True) for l in range(LANES)]
+        v2 = [Signal(signed(FEAT.width), name=f"fv2_{l}", reset_less=True) for l in range(W // FULL_BITS)]
         m.d.sync += [c2[l].eq(dec2.code[l]) for l in range(LANES)]
         m.d.sync += [v2[l].eq(dec2.value[l]) for l in range(W // FULL_BITS)]
         gq = []
@@ -781,7 +782,7 @@ class Engine(wiring.Component):
                 q = Mux(is_full, v2[l], q)
             if l < 4:
                 q = Mux(is_bucket, lvl[l], q)
-            r = Signal(signed(FEAT.width), name=f"gq{l}")
+            r = Signal(signed(FEAT.width), name=f"gq{l}", reset_less=True)
             m.d.sync += r.eq(q)
             gq.append(r)
         codes2 = [_delay(m, c2[l][:2], P - R3, f"c2_{l}") for l in range(LANES)]
@@ -791,7 +792,7 @@ class Engine(wiring.Component):
         gp = []
         for l in range(M):
             psum, _ = _split_mul(m, gq[l], rp_sig, f"gp{l}")
-            r = Signal(signed(FEAT.width + X_BITS), name=f"gp{l}")
+            r = Signal(signed(FEAT.width + X_BITS), name=f"gp{l}", reset_less=True)
             m.d.sync += r.eq(psum)
             gp.append(r)
         table = Array(gp[:4])
@@ -801,8 +802,8 @@ class Engine(wiring.Component):
         for ports in mem_ports:
             m.d.comb += [ports["g_rd"].addr.eq(group_addr(metas[R4].beat, ports["depth"])),
                          ports["x_rd_upd"].addr.eq(group_addr(metas[R3].beat, ports["depth"]))]
-        g4 = [Signal(signed(G_BITS), name=f"g4_{l}") for l in range(LANES)]
-        xq = [Signal(signed(X_BITS), name=f"xq{l}") for l in range(LANES)]
+        g4 = [Signal(signed(G_BITS), name=f"g4_{l}", reset_less=True) for l in range(LANES)]
+        xq = [Signal(signed(X_BITS), name=f"xq{l}", reset_less=True) for l in range(LANES)]
         m.d.sync += [g4[l].eq(g_rd[l]) for l in range(LANES)]
         m.d.sync += [xq[l].eq(x_upd[l]) for l in range(LANES)]
 
@@ -814,12 +815,12 @@ class Engine(wiring.Component):
         ua = []
         for l in range(LANES):
             xin = Mux(metas[R5].zero, 0, xq[l])
-            x5 = Signal(signed(X_BITS), name=f"xp{l}")
-            sh = Signal(signed(X_BITS), name=f"l2h{l}")
-            rb = Signal(name=f"l2r{l}")
+            x5 = Signal(signed(X_BITS), name=f"xp{l}", reset_less=True)
+            sh = Signal(signed(X_BITS), name=f"l2h{l}", reset_less=True)
+            rb = Signal(name=f"l2r{l}", reset_less=True)
             m.d.sync += [x5.eq(xin), sh.eq(Mux(l2_on, xin >> l2s, 0)),
                          rb.eq(l2_on & xin.bit_select(l2s_m1, 1))]
-            a_ = Signal(signed(X_BITS + 2), name=f"ua{l}")
+            a_ = Signal(signed(X_BITS + 2), name=f"ua{l}", reset_less=True)
             m.d.sync += a_.eq(x5 + ~sh + ~rb)            # x - sh - rb
             ua.append(_delay(m, a_, 1, f"ua{l}"))
 
@@ -842,8 +843,8 @@ class Engine(wiring.Component):
         for l in range(LANES):
             sel = table[codes2[l]]
             psel = Mux(is_bucket, sel, gp[l]) if l < M else sel
-            f1 = Signal(signed(G_BITS), name=f"fwd{l}")
-            f2 = Signal(signed(G_BITS), name=f"fwdb{l}")
+            f1 = Signal(signed(G_BITS), name=f"fwd{l}", reset_less=True)
+            f2 = Signal(signed(G_BITS), name=f"fwdb{l}", reset_less=True)
             base = Mux(mp.fb, rc, Mux(hit1, f1, Mux(hit2, f2, g4[l])))
             t = Signal(signed(G_BITS), name=f"t{l}")
             m.d.comb += t.eq(base + psel)
@@ -861,7 +862,7 @@ class Engine(wiring.Component):
         # U1: G >> 16 (wiring) clamped to +-2**33 (beyond, the update saturates alike).
         hs = []
         for l in range(LANES):
-            tu = Signal(signed(G_BITS), name=f"tu{l}")
+            tu = Signal(signed(G_BITS), name=f"tu{l}", reset_less=True)
             m.d.sync += tu.eq(t_p[l])
             hf = tu[FEAT.frac:]
             top = hf[ceil_log2(H_CLAMP):]

@@ -123,7 +123,9 @@ class Scalar(wiring.Component):
         F = FEAT.frac
 
         def reg(value, name, shape=None):
-            r = Signal(shape if shape is not None else value.shape(), name=name)
+            # data registers take no reset (valid bits, v1..v7, do): a small reset net
+            r = Signal(shape if shape is not None else value.shape(), name=name,
+                       reset_less=not name.startswith("v"))
             m.d.sync += r.eq(value)
             return r
 
