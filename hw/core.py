@@ -9,7 +9,8 @@ block-RAM output goes straight into a register; every multiplication is cut into
 17 x 18 pieces whose partial products are registered (one DSP each), then summed;
 a stage holds at most one carry chain plus a few LUT levels (two chained adds in
 the adder trees); stream control (TREADY, acceptance) depends on registered flags
-only; counters add last cycle's registered events.
+only; counters add last cycle's registered events; data registers take no reset (valid
+bits, control and configuration do), so the reset net stays small.
 
 Dot path (one beat per cycle, never stalls)
     ``A``      beat accepted and decoded (Q1 codes, registered); model read (port
