@@ -298,17 +298,12 @@ class Engine(wiring.Component):
         m.d.comb += self.busy.eq(running | running_d)
 
         mode = Signal(NM)
-        n_samples = Signal(32)
         dim = Signal(range(p.dim_max + 1))
-        batch = Signal(range(p.batch_max + 1))
-        epochs = Signal(range(p.epochs_max + 1))
         loss_sel = Signal(2)
         step_mult = Signal(STEP_MULT.width)
         decay = Signal(32)
         l2s = Signal(range(L2_SHIFT_MAX + 1))
         lanes_f = Signal(range(W + 1))      # features per (engine) beat
-        lanes_fl = Signal(range(W + 1))     # feature slots of the label beat (its lower half when split)
-        lanes_fh = Signal(range(W + 1))     # feature slots of a split label beat's upper half
         is_split = Signal()                 # beats are taken in two halves
         skip_high = Signal()                # ... but a last beat whose upper half is the label alone
         is_full = Signal()
@@ -316,8 +311,8 @@ class Engine(wiring.Component):
         is_b1 = Signal()
 
         lanes_f_m1 = Signal(range(W + 1))   # lanes_f - 1 (read-back pointer)
-        lanes_ffl = Signal(range(2 * W + 1))  # lanes_f + lanes_fl
-        lanes_ffh = Signal(range(2 * W + 1))  # lanes_f + lanes_fh
+        lanes_ffl = Signal(range(2 * W + 1))  # lanes_f + label-beat slots
+        lanes_ffh = Signal(range(2 * W + 1))  # lanes_f + upper-half label slots
 
         # Configuration-derived values are registered every cycle (the configuration is
         # static for CFG_SETTLE cycles before a start, see the class docstring), so a start
@@ -340,8 +335,6 @@ class Engine(wiring.Component):
         mode_consts = [
             (lanes_f, lambda md: md.elanes),
             (lanes_f_m1, lambda md: md.elanes - 1),
-            (lanes_fl, lambda md: md.label_lanes),
-            (lanes_fh, fh_of),
             (lanes_ffl, lambda md: md.elanes + md.label_lanes),
             (lanes_ffh, lambda md: md.elanes + fh_of(md)),
             (is_split, lambda md: int(md.split)),
@@ -354,12 +347,16 @@ class Engine(wiring.Component):
         for reg_, fn in mode_consts:
             cst[reg_.name] = Signal.like(reg_, name=f"cfg_{reg_.name}")
             m.d.sync += cst[reg_.name].eq(by_hit(fn))
-        # first beat of a sample is its last (dim <= label-beat slots), lower / upper half
+        # feature slots of the label beat (its lower half when split) / of a split label
+        # beat's upper half; the first beat of a sample is its last when dim <= those
+        cfg_fl = Signal(range(W + 1))
+        cfg_fh = Signal(range(W + 1))
+        m.d.sync += [cfg_fl.eq(by_hit(lambda md: md.label_lanes)), cfg_fh.eq(by_hit(fh_of))]
         first_last_l = Signal()
         first_last_h = Signal()
         cfg_fll = Signal(name="cfg_first_last_l")
         cfg_flh = Signal(name="cfg_first_last_h")
-        m.d.sync += [cfg_fll.eq(cfg.dim <= cst["lanes_fl"]), cfg_flh.eq(cfg.dim <= cst["lanes_fh"])]
+        m.d.sync += [cfg_fll.eq(cfg.dim <= cfg_fl), cfg_flh.eq(cfg.dim <= cfg_fh)]
         check_c = Signal(8)
         check = Signal(8)
         m.d.sync += check.eq(check_c)
@@ -483,8 +480,8 @@ class Engine(wiring.Component):
         # Flags kept one step ahead (registers), so that TREADY and the acceptance of a
         # beat depend on a few gates of registers only:
         in_rem = Signal(signed(ceil_log2(p.dim_max + 2 * W + 1) + 2))  # dim - first feature of the beat
-        in_rl = Signal()            # in_rem <= lanes_fl (the beat, or its lower half, is the last)
-        in_rh = Signal()            # in_rem <= lanes_fh (its upper half is the last)
+        in_rl = Signal()            # in_rem <= label-beat slots (the beat, or its lower half, is the last)
+        in_rh = Signal()            # in_rem <= upper-half label slots (its upper half is the last)
         le_r = Signal()             # the sample is the last of its epoch
         lb_r = Signal()             # ... the last of its batch (within the epoch)
         lj_r = Signal()             # the epoch is the job's last
@@ -580,14 +577,11 @@ class Engine(wiring.Component):
         v1 = [Signal(signed(FEAT.width), name=f"fv1_{l}", reset_less=True) for l in range(W // FULL_BITS)]
         m.d.sync += [c1[l].eq(dec1.code[l]) for l in range(LANES)]
         m.d.sync += [v1[l].eq(dec1.value[l]) for l in range(W // FULL_BITS)]
-        # A+1: codes decoded from the beat register; per lane: does it carry a feature?
+        # A+1: per lane, does it carry a feature?
         live1 = [Signal(name=f"live1_{l}") for l in range(LANES)]
         for l in range(LANES):
             m.d.comb += live1[l].eq((d1_nvalid > l) & ~d1_zero)
 
-        # --- multiplier lanes: operands at A+2 (the codebook value is 0 for a lane without
-        # a feature; the model word straight from the memory), partial products at A+3,
-        # products at A+4, then the tree ---
         # Forwarding of a model word the update writes in the cycle the dot port reads it:
         # the written word and a hit flag registered with the memory's output (A+1), and
         # chosen after the operand registers (A+2).
@@ -601,15 +595,16 @@ class Engine(wiring.Component):
             hx = Signal(name=f"hx{l}", reset_less=True)
             m.d.sync += [mraw[l].eq(x_dot[l]), fx.eq(dfw_data[l]), hx.eq(dfw_hit[l])]
             xop[l] = Mux(hx, fx, mraw[l])
+
+        # --- multiplier lanes: operands at A+2 (the codebook value is 0 for a lane without
+        # a feature), partial products at A+3, products at A+4, then the tree ---
         prods = []
-        mxs = []
         for l in range(M):
             rp, bits = codebook_port(l, f"cb1_{l}")
             m.d.comb += rp.addr.eq(c1[l][:bits])
             q = Mux(is_full, v1[l], rp.data) if l < W // FULL_BITS else rp.data
             mq = Signal(signed(FEAT.width), name=f"mq{l}", reset_less=True)
             m.d.sync += mq.eq(Mux(live1[l], q, 0))
-            mxs.append(mraw[l])
             psum, _ = _split_mul(m, mq, xop[l], f"mp{l}")
             pr = Signal(signed(FEAT.width + X_BITS), name=f"mp{l}", reset_less=True)
             m.d.sync += pr.eq(psum)
@@ -623,10 +618,8 @@ class Engine(wiring.Component):
         # half of these lanes, trees 2/3 those of the upper half. A+2: model words and the
         # four select bits per lane registered; A+3: first tree level.
         BL = list(range(M, LANES))
-        bx = {}
         bsel = {}
         for i, j in enumerate(BL):
-            bx[j] = mraw[j]
             for t in range(4):
                 c_b2 = live1[j] & (c1[j][:2] == t)
                 if (i >= len(BL) // 2) == (t >= 2):
@@ -638,9 +631,8 @@ class Engine(wiring.Component):
                 m.d.sync += bsel[j, t].eq(c)
         # model read-back: the lane's word from the registered dot-port words (valid
         # READBACK_LATENCY cycles after the pointer moves)
-        words2 = [mxs[l] for l in range(M)] + [bx[j] for j in BL]
         rdb_lane2 = _delay(m, rdb_lane, 2, "rdbl")
-        m.d.sync += self.model_data.eq(Array(words2)[rdb_lane2])
+        m.d.sync += self.model_data.eq(Array(mraw[l] for l in range(LANES))[rdb_lane2])
         parts = []
         for t in range(4):
             ins = [Mux(bsel[j, t], xop[j], 0) for j in BL]
@@ -916,8 +908,7 @@ class Engine(wiring.Component):
                 with m.Else():
                     m.d.sync += [
                         state.eq(st_run),
-                        mode.eq(mode_hit), n_samples.eq(cfg.n_samples), dim.eq(cfg.dim),
-                        batch.eq(cfg.batch), epochs.eq(cfg.epochs), loss_sel.eq(cfg.loss),
+                        mode.eq(mode_hit), dim.eq(cfg.dim), loss_sel.eq(cfg.loss),
                         step_mult.eq(cfg.step_mult), decay.eq(cfg.decay_epochs), l2s.eq(cfg.l2_shift),
                         in_beat.eq(0), in_sb.eq(0), in_se.eq(0), in_epoch.eq(0),
                         in_k.eq(cfg.step_shift), in_dcnt.eq(0), in_zero.eq(1), pending.eq(0),
