@@ -76,7 +76,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from zipsgd.contract import (
-    CONFIG_FIELDS,
+    CONFIG_FIELDS, COUNTER_NAMES,
     ACC, FEAT, FULL_BITS, L2_SHIFT_MAX, LOSS_ACC, MODEL, STEP_MULT, STEP_SHIFT_MAX,
     EngineParams, Encoding, Error, Loss, beats_per_sample,
 )
@@ -90,7 +90,20 @@ CFG_FIELDS = CONFIG_FIELDS
 CFG_LAYOUT = data.StructLayout({name: 32 for name in CFG_FIELDS})
 #: Cycles the configuration must be stable before a start (see ``Engine.CFG_SETTLE``).
 CFG_SETTLE = 3
-COUNTERS = ("cnt_cycles", "cnt_beats", "cnt_stalls", "cnt_idles", "cnt_samples")
+#: Cycles from a move of the model read-back pointer (``model_rewind``/``model_next``
+#: seen) to ``model_data`` (block RAM, registered words, lane multiplexer); from a
+#: ``loss_addr`` change to ``loss_data``.
+READBACK_LATENCY = 3
+LOSS_READ_LATENCY = 2
+
+
+def counter_port(name: str) -> str:
+    """Engine port of a contract counter name (``"BEATS"`` -> ``"cnt_beats"``)."""
+    return f"cnt_{name.lower()}"
+
+
+#: The counter ports, in the contract's order.
+COUNTERS = tuple(counter_port(n) for n in COUNTER_NAMES)
 
 #: Bits of G / model words.
 G_BITS = ACC.width
@@ -208,10 +221,8 @@ class Engine(wiring.Component):
         self.groups = lane_groups(W, params.dim_max, params.lanes)
         self.lanes = engine_lanes(W, params.lanes)
         self.beats_max = max(self.engine_beats(md, params.dim_max) for md in self.modes)
-        #: Cycles from a move of the model read-back pointer (``model_rewind``/``model_next``
-        #: seen) to ``model_data``; from a ``loss_addr`` change to ``loss_data``.
-        self.READBACK_LATENCY = 3
-        self.LOSS_READ_LATENCY = 2
+        self.READBACK_LATENCY = READBACK_LATENCY
+        self.LOSS_READ_LATENCY = LOSS_READ_LATENCY
         #: Cycles the configuration inputs must be stable before ``start`` (its decoded
         #: form is registered: mode, mode constants, first-beat flags; the register block
         #: delays ``start`` to guarantee it).

@@ -41,13 +41,13 @@ from zipsgd.contract import (
     EngineConfig, EngineParams, build_hash, version_word,
 )
 
-from .core import CFG_SETTLE
+from .core import CFG_SETTLE, LOSS_READ_LATENCY, READBACK_LATENCY, counter_port
 
-#: Cycles a read waits after a model pulse or a LOSS_ADDR write. The engine's readback
-#: ports are valid 4 cycles after a pulse (3 after its read pointer moves: block RAM,
-#: registered words, lane multiplexer) and 3 after a loss address change; a MODEL_DATA
-#: read is acknowledged at the earliest 6 cycles after its pulse.
-HOLD_CYCLES = 5
+#: Cycles a read waits after a model pulse or a LOSS_ADDR write: the pulse (or the loss
+#: address) is registered here, the engine's read pointer moves the cycle it sees the
+#: pulse, then its read-back latency; a MODEL_DATA read is acknowledged at the earliest
+#: HOLD_CYCLES + 1 cycles after its pulse.
+HOLD_CYCLES = max(READBACK_LATENCY, LOSS_READ_LATENCY) + 2
 
 #: Constant registers: name -> function of EngineParams.
 CONSTANTS = {
@@ -65,11 +65,6 @@ CONSTANTS = {
 #: configuration register or a counter half).
 SPECIAL = ("CTRL", "STATUS", "CODEBOOK_ADDR", "CODEBOOK_DATA", "MODEL_ADDR", "MODEL_DATA",
            "LOSS_ADDR", "LOSS_LO", "LOSS_HI", "EPOCHS_DONE")
-
-
-def counter_port(name: str) -> str:
-    """Engine port of a contract counter name (``"BEATS"`` -> ``"cnt_beats"``)."""
-    return f"cnt_{name.lower()}"
 
 
 def config_defaults() -> dict:

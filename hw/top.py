@@ -21,7 +21,8 @@ from amaranth.lib.wiring import In, Out
 from zipsgd.contract import COUNTER_NAMES, REG_ADDR_BITS, EngineParams
 
 from .axil import AxiLiteSlave
-from .regs import Registers, counter_port
+from .core import counter_port
+from .regs import Registers
 
 TOP_NAME = "zipsgd_top"
 #: AXI4-Lite signals of the slave (without the ``s_axil_`` prefix).

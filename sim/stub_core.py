@@ -22,8 +22,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from zipsgd.contract import CONFIG_FIELDS as CFG_FIELDS, FEAT, EngineParams, Error
-
-COUNTERS = ("cnt_cycles", "cnt_beats", "cnt_stalls", "cnt_idles", "cnt_samples")
+from zipsgd.hw.core import COUNTERS
 STUB_MODEL_BASE = 0x1000
 STUB_LOSS_MULT = 0x100000001
 
