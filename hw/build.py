@@ -829,11 +829,8 @@ def timing(params: c.EngineParams, out_dir: Path | None = None, freq: float = 12
     res["overflow"] = ecp5_overflow(res["synth"]["cells"])
     if res["overflow"]:
         say("does not fit: unplaced path estimate instead of place and route")
-        res["estimate"] = estimate_paths(netlist, period=1000.0 / freq)
     elif not place:
         say("engine place and route skipped (--estimate-only): unplaced path estimate")
-        res["pnr_error"] = "not attempted (--estimate-only)"
-        res["estimate"] = estimate_paths(netlist, period=1000.0 / freq)
     else:
         say(f"nextpnr-ecp5 {ECP5['name']} out of context, {freq:g} MHz, seed {seed} -> {out_dir / 'nextpnr.log'}")
         try:
@@ -843,7 +840,8 @@ def timing(params: c.EngineParams, out_dir: Path | None = None, freq: float = 12
                 raise
             res["pnr_error"] = str(e).splitlines()[-1].replace("ERROR: ", "").strip()
             say("nextpnr could not place it: unplaced path estimate instead")
-            res["estimate"] = estimate_paths(netlist, period=1000.0 / freq)
+    if "pnr" not in res:
+        res["estimate"] = estimate_paths(netlist, period=1000.0 / freq)
     res["blocks"] = {}
     for name in TIMING_BLOCKS:
         say(f"block {name} alone: synth_ecp5 + nextpnr-ecp5 -> {out_dir / ('block_' + name)}")
@@ -872,20 +870,19 @@ def timing_report(res: dict, max_paths: int = 3, max_steps: int = 14) -> str:
             path = b["pnr"]["paths"][0] if b["pnr"]["paths"] else None
             lines.append(f"block {name} alone ({b['what']}): Fmax {ach:.1f} MHz "
                          f"({'PASS' if ach >= tgt else 'FAIL'} at {tgt:g} MHz), placed and routed"
-                         f" ({b.get('router', 'router2')})"
+                         f" ({b['router']})"
                          + (f"; critical path {path['start']['signal']} -> {path['end']['signal']} "
                             f"{path['delay']:.2f} ns "
                             f"({path['logic']:.2f} logic + {path['routing']:.2f} routing)" if path else ""))
-    if res["overflow"] or res.get("pnr_error"):
+    if "pnr" not in res:
         if res["overflow"]:
             lines.append(f"DOES NOT FIT the {ECP5['name']}: " + "; ".join(res["overflow"]))
             lines.append("(no place and route; a smaller --dim-max needs less block RAM, not less logic)")
+        elif res.get("pnr_error"):
+            lines.append(f"PLACEMENT FAILED on the {ECP5['name']} (seed {res['seed']}): {res['pnr_error']}")
+            lines.append("(another --seed, --placer sa or a smaller --dim-max may place)")
         else:
-            if res["pnr_error"].startswith("not attempted"):
-                lines.append(f"ENGINE NOT PLACED: {res['pnr_error']}")
-            else:
-                lines.append(f"PLACEMENT FAILED on the {ECP5['name']} (seed {res['seed']}): {res['pnr_error']}")
-                lines.append("(another --seed, --placer sa or a smaller --dim-max may place)")
+            lines.append("ENGINE NOT PLACED: place and route not attempted (--estimate-only)")
         if res.get("estimate"):
             lines.append(estimate_report(res["estimate"]))
         return "\n".join(lines)
@@ -1003,7 +1000,7 @@ def main(argv=None) -> int:
         return 2
     print(timing_report(res))
     print(f"(written to {Path(out_dir) / 'report.txt'})")
-    if res["overflow"] or res.get("pnr_error"):
+    if "pnr" not in res:
         return 1
     return 0 if all(ach >= tgt for ach, tgt in res["pnr"]["fmax"].values()) and res["pnr"]["fmax"] else 1
 

@@ -177,6 +177,8 @@ def test_timing_report_text_for_pass_and_for_a_design_that_does_not_fit():
     assert over == ["DP16KD 300 > 208"]
     text = b.timing_report({"params": params, "freq": 125.0, "seed": 1, "synth": syn, "overflow": over})
     assert "DOES NOT FIT" in text and "DP16KD 300 > 208" in text
+    text = b.timing_report({"params": params, "freq": 125.0, "seed": 1, "synth": syn, "overflow": []})
+    assert "ENGINE NOT PLACED" in text and "DOES NOT FIT" not in text       # --estimate-only
     pnr = b.parse_nextpnr_report(NEXTPNR_REPORT)
     pnr.update(log=b.parse_nextpnr_log(NEXTPNR_LOG), seconds=60.0)
     syn["cells"]["DP16KD"] = 1
