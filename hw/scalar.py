@@ -139,8 +139,6 @@ class Scalar(wiring.Component):
         m.d.comb += [ovf.eq(~((hi == 0) | (hi == (1 << len(hi)) - 1))), neg.eq(acc[-1])]
         z1 = reg(Mux(ovf, Mux(neg, MODEL.min, MODEL.max), zr), "z1", signed(MW))
         y1 = reg(y, "y1")
-        ovf1 = reg(ovf, "ovf1")
-        neg1 = reg(neg, "neg1")
         # squared: sat(z - y) for z in range, else sat(MAX - y) / sat(MIN - y)
         r_sq = Mux(ovf, sat(m, Mux(neg, MODEL.min, MODEL.max) - y, MODEL, "r_sq_o"),
                    sat(m, zr - y, MODEL, "r_sq_i"))
