@@ -68,10 +68,10 @@ class AxiLiteSlave(wiring.Component):
         m = Module()
         aw_full = Signal()          # write address captured
         w_full = Signal()           # write data captured
-        aw_addr = Signal(self.addr_bits)
-        ar_addr = Signal(self.addr_bits)
-        w_data = Signal(32)
-        w_strb = Signal(4)
+        aw_addr = Signal(self.addr_bits, reset_less=True)
+        ar_addr = Signal(self.addr_bits, reset_less=True)
+        w_data = Signal(32, reset_less=True)
+        w_strb = Signal(4, reset_less=True)
         rd_busy = Signal()          # read accepted, waiting for r_ack
         wr_go = Signal()
 

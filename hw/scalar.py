@@ -94,7 +94,10 @@ class Scalar(wiring.Component):
     k : In(range(STEP_SHIFT_MAX + 1))
         Step shift of the sample's epoch, valid with ``i_valid``.
     rp_valid, rp : Out
-        ``r'`` (MODEL), ``LATENCY_RP`` cycles after ``i_valid``.
+        ``r'`` (MODEL), ``LATENCY_RP`` cycles after ``i_valid``, held until the next.
+    rp_copies : list of Out
+        ``copies`` more registers holding ``r'`` (the engine's lane groups read one each, so
+        no single register drives every multiplier of the engine; see ``core._copies``).
     loss_valid, loss_out : Out
         Sample loss (LOSS_SAMPLE), ``LATENCY_LOSS`` cycles after ``i_valid``.
     """
@@ -102,7 +105,8 @@ class Scalar(wiring.Component):
     LATENCY_RP = 6
     LATENCY_LOSS = 8
 
-    def __init__(self):
+    def __init__(self, copies: int = 0):
+        self.copies = copies
         super().__init__({
             "i_valid": In(1),
             "acc": In(signed(ACC.width)),
@@ -114,7 +118,9 @@ class Scalar(wiring.Component):
             "rp": Out(signed(MODEL.width)),
             "loss_valid": Out(1),
             "loss_out": Out(LOSS_SAMPLE.width),
+            **{f"rp_c{i}": Out(signed(MODEL.width)) for i in range(copies)},
         })
+        self.rp_copies = [getattr(self, f"rp_c{i}") for i in range(copies)]
 
     def elaborate(self, platform):
         m = Module()
@@ -221,8 +227,13 @@ class Scalar(wiring.Component):
         # ---- stage 6: r' -------------------------------------------------------------------
         rp = sat(m, (hk5 + 1) >> 1, MODEL, "rp_next")
         m.d.sync += self.rp_valid.eq(v5)
+        copies = []
+        for i in range(self.copies):           # kept apart by synthesis (``keep``)
+            c = Signal(signed(MODEL.width), name=f"rpk{i}", reset_less=True, attrs={"keep": 1})
+            m.d.comb += self.rp_copies[i].eq(c)
+            copies.append(c)
         with m.If(v5):
-            m.d.sync += self.rp.eq(rp)
+            m.d.sync += [self.rp.eq(rp)] + [c.eq(rp) for c in copies]
         # (the table may be a block-RAM ROM: its word is registered once more)
         tab6 = reg(tab5, "tab6")
         tp6 = reg(tp5, "tp6")
