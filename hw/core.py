@@ -91,9 +91,9 @@ CFG_LAYOUT = data.StructLayout({name: 32 for name in CFG_FIELDS})
 #: Cycles the configuration must be stable before a start (see ``Engine.CFG_SETTLE``).
 CFG_SETTLE = 3
 #: Cycles from a move of the model read-back pointer (``model_rewind``/``model_next``
-#: seen) to ``model_data`` (block RAM, registered words, lane multiplexer); from a
+#: seen) to ``model_data`` (block RAM, registered words, two registered multiplexer steps); from a
 #: ``loss_addr`` change to ``loss_data``.
-READBACK_LATENCY = 3
+READBACK_LATENCY = 4
 LOSS_READ_LATENCY = 2
 
 
@@ -417,28 +417,27 @@ class Engine(wiring.Component):
         cfg_fll = Signal(name="cfg_first_last_l", reset_less=True)
         cfg_flh = Signal(name="cfg_first_last_h", reset_less=True)
         m.d.sync += [cfg_fll.eq(cfg.dim <= cfg_fl), cfg_flh.eq(cfg.dim <= cfg_fh)]
+        # the validation code: each test registered, then the first failing one (registered)
+        tests = [
+            (Error.BAD_ENCODING, cfg.encoding > max(Encoding)),
+            (Error.BAD_BITS, mode_hit_c == 0),
+            (Error.BAD_DIM, (cfg.dim < 1) | (cfg.dim > p.dim_max)),
+            (Error.BAD_N, cfg.n_samples < 1),
+            (Error.BAD_BATCH, (cfg.batch < 1) | (cfg.batch > p.batch_max)),
+            (Error.BAD_LOSS, cfg.loss > max(Loss)),
+            (Error.BAD_EPOCHS, (cfg.epochs < 1) | (cfg.epochs > p.epochs_max)),
+            (Error.BAD_STEP, (cfg.step_mult < 1) | (cfg.step_mult > STEP_MULT.max)
+             | (cfg.step_shift > STEP_SHIFT_MAX) | (cfg.l2_shift > L2_SHIFT_MAX)),
+        ]
+        bad = Signal(len(tests), reset_less=True)
+        m.d.sync += [bad[i].eq(t) for i, (_, t) in enumerate(tests)]
         check_c = Signal(8)
         check = Signal(8, reset_less=True)
         m.d.sync += check.eq(check_c)
-        with m.If(cfg.encoding > max(Encoding)):
-            m.d.comb += check_c.eq(Error.BAD_ENCODING)
-        with m.Elif(mode_hit_c == 0):
-            m.d.comb += check_c.eq(Error.BAD_BITS)
-        with m.Elif((cfg.dim < 1) | (cfg.dim > p.dim_max)):
-            m.d.comb += check_c.eq(Error.BAD_DIM)
-        with m.Elif(cfg.n_samples < 1):
-            m.d.comb += check_c.eq(Error.BAD_N)
-        with m.Elif((cfg.batch < 1) | (cfg.batch > p.batch_max)):
-            m.d.comb += check_c.eq(Error.BAD_BATCH)
-        with m.Elif(cfg.loss > max(Loss)):
-            m.d.comb += check_c.eq(Error.BAD_LOSS)
-        with m.Elif((cfg.epochs < 1) | (cfg.epochs > p.epochs_max)):
-            m.d.comb += check_c.eq(Error.BAD_EPOCHS)
-        with m.Elif((cfg.step_mult < 1) | (cfg.step_mult > STEP_MULT.max)
-                    | (cfg.step_shift > STEP_SHIFT_MAX) | (cfg.l2_shift > L2_SHIFT_MAX)):
-            m.d.comb += check_c.eq(Error.BAD_STEP)
-        with m.Else():
-            m.d.comb += check_c.eq(Error.NONE)
+        m.d.comb += check_c.eq(Error.NONE)
+        for i, (code, _) in reversed(list(enumerate(tests))):     # the first failing test wins
+            with m.If(bad[i]):
+                m.d.comb += check_c.eq(code)
 
         cfg_decay_m1 = Signal(32, reset_less=True)
         cfg_n_one, cfg_b_one, cfg_e_one = (Signal(reset_less=True) for _ in range(3))
@@ -539,6 +538,11 @@ class Engine(wiring.Component):
         pending = Signal()          # a batch-end update has not written beat 0 yet
 
         in_half = Signal(reset_less=True)          # split modes: the upper half of the bus beat is next
+        in_half_nx = Signal()                      # its next value (set by the control)
+        m.d.comb += in_half_nx.eq(in_half)
+        m.d.sync += in_half.eq(in_half_nx)
+        VB = 4                                     # copies of in_half for the beat multiplexer
+        in_half_k = _copies(m, in_half_nx, VB, "inhalf")
         real_last = Signal()        # the bus beat is the sample's last
         in_last_beat = Signal()     # the beat entering the engine is the sample's last
         in_nvalid = Signal(range(W + 1))
@@ -583,7 +587,9 @@ class Engine(wiring.Component):
         beat_in = self.i_data.payload.data
         tlast = self.i_data.payload.last
         vbeat = Signal(W)           # the engine's beat: the bus beat or its upper half shifted down
-        m.d.comb += vbeat.eq(Mux(in_half, beat_in >> (W // 2), beat_in))
+        hi_half = beat_in >> (W // 2)
+        m.d.comb += vbeat.eq(Cat(*[Mux(in_half_k[i], hi_half[i * W // VB:(i + 1) * W // VB],
+                                       beat_in[i * W // VB:(i + 1) * W // VB]) for i in range(VB)]))
         fault_short = Signal()
         fault_long = Signal()
         m.d.comb += [fault_short.eq(accept & (state == st_run) & tlast & ~final_beat),
@@ -710,9 +716,18 @@ class Engine(wiring.Component):
                 m.d.sync += bsel[j, t].eq(c)
         # model read-back: the lane's word from the registered dot-port words (valid
         # READBACK_LATENCY cycles after the pointer moves)
+        # in two registered steps (a lane of each group, then the group), so that the words
+        # need not travel to one place
         rdb_lane2 = _delay(m, rdb_lane, 2, "rdbl")
+        rdb_grp3 = _delay(m, rdb_lane2 // REP_LANES, 1, "rdbg")
+        rb_sel = []
+        for g in range(NG):
+            ws = [mraw[l] for l in range(g * REP_LANES, min(LANES, (g + 1) * REP_LANES))]
+            r = Signal(signed(X_BITS), name=f"rdbw{g}", reset_less=True)
+            m.d.sync += r.eq(Array(ws)[rdb_lane2 % REP_LANES] if len(ws) > 1 else ws[0])
+            rb_sel.append(r)
         model_q = Signal.like(self.model_data, reset_less=True)
-        m.d.sync += model_q.eq(Array(mraw[l] for l in range(LANES))[rdb_lane2])
+        m.d.sync += model_q.eq(Array(rb_sel)[rdb_grp3])
         m.d.comb += self.model_data.eq(model_q)
         parts = []
         for t in range(4):
@@ -877,9 +892,13 @@ class Engine(wiring.Component):
 
         # G read issued at R4 (data at R5, registered for P); the model read for the
         # update issued at R3 (data at R4, registered for R5).
-        for ports in mem_ports:
-            m.d.comb += [ports["g_rd"].addr.eq(group_addr(metas[R4].beat, ports["depth"])),
-                         ports["x_rd_upd"].addr.eq(group_addr(metas[R3].beat, ports["depth"]))]
+        # (every memory address of the replay comes from a copy of the beat per memory group)
+        NMEM = len(mem_ports)
+        beat_r3 = _copies(m, metas[R2].beat, NMEM, "beatr3")
+        beat_r4 = _copies(m, metas[R3].beat, NMEM, "beatr4")
+        for gi, ports in enumerate(mem_ports):
+            m.d.comb += [ports["g_rd"].addr.eq(group_addr(beat_r4[gi], ports["depth"])),
+                         ports["x_rd_upd"].addr.eq(group_addr(beat_r3[gi], ports["depth"]))]
         g4 = [Signal(signed(G_BITS), name=f"g4_{l}", reset_less=True) for l in range(LANES)]
         xq = [Signal(signed(X_BITS), name=f"xq{l}", reset_less=True) for l in range(LANES)]
         m.d.sync += [g4[l].eq(g_rd[l]) for l in range(LANES)]
@@ -887,16 +906,17 @@ class Engine(wiring.Component):
 
         # R5: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
         # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in), ready at U1.
-        # (static during a job: copies per lane group, ready long before the first R5)
+        # (the L2 shift is static during a job: copies per lane group, ready long before the
+        # first R5; one-bit flags: a copy per lane)
         l2s_k = _copies(m, l2s, NG, "l2s")
-        l2_on_k = _copies(m, l2s != 0, NG, "l2on")
-        l2s_m1_k = _copies(m, (l2s - 1)[:len(l2s)], NG, "l2sm1")    # l2 - 1: the rounding bit's position
-        zero_k5 = _copies(m, metas[R4].zero, NG, "zero5")  # metas[R5].zero, per lane group
+        l2s_m1_k = _copies(m, (l2s - 1)[:len(l2s)], NG, "l2sm1")    # the rounding bit's position
+        l2_on_k = _copies(m, l2s != 0, LANES, "l2on")
+        zero_k5 = _copies(m, metas[R4].zero, LANES, "zero5")       # metas[R5].zero
         ua = []
         for l in range(LANES):
             g = grp(l)
-            l2_on, l2s_m1, l2s_g = l2_on_k[g], l2s_m1_k[g], l2s_k[g]
-            xin = Mux(zero_k5[g], 0, xq[l])
+            l2_on, l2s_m1, l2s_g = l2_on_k[l], l2s_m1_k[g], l2s_k[g]
+            xin = Mux(zero_k5[l], 0, xq[l])
             x5 = Signal(signed(X_BITS), name=f"xp{l}", reset_less=True)
             sh = Signal(signed(X_BITS), name=f"l2h{l}", reset_less=True)
             rb = Signal(name=f"l2r{l}", reset_less=True)
@@ -916,32 +936,35 @@ class Engine(wiring.Component):
         fwd_v = Signal()                              # a G write in the previous cycle
         fwd_addr = Signal(beat_w, reset_less=True)
         m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat)]
-        # per lane group: P's beat was written in the previous cycle (hit1), two cycles
-        # before (hit2); the batch's first sample (fb); a bucket mode
-        hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[R5].beat), NG, "hit1")
-        hit2_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[R5].beat), NG, "hit2")
-        fb_k = _copies(m, metas[R5].fb, NG, "fbp")
-        bucket_k = _copies(m, is_bucket, NG, "isbk")
+        # a copy per lane: P's beat was written in the previous cycle (hit1), two cycles
+        # before (hit2); the batch's first sample (fb); a bucket mode; the lane's G write
+        # enable (g_we and the lane carries a feature)
+        hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[R5].beat), LANES, "hit1")
+        hit2_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[R5].beat), LANES, "hit2")
+        fb_k = _copies(m, metas[R5].fb, LANES, "fbp")
+        bucket_k = _copies(m, is_bucket, LANES, "isbk")
+        gwe_p = Mux(flush, 0, mvs[R5]) & ~metas[R5].lb            # g_we one cycle early
+        beat_p = _copies(m, metas[R5].beat, NMEM, "beatp")
         t_p = []
-        lane_vp = []
+        lane_we = []
         for l in range(LANES):
             g = grp(l)
             sel = tables[g][codes2[l]]
-            psel = Mux(bucket_k[g], sel, gp[l]) if l < M else sel
+            psel = Mux(bucket_k[l], sel, gp[l]) if l < M else sel
             f1 = Signal(signed(G_BITS), name=f"fwd{l}", reset_less=True)
             f2 = Signal(signed(G_BITS), name=f"fwdb{l}", reset_less=True)
-            base = Mux(fb_k[g], rc, Mux(hit1_k[g], f1, Mux(hit2_k[g], f2, g4[l])))
+            base = Mux(fb_k[l], rc, Mux(hit1_k[l], f1, Mux(hit2_k[l], f2, g4[l])))
             t = Signal(signed(G_BITS), name=f"t{l}")
             m.d.comb += t.eq(base + psel)
             m.d.sync += [f1.eq(t), f2.eq(f1)]
             t_p.append(t)
-            lane_vp.append(mp.nvalid > l)
-        for ports in mem_ports:
+            lane_we += _copies(m, gwe_p & (metas[R5].nvalid > l), 1, f"gwe{l}")
+        for gi, ports in enumerate(mem_ports):
             lo, n = ports["lo"], ports["n"]
             m.d.comb += [
-                ports["g_wr"].addr.eq(group_addr(mp.beat, ports["depth"])),
+                ports["g_wr"].addr.eq(group_addr(beat_p[gi], ports["depth"])),
                 ports["g_wr"].data.eq(Cat(*[t_p[lo + j] for j in range(n)])),
-                ports["g_wr"].en.eq(Cat(*[g_we & lane_vp[lo + j] for j in range(n)])),
+                ports["g_wr"].en.eq(Cat(*[lane_we[lo + j] for j in range(n)])),
             ]
 
         # U1: G >> 16 (wiring) clamped to +-2**33 (beyond, the update saturates alike).
@@ -962,15 +985,19 @@ class Engine(wiring.Component):
         xn = [_sat(m, ua[l] - hs[l], MODEL, f"xn{l}") for l in range(LANES)]
         x_we = Signal()
         m.d.comb += x_we.eq(mvs[U2] & mu2.lb)
-        for ports in mem_ports:
+        # (the lanes' write enables and the beat: copies loaded at U1, as at P)
+        xwe_u = Mux(flush, 0, mvs[U1]) & metas[U1].lb                # x_we one cycle early
+        lane_xwe = [_copies(m, xwe_u & (metas[U1].nvalid > l), 1, f"xwe{l}")[0] for l in range(LANES)]
+        beat_u2 = _copies(m, metas[U1].beat, NG + NMEM, "beatu2")
+        for gi, ports in enumerate(mem_ports):
             lo, n = ports["lo"], ports["n"]
             m.d.comb += [
-                ports["x_wr"].addr.eq(group_addr(mu2.beat, ports["depth"])),
+                ports["x_wr"].addr.eq(group_addr(beat_u2[NG + gi], ports["depth"])),
                 ports["x_wr"].data.eq(Cat(*[xn[lo + j] for j in range(n)])),
-                ports["x_wr"].en.eq(Cat(*[x_we & (mu2.nvalid > lo + j) for j in range(n)])),
+                ports["x_wr"].en.eq(Cat(*[lane_xwe[lo + j] for j in range(n)])),
             ]
         for l in range(LANES):
-            m.d.sync += [dfw_hit[l].eq(x_we & (mu2.nvalid > l) & (mu2.beat == beat_k[grp(l)])),
+            m.d.sync += [dfw_hit[l].eq(lane_xwe[l] & (beat_u2[grp(l)] == beat_k[grp(l)])),
                          dfw_data[l].eq(xn[l])]
         upd_w0 = Signal()
         job_end = Signal()
@@ -999,13 +1026,14 @@ class Engine(wiring.Component):
                     m.d.sync += [done_i.eq(1), self.done.eq(1)]
                 with m.Else():
                     m.d.comb += in_beat_nx.eq(0)
+                    m.d.comb += in_half_nx.eq(0)
                     m.d.sync += [
                         state.eq(st_run),
                         mode.eq(mode_hit), dim.eq(cfg.dim), loss_sel.eq(cfg.loss),
                         step_mult.eq(cfg.step_mult), decay.eq(cfg.decay_epochs), l2s.eq(cfg.l2_shift),
                         in_sb.eq(0), in_se.eq(0), in_epoch.eq(0),
                         in_k.eq(cfg.step_shift), in_dcnt.eq(0), in_zero.eq(1), pending.eq(0),
-                        wptr.eq(0), in_half.eq(0),
+                        wptr.eq(0),
                         decay_m1.eq(cfg_decay_m1),
                         in_rem.eq(cfg.dim), in_rl.eq(cfg_fll), in_rh.eq(cfg_flh),
                         first_last_l.eq(cfg_fll), first_last_h.eq(cfg_flh),
@@ -1027,7 +1055,8 @@ class Engine(wiring.Component):
                 with m.Elif(fault_long):
                     m.d.sync += [state.eq(st_drain), self.error.eq(Error.STREAM_LONG), pending.eq(0)]
                 with m.Else():
-                    m.d.sync += [wptr.eq(wptr + 1), in_half.eq(hold)]
+                    m.d.sync += wptr.eq(wptr + 1)
+                    m.d.comb += in_half_nx.eq(hold)
                     with m.If(in_beat == 0):
                         m.d.sync += in_rbstart.eq(wptr)
                     with m.If(~in_last_beat):
