@@ -609,8 +609,8 @@ class Engine(wiring.Component):
         fault_long = Signal()
         m.d.comb += [fault_short.eq(accept & (state == st_run) & tlast & ~final_beat),
                      fault_long.eq(accept & (state == st_run) & final_beat & ~tlast)]
-        run_accept = Signal()       # a beat that enters the pipeline
-        m.d.comb += run_accept.eq(take & (state == st_run) & ~fault_short & ~fault_long)
+        run_accept = Signal()       # a beat that enters the pipeline (a faulty one is flushed
+        m.d.comb += run_accept.eq(take & (state == st_run))    # the next cycle with all in flight)
 
         # Row buffer write: every beat of a running job the engine takes.
         m.d.comb += [rb_wr.addr.eq(wptr), rb_wr.data.eq(vbeat), rb_wr.en.eq(run_accept)]
@@ -1022,8 +1022,8 @@ class Engine(wiring.Component):
         m.d.sync += w0_now.eq(~flush & mvs[U1] & metas[U1].lb & (metas[U1].beat == 0))
 
         # ============================ control ========================================
-        abort = Signal()            # stream fault: drop everything in flight
-        m.d.comb += abort.eq(fault_short | fault_long)
+        abort = Signal()            # stream fault (the cycle after): drop everything in flight
+        m.d.sync += abort.eq(fault_short | fault_long)     # (keeps TLAST off the flush net)
         m.d.comb += flush.eq(self.soft_reset | (self.start & (state == st_idle)) | abort)
         with m.If(upd_w0):
             m.d.sync += pending.eq(0)
