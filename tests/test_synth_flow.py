@@ -345,3 +345,66 @@ def test_placement_only_reports_the_post_placement_estimate(tmp_path):
     text = b.timing_report({"params": c.EngineParams(), "freq": 125.0, "seed": 1, "synth": syn,
                             "overflow": [], "pnr": res})
     assert "PLACED, NOT ROUTED" in text and f"Fmax {clk}:" in text and "slack histogram" in text
+
+
+RAM_THEN_REGS = """
+module t(input clk, input [9:0] ra, input [9:0] wa, input [17:0] wd, input we, input en,
+         output reg [17:0] q, output reg [17:0] qe);
+  reg [17:0] mem [0:1023];
+  reg [17:0] mem2 [0:1023];
+  reg [17:0] r, r2, e, e2;
+  always @(posedge clk) begin
+    if (we) mem[wa] <= wd;
+    if (we) mem2[wa] <= wd;
+    r <= mem[ra];
+    r2 <= r;                        // plain register after the read: becomes OUTREG
+    q <= r2 + 18'd1;
+    e <= mem2[ra];
+    if (en) e2 <= e;                // enabled register: stays a flip-flop
+    qe <= e2 - 18'd1;
+  end
+endmodule
+"""
+
+
+@needs_yosys
+def test_block_ram_reads_lose_collision_logic_and_their_register_moves_into_the_ram(tmp_path):
+    """A read of the word written in the same cycle is don't-care (no Yosys bypass logic, as
+    Vivado), and the plain register after a block-RAM read becomes the EBR's output register
+    (as Vivado does); a register with an enable is left alone."""
+    (tmp_path / "t.v").write_text(RAM_THEN_REGS)
+    syn = b.synth_ecp5(tmp_path / "t.v", tmp_path / "t.json", tmp_path / "y.log", top="t", yosys=NATIVE)
+    assert syn["absorbed"] == {"ports": 1, "bits": 18, "ports_total": 2}
+    mod = json.loads((tmp_path / "t.json").read_text())["modules"]["t"]
+    regmodes = sorted(c["parameters"]["REGMODE_B"] for c in mod["cells"].values() if c["type"] == "DP16KD")
+    assert regmodes == ["NOREG", "OUTREG"]
+    ffs = sum(c["type"] == "TRELLIS_FF" for c in mod["cells"].values())
+    assert ffs == syn["cells"]["TRELLIS_FF"] == 18 * 3          # q, e2, qe: r2 moved into the RAM
+    assert "LUT4" not in syn["cells"] or syn["cells"]["LUT4"] < 20   # adders only: no bypass muxes
+    # without the don't-care, Yosys adds the bypass (a multiplexer per bit and its registers)
+    text = b._run_yosys(f"read_verilog {tmp_path / 't.v'}; synth_ecp5 -top t; stat", NATIVE)
+    assert b.parse_cells(text)["LUT4"] >= 36
+
+
+KEEP_TWICE = """
+module t(input clk, input [3:0] a, output [3:0] y, output [3:0] z);
+  (* keep = 1 *) reg [3:0] r1;
+  (* keep = 1 *) reg [3:0] r2;
+  always @(posedge clk) begin r1 <= a ^ 4'h5; r2 <= a ^ 4'h5; end
+  assign y = r1 + 1; assign z = r2 - 1;
+endmodule
+"""
+
+
+@needs_yosys
+def test_register_copies_marked_keep_stay_apart(tmp_path):
+    """The engine's register copies (``keep``) are not merged by Yosys' opt_merge in either
+    flow (without KEEP_COPIES they are)."""
+    (tmp_path / "t.v").write_text(KEEP_TWICE)
+    syn = b.synth_ecp5(tmp_path / "t.v", tmp_path / "t.json", tmp_path / "y.log", top="t", yosys=NATIVE)
+    assert syn["cells"]["TRELLIS_FF"] == 8
+    plain = b._run_yosys(f"read_verilog {tmp_path / 't.v'}; synth_ecp5 -top t; stat", NATIVE)
+    assert b.parse_cells(plain)["TRELLIS_FF"] == 4
+    kept = b._run_yosys(f"read_verilog {tmp_path / 't.v'}; {b.KEEP_COPIES}; "
+                        f"synth_xilinx -family xc7 -flatten -top t; stat", NATIVE)
+    assert b.parse_stat(kept)["FF"] == 8
