@@ -386,11 +386,13 @@ def synth_ecp5(verilog: Path, out_json: Path, log: Path, top: str = "zipsgd_top"
 #: writes in the same cycle returns "don't care" (the engine never uses such a word: it
 #: forwards the written word itself, see the core), so Yosys adds no collision logic behind
 #: the block RAM, as Vivado adds none.
-#: (Memories whose read ports are all synchronous, up to 4 of them: an asynchronous read
-#: port has no collision to speak of, and Yosys refuses the mask on it.)
-COLLISIONS_DONT_CARE = ("setparam -set RD_COLLISION_X_MASK 64'hffffffffffffffff t:$mem_v2 "
-                        + " ".join(f"r:RD_CLK_ENABLE={n}'b{'1' * n}" for n in range(1, 5))
-                        + " %u %u %u %i")
+#: (Memories whose read ports are all synchronous, up to 4 read and 2 write ports; the
+#: mask has a bit per read and write port pair. An asynchronous read has no collision to
+#: speak of, and Yosys refuses the mask on it.)
+COLLISIONS_DONT_CARE = "; ".join(
+    f"setparam -set RD_COLLISION_X_MASK {r * w}'b{'1' * (r * w)} "
+    f"t:$mem_v2 r:RD_CLK_ENABLE={r}'b{'1' * r} %i r:WR_PORTS={w} %i"
+    for r in range(1, 5) for w in range(1, 3))
 
 
 def absorb_ebr_output_registers(netlist: Path) -> dict:
