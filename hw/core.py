@@ -55,9 +55,21 @@ Configuration
     Decoded every cycle into registers (mode, its constants, the validation code,
     first-beat flags), ``CFG_SETTLE`` cycles deep: the configuration must be stable that
     long before ``start`` (the register block delays its start pulse accordingly).
+    Codebook writes reach the lanes' LUT-RAM copies through a registered tree
+    (``CB_WRITE_LATENCY`` cycles after ``cb_we``; a start comes later than that: one bus
+    transfer plus the register block's start delay).
 Status
     ``busy`` and ``done`` show one cycle after the last counted cycle (the counters
-    add registered events); a refused configuration shows ``done`` at once.
+    add registered events); a refused configuration shows ``done`` at once. A stream
+    fault flushes the pipeline the cycle after the faulty beat.
+Fan-out
+    No register drives every lane: each lane group (``REP_LANES`` lanes) or lane reads its
+    own copy of r', the level table, the G-forwarding hits, the first-sample and zero
+    flags, the L2 shift, the features-left count and the beat address, and each memory
+    group its own copy of every address (``_copies``: loaded with the same value, marked
+    ``keep`` so that synthesis does not merge them; the placer puts each next to its loads).
+    Block-RAM reads of a word written in the same cycle are never used (the core forwards
+    written words itself); ``poison_collisions`` inverts them in simulation to show it.
 
 Model and G memories are one memory per *lane group*: lanes that share the
 narrowest mode using them share a depth ``ceil(dim_max / F_min)``; words are
@@ -325,6 +337,10 @@ class Engine(wiring.Component):
         self.DOT_JOIN = max(self.MULT_SUM, self.BUCKET_PARTS)
         # codebook writes: the input registers, then the tree to the lanes' copies
         self.CB_WRITE_LATENCY = 1 + len(_tree_sizes(2 * self.n_mult, CB_BRANCH))
+        # A beat reads the codebook at A+1 >= start+2; behind the register block a start
+        # comes >= CFG_SETTLE + 1 cycles after the last codebook write (a bus transfer, the
+        # pulse register, the start delay): the write has landed if this holds.
+        assert self.CB_WRITE_LATENCY - 1 <= CFG_SETTLE + 1
         # final tree: the bucket partial products and msum; then the sample accumulator
         self.FINAL_TREE = -(-ceil_log2(4 * self.s_pieces + 1) // 2)
         self.DOT_LATENCY = self.DOT_JOIN + self.FINAL_TREE + 1
@@ -369,12 +385,12 @@ class Engine(wiring.Component):
         l2s = Signal(range(L2_SHIFT_MAX + 1), reset_less=True)
         lanes_f = Signal(range(W + 1), reset_less=True)      # features per (engine) beat
         is_split = Signal(reset_less=True)                 # beats are taken in two halves
-        skip_high = Signal(reset_less=True)                # ... but a last beat whose upper half is the label alone
+        skip_high = Signal(reset_less=True)  # ... but a last beat whose upper half is the label alone
         is_full = Signal(reset_less=True)
         is_bucket = Signal(reset_less=True)
         is_b1 = Signal(reset_less=True)
 
-        lanes_f_m1 = Signal(range(W + 1))   # lanes_f - 1 (read-back pointer, reset_less=True)
+        lanes_f_m1 = Signal(range(W + 1), reset_less=True)   # lanes_f - 1 (read-back pointer)
         lanes_ffl = Signal(range(2 * W + 1), reset_less=True)  # lanes_f + label-beat slots
         lanes_ffh = Signal(range(2 * W + 1), reset_less=True)  # lanes_f + upper-half label slots
 
@@ -567,11 +583,12 @@ class Engine(wiring.Component):
         final_job = Signal()
         # Flags kept one step ahead (registers), so that TREADY and the acceptance of a
         # beat depend on a few gates of registers only:
-        in_rem = Signal(signed(ceil_log2(p.dim_max + 2 * W + 1) + 2), reset_less=True)  # dim - first feature of the beat
-        in_rl = Signal()            # in_rem <= label-beat slots (the beat, or its lower half, is the last, reset_less=True)
-        in_rh = Signal()            # in_rem <= upper-half label slots (its upper half is the last, reset_less=True)
+        # dim - first feature of the beat
+        in_rem = Signal(signed(ceil_log2(p.dim_max + 2 * W + 1) + 2), reset_less=True)
+        in_rl = Signal(reset_less=True)  # in_rem <= label-beat slots (the beat or its lower half is last)
+        in_rh = Signal(reset_less=True)  # in_rem <= upper-half label slots (its upper half is the last)
         le_r = Signal(reset_less=True)             # the sample is the last of its epoch
-        lb_r = Signal()             # ... the last of its batch (within the epoch, reset_less=True)
+        lb_r = Signal(reset_less=True)   # ... the last of its batch (within the epoch)
         lj_r = Signal(reset_less=True)             # the epoch is the job's last
         n_one = Signal(reset_less=True)
         b_one = Signal(reset_less=True)
