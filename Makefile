@@ -59,7 +59,8 @@ synth: setup .yosys-ok
 # Yosys synth_ecp5 + nextpnr-ecp5 out of context on an LFE5U-85F: Fmax at 125 MHz,
 # utilisation, critical paths (build/timing/report.txt), and the scalar unit alone.
 # Long: routing the engine takes hours on 2 cores; TIMINGARGS=--no-route stops after
-# placement (~15 min, nextpnr's post-placement estimate), --estimate-only skips placement.
+# placement (~15 min, nextpnr's post-placement estimate and the nets behind the failing
+# paths), --estimate-only skips placement.
 timing: setup .yosys-ok
 	$(PY) -m zipsgd.hw.build timing $(HWARGS) $(TIMINGARGS)
 

@@ -498,8 +498,8 @@ def place_and_route(netlist: Path, out_dir: Path, freq: float = 125.0, seed: int
         cmd += ["--placer", placer]
     if router:
         cmd += ["--router", router]
-    if not route:
-        cmd += ["--no-route"]
+    if not route:                     # (the placement, for wire_culprits)
+        cmd += ["--no-route", "--write", "placed.json"]
     if threads:
         cmd += ["--threads", str(threads)]
     t0 = time.monotonic()
@@ -520,6 +520,8 @@ def place_and_route(netlist: Path, out_dir: Path, freq: float = 125.0, seed: int
     res["seconds"] = seconds
     res["command"] = " ".join(["nextpnr-ecp5"] + cmd[1:])
     res["routed"] = route
+    if not route:
+        res["wires"] = wire_culprits(out_dir / "placed.json", period=1000.0 / freq)
     return res
 
 
@@ -701,6 +703,154 @@ _SEQ = {
     "DP16KD": ("ebr_clk_q", None),              # every input but the clocks
     "TRELLIS_DPR16X4": (None, ("DI", "WAD", "WRE")),
 }
+
+
+#: nextpnr-ecp5's pre-routing wire estimate (``predictDelay`` at speed grade 6): 0.12 ns
+#: per unit of ``3 + 2 * (min(dx, 5) + min(dy, 5)) + max(dx - 5, 0) + max(dy - 5, 0)``
+#: tiles between driver and load.
+ECP5_WIRE_UNIT = 0.12
+#: DP16KD clock-to-out with the output register (``REGMODE = OUTREG``), nextpnr's model.
+ECP5_EBR_OUTREG_CLK_Q = 0.96
+
+
+def _placed_wire(a, b) -> float:
+    if a is None or b is None:
+        return 0.0
+    dx, dy = abs(a[0] - b[0]), abs(a[1] - b[1])
+    return ECP5_WIRE_UNIT * (3 + 2 * (min(dx, 5) + min(dy, 5)) + max(dx - 5, 0) + max(dy - 5, 0))
+
+
+def wire_culprits(placed: Path, period: float = 8.0, n: int = 12) -> dict:
+    """Which nets make a placed design slow: a rough timing analysis of nextpnr's placed
+    (not routed) netlist (``--write``), with nextpnr's distance-based wire estimate and
+    coarse cell delays (:data:`ECP5_DELAYS`). For every register endpoint over ``period``
+    it finds the longest wire on the worst path into it, and groups those wires by design
+    signal family (digits as ``#``: ``core.hit1_k#`` stands for every lane's copy). Returns ``endpoints`` (all), ``failing``, and ``culprits``: up to ``n`` dicts
+    ``signal``, ``endpoints`` (failing ones it explains), ``wire`` (worst, ns), ``fanout``.
+    """
+    d = json.loads(Path(placed).read_text())
+    mod = next(m for m in d["modules"].values() if m.get("attributes", {}).get("top")) \
+        if any(m.get("attributes", {}).get("top") for m in d["modules"].values()) \
+        else next(iter(d["modules"].values()))
+    cells = mod["cells"]
+    dl = ECP5_DELAYS
+    loc = {}
+    for name, cell in cells.items():
+        m = re.match(r"X(\d+)/Y(\d+)/", cell.get("attributes", {}).get("NEXTPNR_BEL", ""))
+        loc[name] = (int(m.group(1)), int(m.group(2))) if m and "PACKER" not in name else None
+    drv, ins = {}, {}
+    for name, cell in cells.items():
+        for port, bits in cell["connections"].items():
+            for b in bits:
+                if isinstance(b, str):
+                    continue
+                if cell["port_directions"].get(port) == "output":
+                    drv[b] = (name, port)
+                else:
+                    ins.setdefault(name, []).append((port, b))
+    names = {}
+    for nn, nd in mod["netnames"].items():
+        for b in nd["bits"]:
+            if isinstance(b, int) and (b not in names or names[b].startswith("$") and not nn.startswith("$")):
+                names[b] = nn
+    fanout = {}
+    for lst in ins.values():
+        for _, b in lst:
+            fanout[b] = fanout.get(b, 0) + 1
+
+    def seq(cell):
+        if cell["type"] in ("TRELLIS_FF", "DP16KD"):
+            return True
+        return cell["type"] == "MULT18X18D" and any(str(v).strip().startswith("CLK")
+                                                     for k, v in cell["parameters"].items() if k.startswith("REG_"))
+
+    def launch(cell):
+        t = cell["type"]
+        if t == "DP16KD":
+            return ECP5_EBR_OUTREG_CLK_Q if "OUTREG" in str(cell["parameters"].get("REGMODE_A", "")) + \
+                str(cell["parameters"].get("REGMODE_B", "")) else dl["ebr_clk_q"]
+        return dl["mult"] if t == "MULT18X18D" else dl["ff_clk_q"]
+
+    write_pins = {"WD", "WAD0", "WAD1", "WAD2", "WAD3", "WRE", "WCK", "DI0", "DI1"}
+    clocks = {"CLK", "CLKA", "CLKB", "CLK0", "CLK1", "CLK2", "CLK3", "WCK"}
+    arr, prev, visiting = {}, {}, set()
+
+    def wire_of(b, sink):
+        src = drv.get(b)
+        if src is None or src[1] == "FCO" or cells[src[0]]["type"] == "TRELLIS_RAMW":
+            return 0.0
+        return _placed_wire(loc.get(src[0]), loc.get(sink))
+
+    def arrival(b):                       # iterative depth-first: carry chains run deep
+        stack = [b]
+        while stack:
+            x = stack[-1]
+            if x in arr:
+                stack.pop()
+                continue
+            src = drv.get(x)
+            if src is None or loc.get(src[0]) is None and "PACKER" in src[0]:
+                arr[x], prev[x] = 0.0, None
+                stack.pop()
+                continue
+            cname, opin = src
+            cell = cells[cname]
+            if seq(cell):
+                arr[x], prev[x] = launch(cell), None
+                stack.pop()
+                continue
+            pend = [ib for ip, ib in ins.get(cname, ()) if ip not in write_pins and ip not in clocks
+                    and ip not in ("LSR", "CE") and ib not in arr and ib not in visiting]
+            if pend:                      # (a bit met again on its own path closes a loop:
+                visiting.add(x)           # counted as launched at 0)
+                stack.extend(pend)
+                continue
+            best, pv = 0.0, None
+            for ip, ib in ins.get(cname, ()):
+                if ip in write_pins or ip in clocks or ip in ("LSR", "CE"):
+                    continue
+                if cell["type"] == "TRELLIS_COMB":
+                    cd = (dl["ccu2_cin_cout"] if ip == "FCI" else dl["ccu2_in_cout"]) if opin == "FCO" \
+                        else dl["l6mux"] if opin == "OFX" else dl["lut4"]
+                else:
+                    cd = dl["mult"] if cell["type"] == "MULT18X18D" else dl["lut4"]
+                t = arr.get(ib, 0.0) + wire_of(ib, cname) + cd
+                if t > best:
+                    best, pv = t, ib
+            arr[x], prev[x] = best, pv
+            visiting.discard(x)
+            stack.pop()
+        return arr[b]
+
+    ends = []
+    for name, cell in cells.items():
+        if seq(cell):
+            pins = [(ip, ib) for ip, ib in ins.get(name, ()) if ip not in clocks]
+        elif cell["type"] == "TRELLIS_COMB":
+            pins = [(ip, ib) for ip, ib in ins.get(name, ()) if ip in write_pins - {"WCK", "DI0", "DI1"}]
+        else:
+            continue
+        for ip, ib in pins:
+            ends.append((arrival(ib) + wire_of(ib, name), name, ib))
+    failing = [e for e in ends if e[0] > period]
+    groups = {}
+    for _, sink, ib in failing:
+        best = (wire_of(ib, sink), ib)
+        b, seen = ib, set()
+        while prev.get(b) is not None and b not in seen:
+            seen.add(b)
+            pb = prev[b]
+            w = wire_of(pb, drv[b][0])
+            if w > best[0]:
+                best = (w, pb)
+            b = pb
+        sig = re.sub(r"\d+", "#", signal_of(names.get(best[1], str(best[1]))))     # per-lane copies together
+        g = groups.setdefault(sig, {"signal": sig, "endpoints": 0, "wire": 0.0, "fanout": 0})
+        g["endpoints"] += 1
+        g["wire"] = max(g["wire"], best[0])
+        g["fanout"] = max(g["fanout"], fanout.get(best[1], 0))
+    culprits = sorted(groups.values(), key=lambda g: -g["endpoints"])[:n]
+    return {"endpoints": len(ends), "failing": len(failing), "culprits": culprits}
 
 
 def estimate_paths(netlist: Path, top: str = "zipsgd_top", period: float = 8.0, n_paths: int = 6,
@@ -988,6 +1138,13 @@ def timing_report(res: dict, max_paths: int = 3, max_steps: int = 14) -> str:
     luts = pnr["log"].get("luts", {})
     if luts:
         lines.append("  LUT4 before packing: " + ", ".join(f"{k} {v[0]}" for k, v in luts.items() if k != "dff"))
+    wires = pnr.get("wires")
+    if wires:
+        lines.append(f"longest wire on the failing paths, by signal (rough analysis of the placement: "
+                     f"{wires['failing']} of {wires['endpoints']} endpoints over the period; # = any index):")
+        for w in wires["culprits"]:
+            lines.append(f"  {w['endpoints']:6d} endpoints  wire {w['wire']:5.2f} ns  fan-out {w['fanout']:5d}  "
+                         f"{w['signal']}")
     for i, path in enumerate(pnr["paths"][:max_paths], 1):
         lines.append(f"critical path {i} ({path['from']} -> {path['to']}): {path['delay']:.2f} ns = "
                      f"{path['logic']:.2f} logic + {path['routing']:.2f} routing; {path['lut_levels']} logic "
@@ -1052,7 +1209,8 @@ def main(argv=None) -> int:
     ap.add_argument("--placer", default=None, help="timing: nextpnr placer (heap, sa)")
     ap.add_argument("--threads", type=int, default=None, help="timing: nextpnr threads")
     ap.add_argument("--no-route", action="store_true",
-                    help="timing: place the engine but do not route it (nextpnr's post-placement timing)")
+                    help="timing: place the engine but do not route it (nextpnr's post-placement timing; "
+                         "the nets behind the failing paths)")
     ap.add_argument("--estimate-only", action="store_true",
                     help="timing: skip the engine's place and route (unplaced estimate; blocks still placed)")
     ap.add_argument("--lanes", type=int, default=None,

@@ -408,3 +408,25 @@ def test_register_copies_marked_keep_stay_apart(tmp_path):
     kept = b._run_yosys(f"read_verilog {tmp_path / 't.v'}; {b.KEEP_COPIES}; "
                         f"synth_xilinx -family xc7 -flatten -top t; stat", NATIVE)
     assert b.parse_stat(kept)["FF"] == 8
+
+
+@needs_yosys
+@NEEDS_NEXTPNR
+def test_wire_culprits_name_the_nets_behind_failing_paths(tmp_path):
+    """After a placement (``--no-route`` writes it), the rough analysis finds the failing
+    endpoints at an impossible clock and names design signals; at a slow clock none fail."""
+    from zipsgd import contract as c
+
+    (tmp_path / "t.v").write_text(COUNTER)
+    syn = b.synth_ecp5(tmp_path / "t.v", tmp_path / "t.json", tmp_path / "y.log", top="t", yosys=NATIVE)
+    res = b.place_and_route(tmp_path / "t.json", tmp_path, freq=600, seed=1, route=False)
+    w = res["wires"]
+    assert 0 < w["failing"] <= w["endpoints"]
+    assert w["culprits"] and sum(g["endpoints"] for g in w["culprits"]) <= w["failing"]
+    assert all(g["wire"] > 0 and g["fanout"] >= 1 for g in w["culprits"])
+    assert any(g["signal"] in ("acc", "addr", "y", "mem", "a", "b") for g in w["culprits"]), w["culprits"]
+    slow = b.wire_culprits(tmp_path / "placed.json", period=1000.0)
+    assert slow["failing"] == 0 and slow["culprits"] == []
+    text = b.timing_report({"params": c.EngineParams(), "freq": 600.0, "seed": 1, "synth": syn,
+                            "overflow": [], "pnr": res})
+    assert "longest wire on the failing paths" in text
