@@ -1050,6 +1050,8 @@ class Engine(wiring.Component):
                          pending.eq(0), running_d.eq(0)]
         with m.Elif(state == st_idle):
             with m.If(self.start):
+                for name in COUNTERS:
+                    m.d.sync += getattr(self, name).eq(0)
                 m.d.sync += [done_i.eq(0), self.done.eq(0), self.error.eq(check), epochs_done.eq(0),
                              loss_acc.eq(0)]
                 with m.If(check != Error.NONE):           # refused at once (nothing to count)
@@ -1079,42 +1081,41 @@ class Engine(wiring.Component):
             with m.If(job_end):
                 m.d.sync += [state.eq(st_idle), done_i.eq(1)]
             with m.If(take & (state == st_run)):
-                # the beat's updates do not wait for the fault tests (TLAST stays off their
-                # enables): after a fault the job ends, and a start sets them all again
-                m.d.sync += wptr.eq(wptr + 1)
-                m.d.comb += in_half_nx.eq(hold)
-                with m.If(in_beat == 0):
-                    m.d.sync += in_rbstart.eq(wptr)
-                with m.If(~in_last_beat):
-                    m.d.comb += in_beat_nx.eq(in_beat + 1)
-                    m.d.sync += [in_rem.eq(in_rem - lanes_f),
-                                 in_rl.eq(in_rem <= lanes_ffl), in_rh.eq(in_rem <= lanes_ffh)]
-                with m.Else():
-                    m.d.comb += in_beat_nx.eq(0)
-                    m.d.sync += [in_rem.eq(dim), in_rl.eq(first_last_l),
-                                 in_rh.eq(first_last_h)]
-                    with m.If(last_in_batch):
-                        m.d.sync += [in_sb.eq(0), pending.eq(1), in_zero.eq(0), lb_r.eq(b_one)]
-                    with m.Else():
-                        m.d.sync += [in_sb.eq(in_sb + 1), lb_r.eq(in_sb == b_m2)]
-                    with m.If(last_in_epoch):
-                        m.d.sync += [in_se.eq(0), in_epoch.eq(in_epoch + 1), le_r.eq(n_one),
-                                     lj_r.eq(in_epoch == e_m2)]
-                        with m.If(decay != 0):
-                            with m.If(in_dcnt == decay_m1):
-                                m.d.sync += [in_dcnt.eq(0),
-                                             in_k.eq(Mux(in_k >= STEP_SHIFT_MAX, in_k, in_k + 1))]
-                            with m.Else():
-                                m.d.sync += in_dcnt.eq(in_dcnt + 1)
-                    with m.Else():
-                        m.d.sync += [in_se.eq(in_se + 1), le_r.eq(in_se == n_m2)]
-                    with m.If(final_job):
-                        m.d.sync += state.eq(st_tail)
-                with m.If(fault_short):           # (the last assignment wins)
+                with m.If(fault_short):
                     m.d.sync += [state.eq(st_idle), done_i.eq(1), self.error.eq(Error.STREAM_SHORT),
                                  pending.eq(0)]
                 with m.Elif(fault_long):
                     m.d.sync += [state.eq(st_drain), self.error.eq(Error.STREAM_LONG), pending.eq(0)]
+                with m.Else():
+                    m.d.sync += wptr.eq(wptr + 1)
+                    m.d.comb += in_half_nx.eq(hold)
+                    with m.If(in_beat == 0):
+                        m.d.sync += in_rbstart.eq(wptr)
+                    with m.If(~in_last_beat):
+                        m.d.comb += in_beat_nx.eq(in_beat + 1)
+                        m.d.sync += [in_rem.eq(in_rem - lanes_f),
+                                     in_rl.eq(in_rem <= lanes_ffl), in_rh.eq(in_rem <= lanes_ffh)]
+                    with m.Else():
+                        m.d.comb += in_beat_nx.eq(0)
+                        m.d.sync += [in_rem.eq(dim), in_rl.eq(first_last_l),
+                                     in_rh.eq(first_last_h)]
+                        with m.If(last_in_batch):
+                            m.d.sync += [in_sb.eq(0), pending.eq(1), in_zero.eq(0), lb_r.eq(b_one)]
+                        with m.Else():
+                            m.d.sync += [in_sb.eq(in_sb + 1), lb_r.eq(in_sb == b_m2)]
+                        with m.If(last_in_epoch):
+                            m.d.sync += [in_se.eq(0), in_epoch.eq(in_epoch + 1), le_r.eq(n_one),
+                                         lj_r.eq(in_epoch == e_m2)]
+                            with m.If(decay != 0):
+                                with m.If(in_dcnt == decay_m1):
+                                    m.d.sync += [in_dcnt.eq(0),
+                                                 in_k.eq(Mux(in_k >= STEP_SHIFT_MAX, in_k, in_k + 1))]
+                                with m.Else():
+                                    m.d.sync += in_dcnt.eq(in_dcnt + 1)
+                        with m.Else():
+                            m.d.sync += [in_se.eq(in_se + 1), le_r.eq(in_se == n_m2)]
+                        with m.If(final_job):
+                            m.d.sync += state.eq(st_tail)
 
 
         # ============================ counters =======================================
@@ -1128,12 +1129,6 @@ class Engine(wiring.Component):
             ev["cnt_beats"].eq(accept),
             ev["cnt_samples"].eq(scalar.loss_valid & tok_lo_v),
         ]
-        # cleared the cycle after an accepted start (a register, not the start decode, fans
-        # out to the 320 counter bits; that cycle's event, from the idle start cycle, is 0)
-        clear = Signal()
-        m.d.sync += clear.eq(self.start & (state == st_idle) & ~self.soft_reset)
-        with m.If(clear):
-            m.d.sync += [getattr(self, name).eq(0) for name in COUNTERS]
-        with m.Else():
+        with m.If(~(self.start & (state == st_idle))):
             m.d.sync += [getattr(self, name).eq(getattr(self, name) + ev[name]) for name in COUNTERS]
         return m
