@@ -402,8 +402,8 @@ def absorb_ebr_output_registers(netlist: Path) -> dict:
 
     Vivado does this on the Zynq (the register after a block-RAM read becomes the RAM's
     output register); Yosys 0.23's ``synth_ecp5`` does not, which would charge every
-    block-RAM read the slow unregistered clock-to-out (5.8 ns of 8 in nextpnr's model,
-    against 1.0 ns registered). A port is absorbed when each of its used outputs drives one
+    block-RAM read the slow unregistered clock-to-out (``ECP5_DELAYS``: ``ebr_clk_q`` against
+    ``ebr_outreg_clk_q``, of an 8 ns period). A port is absorbed when each of its used outputs drives one
     flip-flop alone, on the same clock, without enable or reset. Returns ``ports`` and
     ``bits`` absorbed and ``ports_total`` (read ports seen).
     """
@@ -664,7 +664,7 @@ def parse_nextpnr_log(text: str) -> dict:
 #: -40 % .. +30 % on small designs; spread-out placement (long nets between DSPs and
 #: logic) is what it misses, so it errs on the fast side for big designs.
 ECP5_DELAYS = {
-    "ff_clk_q": 0.525, "ebr_clk_q": 5.83, "lut4": 0.236, "pfumx": 0.165, "pfumx_sel": 0.30,
+    "ff_clk_q": 0.525, "ebr_clk_q": 5.83, "ebr_outreg_clk_q": 0.96, "lut4": 0.236, "pfumx": 0.165, "pfumx_sel": 0.30,
     "l6mux": 0.242, "ccu2_in_cout": 0.447, "ccu2_cin_cout": 0.071, "ccu2_in_s": 0.403,
     "ccu2_cin_s": 0.403, "mult": 3.927, "dpr_read": 0.40, "route": 0.9,
 }
@@ -709,8 +709,13 @@ _SEQ = {
 #: per unit of ``3 + 2 * (min(dx, 5) + min(dy, 5)) + max(dx - 5, 0) + max(dy - 5, 0)``
 #: tiles between driver and load.
 ECP5_WIRE_UNIT = 0.12
-#: DP16KD clock-to-out with the output register (``REGMODE = OUTREG``), nextpnr's model.
-ECP5_EBR_OUTREG_CLK_Q = 0.96
+
+
+def _ebr_clk_q(cell: dict, pin: str, dl: dict) -> float:
+    """Clock-to-out of a DP16KD output pin (``DOA*`` / ``DOB*``): with the port's output
+    register (``REGMODE = OUTREG``, see :func:`absorb_ebr_output_registers`) or without."""
+    reg = str(cell["parameters"].get(f"REGMODE_{pin[2]}", "NOREG")).strip()
+    return dl["ebr_outreg_clk_q"] if reg == "OUTREG" else dl["ebr_clk_q"]
 
 
 def _placed_wire(a, b) -> float:
@@ -725,13 +730,13 @@ def wire_culprits(placed: Path, period: float = 8.0, n: int = 12) -> dict:
     (not routed) netlist (``--write``), with nextpnr's distance-based wire estimate and
     coarse cell delays (:data:`ECP5_DELAYS`). For every register endpoint over ``period``
     it finds the longest wire on the worst path into it, and groups those wires by design
-    signal family (digits as ``#``: ``core.hit1_k#`` stands for every lane's copy). Returns ``endpoints`` (all), ``failing``, and ``culprits``: up to ``n`` dicts
+    signal family (digits as ``#``: ``core.hit1_k#`` stands for every lane's copy). Returns
+    ``endpoints`` (all), ``failing``, and ``culprits``: up to ``n`` dicts
     ``signal``, ``endpoints`` (failing ones it explains), ``wire`` (worst, ns), ``fanout``.
     """
     d = json.loads(Path(placed).read_text())
-    mod = next(m for m in d["modules"].values() if m.get("attributes", {}).get("top")) \
-        if any(m.get("attributes", {}).get("top") for m in d["modules"].values()) \
-        else next(iter(d["modules"].values()))
+    mods = list(d["modules"].values())
+    mod = next((m for m in mods if m.get("attributes", {}).get("top")), mods[0])
     cells = mod["cells"]
     dl = ECP5_DELAYS
     loc = {}
@@ -764,11 +769,10 @@ def wire_culprits(placed: Path, period: float = 8.0, n: int = 12) -> dict:
         return cell["type"] == "MULT18X18D" and any(str(v).strip().startswith("CLK")
                                                      for k, v in cell["parameters"].items() if k.startswith("REG_"))
 
-    def launch(cell):
+    def launch(cell, pin):
         t = cell["type"]
         if t == "DP16KD":
-            return ECP5_EBR_OUTREG_CLK_Q if "OUTREG" in str(cell["parameters"].get("REGMODE_A", "")) + \
-                str(cell["parameters"].get("REGMODE_B", "")) else dl["ebr_clk_q"]
+            return _ebr_clk_q(cell, pin, dl)
         return dl["mult"] if t == "MULT18X18D" else dl["ff_clk_q"]
 
     write_pins = {"WD", "WAD0", "WAD1", "WAD2", "WAD3", "WRE", "WCK", "DI0", "DI1"}
@@ -796,7 +800,7 @@ def wire_culprits(placed: Path, period: float = 8.0, n: int = 12) -> dict:
             cname, opin = src
             cell = cells[cname]
             if seq(cell):
-                arr[x], prev[x] = launch(cell), None
+                arr[x], prev[x] = launch(cell, opin), None
                 stack.pop()
                 continue
             pend = [ib for ip, ib in ins.get(cname, ()) if ip not in write_pins and ip not in clocks
@@ -889,7 +893,7 @@ def estimate_paths(netlist: Path, top: str = "zipsgd_top", period: float = 8.0, 
                 if dirs[pin] == "output" and launch:
                     for bit in bits:
                         if isinstance(bit, int):
-                            arr[bit] = dl[launch]
+                            arr[bit] = _ebr_clk_q(cell, pin, dl) if kind == "DP16KD" else dl[launch]
                 elif dirs[pin] == "input" and not pin.startswith("CLK") and pin != "WCK" \
                         and (ends is None or pin in ends):
                     endpoints.extend((cname, kind, pin, bit) for bit in bits if isinstance(bit, int))
@@ -1002,7 +1006,8 @@ def estimate_paths(netlist: Path, top: str = "zipsgd_top", period: float = 8.0, 
             "delay": t, "start": signal_of(start), "end": f"{end_sig} ({kind}.{pin})",
             "luts": kinds.count("LUT4"), "muxes": kinds.count("PFUMX") + kinds.count("L6MUX21"),
             "carry": carry, "mults": kinds.count("MULT18X18D"),
-            "ebr_start": arr.get(start_bit) == dl["ebr_clk_q"], "nets": nets, "sources": sources,
+            "ebr_start": arr.get(start_bit) in (dl["ebr_clk_q"], dl["ebr_outreg_clk_q"]),
+            "nets": nets, "sources": sources,
         })
     worst = timed[0][0] if timed else 0.0
     return {"worst": worst, "fmax": 1000.0 / worst if worst else float("inf"), "period": period,

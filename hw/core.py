@@ -990,7 +990,7 @@ class Engine(wiring.Component):
             m.d.comb += t.eq(base + psel)
             m.d.sync += [f1.eq(t), f2.eq(f1)]
             t_p.append(t)
-            lane_we += _copies(m, gwe_p & (metas[R5].nvalid > l), 1, f"gwe{l}")
+            lane_we += _copies(m, gwe_p & (metas[R5].nvalid > l), 1, f"gwe{l}")   # one copy per lane
         for gi, ports in enumerate(mem_ports):
             lo, n = ports["lo"], ports["n"]
             m.d.comb += [
@@ -1019,7 +1019,9 @@ class Engine(wiring.Component):
         m.d.comb += x_we.eq(mvs[U2] & mu2.lb)
         # (the lanes' write enables and the beat: copies loaded at U1, as at P)
         xwe_u = Mux(flush, 0, mvs[U1]) & metas[U1].lb                # x_we one cycle early
-        lane_xwe = [_copies(m, xwe_u & (metas[U1].nvalid > l), 1, f"xwe{l}")[0] for l in range(LANES)]
+        lane_xwe = []
+        for l in range(LANES):                                             # one copy per lane
+            lane_xwe += _copies(m, xwe_u & (metas[U1].nvalid > l), 1, f"xwe{l}")
         beat_u2 = _copies(m, metas[U1].beat, NG + NMEM, "beatu2")
         for gi, ports in enumerate(mem_ports):
             lo, n = ports["lo"], ports["n"]
