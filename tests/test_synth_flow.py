@@ -386,6 +386,36 @@ def test_block_ram_reads_lose_collision_logic_and_their_register_moves_into_the_
     assert b.parse_cells(text)["LUT4"] >= 36
 
 
+WIDE_RAM = """
+module t(input clk, input [8:0] ra, input [8:0] wa, input [35:0] wd, input we, output reg [35:0] q);
+  reg [35:0] mem [0:511];
+  reg [35:0] r, r2;
+  always @(posedge clk) begin
+    if (we) mem[wa] <= wd;
+    r <= mem[ra];
+    r2 <= r;
+    q <= r2 ^ 36'h5;
+  end
+endmodule
+"""
+
+
+@needs_yosys
+def test_a_36_bit_wide_block_ram_takes_its_whole_register(tmp_path):
+    """A 36-bit wide EBR (pseudo dual port: port B reads and its 36 bits leave on DOA and
+    DOB) takes the register after the read into both halves' output register; the pass
+    used to skip the DOA half (its own enable is unused there), half of every wide read."""
+    (tmp_path / "t.v").write_text(WIDE_RAM)
+    syn = b.synth_ecp5(tmp_path / "t.v", tmp_path / "t.json", tmp_path / "y.log", top="t", yosys=NATIVE)
+    mod = json.loads((tmp_path / "t.json").read_text())["modules"]["t"]
+    (ram,) = [c for c in mod["cells"].values() if c["type"] == "DP16KD"]
+    assert b._param_int(ram["parameters"]["DATA_WIDTH_B"]) == 36
+    assert syn["absorbed"] == {"ports": 1, "bits": 36, "ports_total": 1}
+    assert ram["parameters"]["REGMODE_A"] == ram["parameters"]["REGMODE_B"] == "OUTREG"
+    assert syn["cells"]["TRELLIS_FF"] == 36                  # q only
+    assert {b._ebr_clk_q(ram, f"DO{h}0", b.ECP5_DELAYS) for h in "AB"} == {b.ECP5_DELAYS["ebr_outreg_clk_q"]}
+
+
 KEEP_TWICE = """
 module t(input clk, input [3:0] a, output [3:0] y, output [3:0] z);
   (* keep = 1 *) reg [3:0] r1;
