@@ -176,6 +176,9 @@ def _delay(m, value, n, name, flush=None):
 
 #: Lanes that read one copy of a register every lane needs (see :func:`_copies`).
 REP_LANES = 4
+#: Copies of a lane's table-select registers (codes and bucket flag), one per slice of the
+#: table multiplexer they drive.
+SEL_COPIES = 4
 #: Copies each register of the codebook write tree feeds (see :func:`_fanout_tree`).
 CB_BRANCH = 4
 
@@ -750,13 +753,14 @@ class Engine(wiring.Component):
         # READBACK_LATENCY cycles after the pointer moves)
         # in two registered steps (a lane of each group, then the group), so that the words
         # need not travel to one place
-        rdb_lane2 = _delay(m, rdb_lane, 2, "rdbl")
-        rdb_grp3 = _delay(m, rdb_lane2 // REP_LANES, 1, "rdbg")
+        rdbl1 = _delay(m, rdb_lane, 1, "rdbl")
+        rdb_lane2 = _copies(m, rdbl1, NG, "rdbl2")          # a copy per lane group
+        rdb_grp3 = _delay(m, _delay(m, rdbl1 // REP_LANES, 1, "rdbg"), 1, "rdbg2")
         rb_sel = []
         for g in range(NG):
             ws = [mraw[l] for l in range(g * REP_LANES, min(LANES, (g + 1) * REP_LANES))]
             r = Signal(signed(X_BITS), name=f"rdbw{g}", reset_less=True)
-            m.d.sync += r.eq(Array(ws)[rdb_lane2 % REP_LANES] if len(ws) > 1 else ws[0])
+            m.d.sync += r.eq(Array(ws)[rdb_lane2[g] % REP_LANES] if len(ws) > 1 else ws[0])
             rb_sel.append(r)
         model_q = Signal.like(self.model_data, reset_less=True)
         m.d.sync += model_q.eq(Array(rb_sel)[rdb_grp3])
@@ -799,7 +803,7 @@ class Engine(wiring.Component):
         assert join + fst + 1 == self.DOT_LATENCY
 
         # ============================ scalar unit ====================================
-        scalar = ResetInserter(flush)(Scalar(copies=-(-M // REP_LANES)))
+        scalar = ResetInserter(flush)(Scalar(copies=M))      # a copy of r' per multiplier lane
         m.submodules.scalar = scalar
         m.d.comb += [scalar.i_valid.eq(acc_v), scalar.acc.eq(acc), scalar.y.eq(acc_y),
                      scalar.loss.eq(loss_sel), scalar.step_mult.eq(step_mult),
@@ -906,35 +910,42 @@ class Engine(wiring.Component):
             r = Signal(signed(FEAT.width), name=f"gq{l}", reset_less=True)
             m.d.sync += r.eq(q)
             gq.append(r)
-        codes2 = [_delay(m, c2[l][:2], P - R3, f"c2_{l}") for l in range(LANES)]
+        # (the last register of each lane's codes in SEL_COPIES copies, one per slice of
+        # the 50-bit table multiplexer it selects, with the lane's bucket flag)
+        codes2 = [_copies(m, _delay(m, c2[l][:2], P - R3 - 1, f"c2_{l}"), SEL_COPIES, f"c2s{l}")
+                  for l in range(LANES)]
 
-        # R4 -> R5 -> P: r' * q2 (partial products, then their sum); each lane group reads
-        # its own copy of r', and of the level table (gp[0..3] in bucket modes).
+        # R4 -> R5 -> P: r' * q2 (partial products, then their sum); each multiplier lane
+        # reads its own copy of r', each lane group its own copy of the level table (gp[0..3]
+        # in bucket modes).
         gp = []
         tab_k = [[] for _ in range(NG)]
         for l in range(M):
-            psum, _ = _split_mul(m, gq[l], scalar.rp_copies[grp(l)], f"gp{l}")
+            psum, _ = _split_mul(m, gq[l], scalar.rp_copies[l], f"gp{l}")
             r = Signal(signed(FEAT.width + X_BITS), name=f"gp{l}", reset_less=True)
             m.d.sync += r.eq(psum)
             gp.append(r)
             if l < 4:
-                for g, c in enumerate(_copies(m, psum, NG, f"lvtab{l}")):
+                for g, c in enumerate(_copies(m, psum[:len(r)].as_signed(), NG, f"lvtab{l}")):
                     tab_k[g].append(c)
-        tables = [Array(t) for t in tab_k]
 
-        # G read issued at R4 (data at R5, registered for P); the model read for the
-        # update issued at R3 (data at R4, registered for R5).
-        # (every memory address of the replay comes from a copy of the beat per memory group)
+        # G read issued at R3 (data at R4, the memory's output register at R5, one more
+        # register for P, which takes in a word written three cycles before P); the model
+        # read for the update issued at R2 (data at R3, output register at R4, registered for
+        # R5): a register between each block RAM and the logic it feeds, which may sit far
+        # apart. (Every memory address of the replay comes from a copy of the beat per memory.)
         NMEM = len(mem_ports)
-        beat_r3 = _copies(m, metas[R2].beat, NMEM, "beatr3")
-        beat_r4 = _copies(m, metas[R3].beat, NMEM, "beatr4")
+        beat_g = _copies(m, metas[R2].beat, NMEM, "beatg")
+        beat_xu = _copies(m, metas[R1].beat, NMEM, "beatxu")
         for gi, ports in enumerate(mem_ports):
-            m.d.comb += [ports["g_rd"].addr.eq(group_addr(beat_r4[gi], ports["depth"])),
-                         ports["x_rd_upd"].addr.eq(group_addr(beat_r3[gi], ports["depth"]))]
+            m.d.comb += [ports["g_rd"].addr.eq(group_addr(beat_g[gi], ports["depth"])),
+                         ports["x_rd_upd"].addr.eq(group_addr(beat_xu[gi], ports["depth"]))]
         g4 = [Signal(signed(G_BITS), name=f"g4_{l}", reset_less=True) for l in range(LANES)]
+        xq0 = [Signal(signed(X_BITS), name=f"xqm{l}", reset_less=True) for l in range(LANES)]
         xq = [Signal(signed(X_BITS), name=f"xq{l}", reset_less=True) for l in range(LANES)]
         m.d.sync += [g4[l].eq(g_rd[l]) for l in range(LANES)]
-        m.d.sync += [xq[l].eq(x_upd[l]) for l in range(LANES)]
+        m.d.sync += [xq0[l].eq(x_upd[l]) for l in range(LANES)]
+        m.d.sync += [xq[l].eq(xq0[l]) for l in range(LANES)]
 
         # R5: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
         # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in), ready at U1.
@@ -973,19 +984,30 @@ class Engine(wiring.Component):
         # enable (g_we and the lane carries a feature)
         hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[R5].beat), LANES, "hit1")
         hit2_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[R5].beat), LANES, "hit2")
+        # ... three cycles before (the memory's word is read at R3): merged into the register
+        # after the memory's output at R5 (then the write is in fwdb, written at P-3)
+        hit3_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[R4].beat), LANES, "hit3")
         fb_k = _copies(m, metas[R5].fb, LANES, "fbp")
-        bucket_k = _copies(m, is_bucket, LANES, "isbk")
+        bucket_k = [_copies(m, is_bucket, SEL_COPIES, f"isbk{l}") for l in range(LANES)]
         gwe_p = Mux(flush, 0, mvs[R5]) & ~metas[R5].lb            # g_we one cycle early
         beat_p = _copies(m, metas[R5].beat, NMEM, "beatp")
         t_p = []
         lane_we = []
         for l in range(LANES):
             g = grp(l)
-            sel = tables[g][codes2[l]]
-            psel = Mux(bucket_k[l], sel, gp[l]) if l < M else sel
+            tw = len(tab_k[g][0])
+            cuts = [tw * i // SEL_COPIES for i in range(SEL_COPIES + 1)]
+            slices = []
+            for i in range(SEL_COPIES):            # each slice selected by its own copies
+                lo_, hi_ = cuts[i], cuts[i + 1]
+                sel = Array(t[lo_:hi_] for t in tab_k[g])[codes2[l][i]]
+                slices.append(Mux(bucket_k[l][i], sel, gp[l][lo_:hi_]) if l < M else sel)
+            psel = Cat(*slices).as_signed()
             f1 = Signal(signed(G_BITS), name=f"fwd{l}", reset_less=True)
             f2 = Signal(signed(G_BITS), name=f"fwdb{l}", reset_less=True)
-            base = Mux(fb_k[l], rc, Mux(hit1_k[l], f1, Mux(hit2_k[l], f2, g4[l])))
+            g5 = Signal(signed(G_BITS), name=f"g5_{l}", reset_less=True)
+            m.d.sync += g5.eq(Mux(hit3_k[l], f2, g4[l]))
+            base = Mux(fb_k[l], rc, Mux(hit1_k[l], f1, Mux(hit2_k[l], f2, g5)))
             t = Signal(signed(G_BITS), name=f"t{l}")
             m.d.comb += t.eq(base + psel)
             m.d.sync += [f1.eq(t), f2.eq(f1)]
