@@ -17,12 +17,13 @@ Dot path (one beat per cycle, never stalls)
                ``dot``) issued at the beat address; beat written into the row buffer.
     ``A+1``    model words arrive; codebook look-up with lane masking (feature index
                >= d, or first batch of the job: the codebook value is 0); registered
-               at ``A+2`` with the model words (and a word the update wrote in the
-               read cycle, forwarded) and, for the bucket lanes, four bucket-select bits
-               per lane.
-    multiplier path   partial products of ``q1 * x`` (``A+3``), products (``A+4``),
+               at ``A+2`` with the model words (the memory's output register) and, for
+               the bucket lanes, four bucket-select bits per lane.
+    ``A+3``    operands registered again, next to the multipliers and trees (the model
+               word, or a word the update wrote in the read cycle, forwarded).
+    multiplier path   partial products of ``q1 * x`` (``A+4``), products (``A+5``),
                       registered adder tree (2 levels/stage): ``MULT_SUM``;
-    bucket path       first masked tree level (``A+3``), rest of the tree, partial
+    bucket path       first masked tree level (``A+4``), rest of the tree, partial
                       products ``level * S`` (S in 17-bit pieces): ``BUCKET_PARTS``;
     the shorter path is delayed to ``DOT_JOIN``; a final tree adds the bucket
     partial products and the multiplier sum; then the sample accumulator, which
@@ -33,24 +34,28 @@ Scalar unit (:class:`~zipsgd.hw.scalar.Scalar`)
 Replay / gradient / update (one beat per cycle, starts ``REPLAY_START`` cycles
 after ``A`` so that its multiplier stage meets ``r'``)
     ``R0`` row-buffer read; ``R1`` its word registered; ``R2`` Q2 codes decoded
-    (registered); ``R3`` codebook look-up, model read for the update issued; ``R4``
-    partial products of ``r' * q2`` (DSP lanes; for b <= 2 the 4 lanes compute the
-    level table ``r' * level_k``), G read issued; ``R5`` products, G word registered,
-    ``x >> l2`` and its rounding bit, forwarding decided (a G word written one or two
-    cycles before ``P`` is taken from the forwarding registers);
+    (registered), model read for the update issued; ``R3`` codebook look-up, G read
+    issued; ``R4`` partial products of ``r' * q2`` (DSP lanes; for b <= 2 the 4 lanes
+    compute the level table ``r' * level_k``), the update's model word in the memory's
+    output register; ``R5`` products, the G word in the memory's output register, the
+    model word registered again; ``x >> l2`` and its rounding bit, forwarding decided;
+    the G word registered again (a word written three cycles before ``P`` replaces it;
+    one or two cycles before ``P``, it is taken from the forwarding registers at ``P``);
     ``P`` select per lane, add to the G accumulator (or to the rounding constant
     ``2**15`` at the first sample of a batch), write G back (not on the last sample
     of the batch), ``x - (x >> l2) - bit`` (one carry chain); ``U1`` ``G >> 16``
     (wiring: the step shift ``k`` is applied to ``r'`` in the scalar unit, once per
-    sample) clamped; ``U2`` subtract and saturate and write the model word (the write
-    port is the last register). ``UPDATE_LATENCY`` = R0 -> U2.
+    sample) clamped; ``U2`` subtract and saturate (registered); ``U3`` the model word
+    written. ``UPDATE_LATENCY`` = R0 -> U3. Every block RAM's read goes through its
+    output register and one more register, and every write comes from a register, so
+    no path has both a block RAM and logic far from it.
 Batch boundary
     The first beat of the next batch is accepted in the cycle the update writes
     beat 0 of the model (the core forwards a model word written in the cycle it is read,
     and the sweep writes one beat per cycle, so every later beat is read no earlier
     than it is written): ``BATCH_STALL`` cycles with ``ready`` low per boundary
-    (epoch boundaries cost the same): 18 at W = 64 (``DOT_LATENCY`` 9 + scalar 6 +
-    3 update stages after ``r'`` is used), 19 at W = 128 or with W lanes.
+    (epoch boundaries cost the same): 20 at W = 64 (``DOT_LATENCY`` 10 + scalar 6 +
+    4 update stages after ``r'`` is used), 21 at W = 128 or with W lanes.
 Configuration
     Decoded every cycle into registers (mode, its constants, the validation code,
     first-beat flags), ``CFG_SETTLE`` cycles deep: the configuration must be stable that
@@ -332,11 +337,14 @@ class Engine(wiring.Component):
         # model words (EBR out); A+2: operands registered (codes decoded, codebook read,
         # model words registered); A+3: partial products (17 x 17 pieces, one DSP each);
         # A+4: products; then the registered adder tree (2 levels per stage).
-        self.MULT_SUM = 4 + -(-ceil_log2(self.n_mult) // 2)          # msum registered
-        # bucket lanes (past the multipliers): first tree level at A+3, the rest of the
+        # A+3: the model word (or the forwarded one) registered again, next to the
+        # multipliers and the bucket trees (the block RAMs may sit far from them), with the
+        # codebook value and the bucket selects; A+4: partial products; A+5: products.
+        self.MULT_SUM = 5 + -(-ceil_log2(self.n_mult) // 2)          # msum registered
+        # bucket lanes (past the multipliers): first tree level at A+4, the rest of the
         # tree, then the partial products level * S (S in 17-bit pieces) one stage later
         n_bl = (self.lanes - self.n_mult) // 2
-        self.BUCKET_PARTS = 4 + -(-ceil_log2(n_bl) // 2)
+        self.BUCKET_PARTS = 5 + -(-ceil_log2(n_bl) // 2)
         self.DOT_JOIN = max(self.MULT_SUM, self.BUCKET_PARTS)
         # codebook writes: the input registers, then the tree to the lanes' copies
         self.CB_WRITE_LATENCY = 1 + len(_tree_sizes(2 * self.n_mult, CB_BRANCH))
@@ -350,8 +358,8 @@ class Engine(wiring.Component):
         # Scalar r' is valid LATENCY_RP after the accumulator; the replay multiplier
         # stage (R3) must see it.
         self.REPLAY_START = self.DOT_LATENCY + Scalar.LATENCY_RP - 4
-        # R0 -> model write at U2: R1, R2, R3, R4, R5, P, U1, U2.
-        self.UPDATE_LATENCY = 8
+        # R0 -> model write at U3: R1, R2, R3, R4, R5, P, U1, U2, U3.
+        self.UPDATE_LATENCY = 9
         # The next batch's first beat is accepted in the cycle the update writes model
         # beat 0 (the core forwards the word the update writes in the cycle it is read).
         self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY - 1
@@ -714,7 +722,8 @@ class Engine(wiring.Component):
             fx = Signal(signed(X_BITS), name=f"fx{l}", reset_less=True)
             hx = Signal(name=f"hx{l}", reset_less=True)
             m.d.sync += [mraw[l].eq(x_dot[l]), fx.eq(dfw_data[l]), hx.eq(dfw_hit[l])]
-            xop[l] = Mux(hx, fx, mraw[l])
+            xop[l] = Signal(signed(X_BITS), name=f"xo{l}", reset_less=True)      # A+3
+            m.d.sync += xop[l].eq(Mux(hx, fx, mraw[l]))
 
         # --- multiplier lanes: operands at A+2 (the codebook value is 0 for a lane without
         # a feature), partial products at A+3, products at A+4, then the tree ---
@@ -725,12 +734,12 @@ class Engine(wiring.Component):
             q = Mux(is_full, v1[l], rp.data) if l < W // FULL_BITS else rp.data
             mq = Signal(signed(FEAT.width), name=f"mq{l}", reset_less=True)
             m.d.sync += mq.eq(Mux(live1[l], q, 0))
-            psum, _ = _split_mul(m, mq, xop[l], f"mp{l}")
+            psum, _ = _split_mul(m, _delay(m, mq, 1, f"mq{l}"), xop[l], f"mp{l}")
             pr = Signal(signed(FEAT.width + X_BITS), name=f"mp{l}", reset_less=True)
             m.d.sync += pr.eq(psum)
             prods.append(pr)
         msum, mstages = _tree(m, prods, "mtree")
-        assert 4 + mstages == self.MULT_SUM
+        assert 5 + mstages == self.MULT_SUM
 
         # --- bucket trees over the lanes past the multipliers (bucket modes only):
         # S_t = sum of x over the lanes whose Q1 code selects bucket t. b = 2: tree t
@@ -747,8 +756,9 @@ class Engine(wiring.Component):
                     c = Mux(is_b1, c_b1, c_b2)
                 else:
                     c = c_b2 & ~is_b1
-                bsel[j, t] = Signal(name=f"bs{t}_{j}", reset_less=True)
-                m.d.sync += bsel[j, t].eq(c)
+                bs = Signal(name=f"bs{t}_{j}", reset_less=True)
+                m.d.sync += bs.eq(c)
+                bsel[j, t] = _delay(m, bs, 1, f"bs{t}_{j}")         # with the operands (A+3)
         # model read-back: the lane's word from the registered dot-port words (valid
         # READBACK_LATENCY cycles after the pointer moves)
         # in two registered steps (a lane of each group, then the group), so that the words
@@ -779,7 +789,7 @@ class Engine(wiring.Component):
             m.d.sync += lv.eq(Mux(is_b1, lvl[t % 2], lvl[t]))
             _, pp = _split_mul(m, lv, s_t, f"bp{t}")           # level * S in pieces: 1 stage
             parts += [(r << lo if lo else r) for r, lo in pp]
-        assert 3 + bst + 1 == self.BUCKET_PARTS and len(parts) == 4 * self.s_pieces
+        assert 4 + bst + 1 == self.BUCKET_PARTS and len(parts) == 4 * self.s_pieces
         join = self.DOT_JOIN
         msum_a = _delay(m, msum, join - self.MULT_SUM, "msum")
         parts = [_delay(m, v, join - self.BUCKET_PARTS, f"bpp{i}") for i, v in enumerate(parts)]
@@ -868,7 +878,7 @@ class Engine(wiring.Component):
                          ra_rem.eq(cur_rem - lanes_f), ra_rl.eq(cur_rem <= lanes_ffl),
                          ra_rh.eq(cur_rem <= lanes_ffh), ra_addr.eq(cur_addr + 1), ra_tok.eq(cur_tok)]
 
-        # Per-beat replay metadata pipeline: R1, R2, R3, R4, P, U1, U2, U3 (model write).
+        # Per-beat replay metadata pipeline: R1, R2, R3, R4, R5, P, U1, U2, U3 (model write).
         meta_layout = data.StructLayout({
             "beat": beat_w, "nvalid": range(W + 1), "fb": 1, "lb": 1, "lj": 1, "zero": 1,
             "last": 1,
@@ -877,10 +887,10 @@ class Engine(wiring.Component):
         m.d.comb += [meta0.beat.eq(cur_beat), meta0.nvalid.eq(cur_nvalid), meta0.fb.eq(cur_tok.fb),
                      meta0.lb.eq(cur_tok.lb), meta0.lj.eq(cur_tok.lj), meta0.zero.eq(cur_tok.zero),
                      meta0.last.eq(cur_last)]
-        R1, R2, R3, R4, R5, P, U1, U2 = range(1, 9)
-        assert U2 == self.UPDATE_LATENCY
+        R1, R2, R3, R4, R5, P, U1, U2, U3 = range(1, 10)
+        assert U3 == self.UPDATE_LATENCY
         metas, mvs = [meta0], [cur_v & ~flush]
-        for i in range(1, U2 + 1):
+        for i in range(1, U3 + 1):
             mr = Signal(meta_layout, name=f"meta{i}", reset_less=True)
             vr = Signal(name=f"metav{i}")
             m.d.sync += [mr.eq(metas[-1]), vr.eq(Mux(flush, 0, mvs[-1]))]
@@ -982,12 +992,13 @@ class Engine(wiring.Component):
         # a copy per lane: P's beat was written in the previous cycle (hit1), two cycles
         # before (hit2); the batch's first sample (fb); a bucket mode; the lane's G write
         # enable (g_we and the lane carries a feature)
-        hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[R5].beat), LANES, "hit1")
-        hit2_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[R5].beat), LANES, "hit2")
+        # (two copies per lane of the flags that select the 64-bit base, one per half)
+        hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[R5].beat), 2 * LANES, "hit1")
+        hit2_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[R5].beat), 2 * LANES, "hit2")
         # ... three cycles before (the memory's word is read at R3): merged into the register
         # after the memory's output at R5 (then the write is in fwdb, written at P-3)
-        hit3_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[R4].beat), LANES, "hit3")
-        fb_k = _copies(m, metas[R5].fb, LANES, "fbp")
+        hit3_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[R4].beat), 2 * LANES, "hit3")
+        fb_k = _copies(m, metas[R5].fb, 2 * LANES, "fbp")
         bucket_k = [_copies(m, is_bucket, SEL_COPIES, f"isbk{l}") for l in range(LANES)]
         gwe_p = Mux(flush, 0, mvs[R5]) & ~metas[R5].lb            # g_we one cycle early
         beat_p = _copies(m, metas[R5].beat, NMEM, "beatp")
@@ -1006,8 +1017,11 @@ class Engine(wiring.Component):
             f1 = Signal(signed(G_BITS), name=f"fwd{l}", reset_less=True)
             f2 = Signal(signed(G_BITS), name=f"fwdb{l}", reset_less=True)
             g5 = Signal(signed(G_BITS), name=f"g5_{l}", reset_less=True)
-            m.d.sync += g5.eq(Mux(hit3_k[l], f2, g4[l]))
-            base = Mux(fb_k[l], rc, Mux(hit1_k[l], f1, Mux(hit2_k[l], f2, g5)))
+            half = [(0, G_BITS // 2), (G_BITS // 2, G_BITS)]
+            m.d.sync += g5.eq(Cat(*[Mux(hit3_k[2 * l + h], f2[a:b], g4[l][a:b]) for h, (a, b) in enumerate(half)]))
+            base = Cat(*[Mux(fb_k[2 * l + h], rc[a:b], Mux(hit1_k[2 * l + h], f1[a:b], Mux(hit2_k[2 * l + h], f2[a:b],
+                                                                                           g5[a:b])))
+                         for h, (a, b) in enumerate(half)]).as_signed()
             t = Signal(signed(G_BITS), name=f"t{l}")
             m.d.comb += t.eq(base + psel)
             m.d.sync += [f1.eq(t), f2.eq(f1)]
@@ -1033,34 +1047,38 @@ class Engine(wiring.Component):
             m.d.sync += h.eq(Mux(ok, hf[:len(h)].as_signed(), Mux(hf[-1], -H_CLAMP, H_CLAMP - 1)))
             hs.append(h)
 
-        # U2: subtract and saturate, written straight into the model (no register:
-        # the write port is the pipeline register; saves one boundary cycle).
-        mu2 = metas[U2]
-        xn = [_sat(m, ua[l] - hs[l], MODEL, f"xn{l}") for l in range(LANES)]
+        # U2: subtract and saturate (registered); U3: written into the model (a register
+        # between the update's logic and the model's block RAMs, which may sit far apart).
+        mu3 = metas[U3]
+        xn = []
+        for l in range(LANES):
+            xr = Signal(signed(X_BITS), name=f"xw{l}", reset_less=True)
+            m.d.sync += xr.eq(_sat(m, ua[l] - hs[l], MODEL, f"xn{l}"))
+            xn.append(xr)
         x_we = Signal()
-        m.d.comb += x_we.eq(mvs[U2] & mu2.lb)
-        # (the lanes' write enables and the beat: copies loaded at U1, as at P)
-        xwe_u = Mux(flush, 0, mvs[U1]) & metas[U1].lb                # x_we one cycle early
+        m.d.comb += x_we.eq(mvs[U3] & mu3.lb)
+        # (the lanes' write enables and the beat: copies loaded at U2, as at P)
+        xwe_u = Mux(flush, 0, mvs[U2]) & metas[U2].lb                # x_we one cycle early
         lane_xwe = []
         for l in range(LANES):                                             # one copy per lane
-            lane_xwe += _copies(m, xwe_u & (metas[U1].nvalid > l), 1, f"xwe{l}")
-        beat_u2 = _copies(m, metas[U1].beat, NG + NMEM, "beatu2")
+            lane_xwe += _copies(m, xwe_u & (metas[U2].nvalid > l), 1, f"xwe{l}")
+        beat_u3 = _copies(m, metas[U2].beat, NG + NMEM, "beatu3")
         for gi, ports in enumerate(mem_ports):
             lo, n = ports["lo"], ports["n"]
             m.d.comb += [
-                ports["x_wr"].addr.eq(group_addr(beat_u2[NG + gi], ports["depth"])),
+                ports["x_wr"].addr.eq(group_addr(beat_u3[NG + gi], ports["depth"])),
                 ports["x_wr"].data.eq(Cat(*[xn[lo + j] for j in range(n)])),
                 ports["x_wr"].en.eq(Cat(*[lane_xwe[lo + j] for j in range(n)])),
             ]
         for l in range(LANES):
-            m.d.sync += [dfw_hit[l].eq(lane_xwe[l] & (beat_u2[grp(l)] == beat_k[grp(l)])),
+            m.d.sync += [dfw_hit[l].eq(lane_xwe[l] & (beat_u3[grp(l)] == beat_k[grp(l)])),
                          dfw_data[l].eq(xn[l])]
         upd_w0 = Signal()
         job_end = Signal()
-        m.d.comb += [upd_w0.eq(x_we & (mu2.beat == 0)),
-                     job_end.eq(mvs[U2] & mu2.lj & mu2.last)]
+        m.d.comb += [upd_w0.eq(x_we & (mu3.beat == 0)),
+                     job_end.eq(mvs[U3] & mu3.lj & mu3.last)]
         # upd_w0 computed one stage early and registered (keeps TREADY off the meta path)
-        m.d.sync += w0_now.eq(~flush & mvs[U1] & metas[U1].lb & (metas[U1].beat == 0))
+        m.d.sync += w0_now.eq(~flush & mvs[U2] & metas[U2].lb & (metas[U2].beat == 0))
 
         # ============================ control ========================================
         abort = Signal()            # stream fault (the cycle after): drop everything in flight
