@@ -358,8 +358,8 @@ class Engine(wiring.Component):
         # Scalar r' is valid LATENCY_RP after the accumulator; the replay multiplier
         # stage (R3) must see it.
         self.REPLAY_START = self.DOT_LATENCY + Scalar.LATENCY_RP - 4
-        # R0 -> model write at U3: R1, R2, R3, R4, R5, P, U1, U2, U3.
-        self.UPDATE_LATENCY = 9
+        # R0 -> model write at U3: R1, R2, R3, R4, R5, R6, P, U1, U2, U3.
+        self.UPDATE_LATENCY = 10
         # The next batch's first beat is accepted in the cycle the update writes model
         # beat 0 (the core forwards the word the update writes in the cycle it is read).
         self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY - 1
@@ -878,7 +878,7 @@ class Engine(wiring.Component):
                          ra_rem.eq(cur_rem - lanes_f), ra_rl.eq(cur_rem <= lanes_ffl),
                          ra_rh.eq(cur_rem <= lanes_ffh), ra_addr.eq(cur_addr + 1), ra_tok.eq(cur_tok)]
 
-        # Per-beat replay metadata pipeline: R1, R2, R3, R4, R5, P, U1, U2, U3 (model write).
+        # Per-beat replay metadata pipeline: R1, R2, R3, R4, R5, R6, P, U1, U2, U3 (model write).
         meta_layout = data.StructLayout({
             "beat": beat_w, "nvalid": range(W + 1), "fb": 1, "lb": 1, "lj": 1, "zero": 1,
             "last": 1,
@@ -887,7 +887,7 @@ class Engine(wiring.Component):
         m.d.comb += [meta0.beat.eq(cur_beat), meta0.nvalid.eq(cur_nvalid), meta0.fb.eq(cur_tok.fb),
                      meta0.lb.eq(cur_tok.lb), meta0.lj.eq(cur_tok.lj), meta0.zero.eq(cur_tok.zero),
                      meta0.last.eq(cur_last)]
-        R1, R2, R3, R4, R5, P, U1, U2, U3 = range(1, 10)
+        R1, R2, R3, R4, R5, R6, P, U1, U2, U3 = range(1, 11)
         assert U3 == self.UPDATE_LATENCY
         metas, mvs = [meta0], [cur_v & ~flush]
         for i in range(1, U3 + 1):
@@ -925,28 +925,33 @@ class Engine(wiring.Component):
         codes2 = [_copies(m, _delay(m, c2[l][:2], P - R3 - 1, f"c2_{l}"), SEL_COPIES, f"c2s{l}")
                   for l in range(LANES)]
 
-        # R4 -> R5 -> P: r' * q2 (partial products, then their sum); each multiplier lane
-        # reads its own copy of r', each lane group its own copy of the level table (gp[0..3]
-        # in bucket modes).
+        # r' * q2 at R4 (each multiplier lane reads its own copy of r'). Lanes 0-3, whose
+        # products are the level table of the bucket modes (gp[0..3]): partial products at
+        # R5, their sum at R6, a copy per lane group at P. The other lanes: operands
+        # registered again at R5 (next to the multiplier), partial products at R6, sum at P.
         gp = []
         tab_k = [[] for _ in range(NG)]
         for l in range(M):
-            psum, _ = _split_mul(m, gq[l], scalar.rp_copies[l], f"gp{l}")
+            a_op, b_op = gq[l], scalar.rp_copies[l]
+            if l >= 4:
+                a_op, b_op = _delay(m, a_op, 1, f"gq{l}"), _delay(m, b_op, 1, f"rp{l}")
+            psum, _ = _split_mul(m, a_op, b_op, f"gp{l}")
             r = Signal(signed(FEAT.width + X_BITS), name=f"gp{l}", reset_less=True)
             m.d.sync += r.eq(psum)
-            gp.append(r)
             if l < 4:
-                for g, c in enumerate(_copies(m, psum[:len(r)].as_signed(), NG, f"lvtab{l}")):
+                for g, c in enumerate(_copies(m, r, NG, f"lvtab{l}")):
                     tab_k[g].append(c)
+                r = _delay(m, r, 1, f"gp{l}")
+            gp.append(r)
 
-        # G read issued at R3 (data at R4, the memory's output register at R5, one more
+        # G read issued at P-3 (data at P-2, the memory's output register at P-1, one more
         # register for P, which takes in a word written three cycles before P); the model
-        # read for the update issued at R2 (data at R3, output register at R4, registered for
-        # R5): a register between each block RAM and the logic it feeds, which may sit far
+        # read for the update issued at P-4 (data at P-3, output register at P-2, registered
+        # for P-1): a register between each block RAM and the logic it feeds, which may sit far
         # apart. (Every memory address of the replay comes from a copy of the beat per memory.)
         NMEM = len(mem_ports)
-        beat_g = _copies(m, metas[R2].beat, NMEM, "beatg")
-        beat_xu = _copies(m, metas[R1].beat, NMEM, "beatxu")
+        beat_g = _copies(m, metas[P - 4].beat, NMEM, "beatg")
+        beat_xu = _copies(m, metas[P - 5].beat, NMEM, "beatxu")
         for gi, ports in enumerate(mem_ports):
             m.d.comb += [ports["g_rd"].addr.eq(group_addr(beat_g[gi], ports["depth"])),
                          ports["x_rd_upd"].addr.eq(group_addr(beat_xu[gi], ports["depth"]))]
@@ -957,14 +962,14 @@ class Engine(wiring.Component):
         m.d.sync += [xq0[l].eq(x_upd[l]) for l in range(LANES)]
         m.d.sync += [xq[l].eq(xq0[l]) for l in range(LANES)]
 
-        # R5: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
+        # P-1: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
         # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in), ready at U1.
         # (the L2 shift is static during a job: copies per lane group, ready long before the
-        # first R5; one-bit flags: a copy per lane)
+        # first P-1; one-bit flags: a copy per lane)
         l2s_k = _copies(m, l2s, NG, "l2s")
         l2s_m1_k = _copies(m, (l2s - 1)[:len(l2s)], NG, "l2sm1")    # the rounding bit's position
         l2_on_k = _copies(m, l2s != 0, LANES, "l2on")
-        zero_k5 = _copies(m, metas[R4].zero, LANES, "zero5")       # metas[R5].zero
+        zero_k5 = _copies(m, metas[P - 2].zero, LANES, "zero5")       # metas[P - 1].zero
         ua = []
         for l in range(LANES):
             g = grp(l)
@@ -980,7 +985,7 @@ class Engine(wiring.Component):
             ua.append(_delay(m, a_, 1, f"ua{l}"))
 
         # P: select product, accumulate. A G word written one or two cycles before P is
-        # newer than the memory's (read at R4): forward it (hits decided at R5).
+        # newer than the memory's (read at P-3): forward it (hits decided at P-1).
         mp = metas[P]
         rc = Signal(signed(G_BITS))
         m.d.comb += rc.eq(1 << (FEAT.frac - 1))       # rounding constant of G >> 16
@@ -993,15 +998,15 @@ class Engine(wiring.Component):
         # before (hit2); the batch's first sample (fb); a bucket mode; the lane's G write
         # enable (g_we and the lane carries a feature)
         # (two copies per lane of the flags that select the 64-bit base, one per half)
-        hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[R5].beat), 2 * LANES, "hit1")
-        hit2_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[R5].beat), 2 * LANES, "hit2")
+        hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[P - 1].beat), 2 * LANES, "hit1")
+        hit2_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[P - 1].beat), 2 * LANES, "hit2")
         # ... three cycles before (the memory's word is read at R3): merged into the register
-        # after the memory's output at R5 (then the write is in fwdb, written at P-3)
-        hit3_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[R4].beat), 2 * LANES, "hit3")
-        fb_k = _copies(m, metas[R5].fb, 2 * LANES, "fbp")
+        # after the memory's output at P-1 (then the write is in fwdb, written at P-3)
+        hit3_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[P - 2].beat), 2 * LANES, "hit3")
+        fb_k = _copies(m, metas[P - 1].fb, 2 * LANES, "fbp")
         bucket_k = [_copies(m, is_bucket, SEL_COPIES, f"isbk{l}") for l in range(LANES)]
-        gwe_p = Mux(flush, 0, mvs[R5]) & ~metas[R5].lb            # g_we one cycle early
-        beat_p = _copies(m, metas[R5].beat, NMEM, "beatp")
+        gwe_p = Mux(flush, 0, mvs[P - 1]) & ~metas[P - 1].lb            # g_we one cycle early
+        beat_p = _copies(m, metas[P - 1].beat, NMEM, "beatp")
         t_p = []
         lane_we = []
         for l in range(LANES):
@@ -1026,7 +1031,7 @@ class Engine(wiring.Component):
             m.d.comb += t.eq(base + psel)
             m.d.sync += [f1.eq(t), f2.eq(f1)]
             t_p.append(t)
-            lane_we += _copies(m, gwe_p & (metas[R5].nvalid > l), 1, f"gwe{l}")   # one copy per lane
+            lane_we += _copies(m, gwe_p & (metas[P - 1].nvalid > l), 1, f"gwe{l}")   # one copy per lane
         for gi, ports in enumerate(mem_ports):
             lo, n = ports["lo"], ports["n"]
             m.d.comb += [
