@@ -9,7 +9,8 @@ write first when both are ready. Every response is OKAY: unmapped addresses read
 Register bus (all in the ``sync`` domain, seen from the register block):
 
 ``bus_addr``
-    Word-aligned byte address of the current transaction (valid with a strobe).
+    Word-aligned byte address of the current transaction (valid with a strobe; a
+    register, loaded by the address handshake).
 ``w_stb``, ``w_data``, ``w_strb``
     One-cycle write strobe with data and byte enables. A write always completes in
     that cycle.
@@ -24,7 +25,7 @@ Register bus (all in the ``sync`` domain, seen from the register block):
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -68,8 +69,6 @@ class AxiLiteSlave(wiring.Component):
         m = Module()
         aw_full = Signal()          # write address captured
         w_full = Signal()           # write data captured
-        aw_addr = Signal(self.addr_bits, reset_less=True)
-        ar_addr = Signal(self.addr_bits, reset_less=True)
         w_data = Signal(32, reset_less=True)
         w_strb = Signal(4, reset_less=True)
         rd_busy = Signal()          # read accepted, waiting for r_ack
@@ -89,8 +88,11 @@ class AxiLiteSlave(wiring.Component):
         ]
         aw_hs = self.awvalid & self.awready
         w_hs = self.wvalid & self.wready
+        word = ~0b11 & ((1 << self.addr_bits) - 1)
+        # the bus address is a register, loaded by either handshake (a read and a write are
+        # never accepted in the same cycle, nor while the other is in flight)
         with m.If(aw_hs):
-            m.d.sync += [aw_full.eq(1), aw_addr.eq(self.awaddr)]
+            m.d.sync += [aw_full.eq(1), self.bus_addr.eq(self.awaddr & word)]
         with m.If(w_hs):
             m.d.sync += [w_full.eq(1), w_data.eq(self.wdata), w_strb.eq(self.wstrb)]
 
@@ -104,16 +106,12 @@ class AxiLiteSlave(wiring.Component):
         # Reads: only when no write is partly captured (a write has priority).
         m.d.comb += self.arready.eq(~resp_pending & ~aw_full & ~w_full & ~self.awvalid & ~self.wvalid)
         with m.If(self.arvalid & self.arready):
-            m.d.sync += [rd_busy.eq(1), ar_addr.eq(self.araddr)]
+            m.d.sync += [rd_busy.eq(1), self.bus_addr.eq(self.araddr & word)]
         m.d.comb += self.r_stb.eq(rd_busy)
         with m.If(rd_busy & self.r_ack):
             m.d.sync += [rd_busy.eq(0), self.rvalid.eq(1), self.rdata.eq(self.r_data)]
         with m.If(self.rvalid & self.rready):
             m.d.sync += self.rvalid.eq(0)
 
-        word = ~0b11 & ((1 << self.addr_bits) - 1)
-        m.d.comb += [
-            self.w_stb.eq(wr_go),
-            self.bus_addr.eq(Mux(wr_go, aw_addr, ar_addr) & word),
-        ]
+        m.d.comb += self.w_stb.eq(wr_go)
         return m

@@ -1097,8 +1097,6 @@ class Engine(wiring.Component):
                          pending.eq(0), running_d.eq(0)]
         with m.Elif(state == st_idle):
             with m.If(self.start):
-                for name in COUNTERS:
-                    m.d.sync += getattr(self, name).eq(0)
                 m.d.sync += [done_i.eq(0), self.done.eq(0), self.error.eq(check), epochs_done.eq(0),
                              loss_acc.eq(0)]
                 with m.If(check != Error.NONE):           # refused at once (nothing to count)
@@ -1168,7 +1166,10 @@ class Engine(wiring.Component):
         # ============================ counters =======================================
         # Each cycle's events are registered, then added (keeps the 64-bit adders off the
         # TREADY path); busy and done show one cycle late, when the counts are complete.
+        # A start clears them one cycle late, from a registered copy per counter (the
+        # start cycle has no events: the engine is idle in it).
         ev = {name: Signal(name=f"ev_{name}") for name in COUNTERS}
+        clr = dict(zip(COUNTERS, _copies(m, self.start & (state == st_idle), len(COUNTERS), "cntclr")))
         m.d.sync += [
             ev["cnt_cycles"].eq(running),
             ev["cnt_stalls"].eq(running & ~self.i_data.ready),
@@ -1176,6 +1177,7 @@ class Engine(wiring.Component):
             ev["cnt_beats"].eq(accept),
             ev["cnt_samples"].eq(scalar.loss_valid & tok_lo_v),
         ]
-        with m.If(~(self.start & (state == st_idle))):
-            m.d.sync += [getattr(self, name).eq(getattr(self, name) + ev[name]) for name in COUNTERS]
+        for name in COUNTERS:
+            cnt = getattr(self, name)
+            m.d.sync += cnt.eq(Mux(clr[name], 0, cnt + ev[name]))
         return m

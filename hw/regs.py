@@ -25,6 +25,10 @@ Behaviour
 * Reading a counter's ``*_LO`` latches its upper half, which ``*_HI`` returns.
 * Wait states: after a model pulse or a ``LOSS_ADDR`` write, reads are held off
   for ``HOLD_CYCLES`` cycles so the engine's registered read ports have settled.
+* Both directions are registered (no bus decode and no read multiplexer shares a cycle
+  with the slave's logic): a write lands the cycle after ``w_stb``; a read is sampled,
+  with its side effects, in its first cycle past the hold and answered (``r_ack``)
+  the next.
 * Unmapped addresses read 0 and ignore writes.
 """
 
@@ -129,9 +133,11 @@ class Registers(wiring.Component):
         m = Module()
         p = self.params
         addr = self.bus_addr
+        # Write strobes decoded and registered: a write lands the cycle after w_stb (the
+        # slave holds w_data, w_strb and bus_addr until the response is taken).
         wr = {r.name: Signal(name=f"wr_{r.name.lower()}") for r in REGISTERS}
         for name, s in wr.items():
-            m.d.comb += s.eq(self.w_stb & (addr == REG[name]))
+            m.d.sync += s.eq(self.w_stb & (addr == REG[name]))
 
         # ---- configuration registers
         defaults = config_defaults()
@@ -166,12 +172,16 @@ class Registers(wiring.Component):
             m.d.sync += self.cb_addr.eq(self.cb_addr + 1)
 
         # ---- read acknowledge with hold-off
+        # Reads: one wait state. The value is sampled into a register (and the read's side
+        # effects happen) in the first cycle of r_stb without hold; r_ack the next.
         hold = Signal(range(HOLD_CYCLES + 2))
+        sample = Signal()
         ack = Signal()
-        m.d.comb += [ack.eq(self.r_stb & (hold == 0)), self.r_ack.eq(ack)]
+        m.d.comb += [sample.eq(self.r_stb & (hold == 0) & ~ack), self.r_ack.eq(ack)]
+        m.d.sync += ack.eq(sample)
         rd = {r.name: Signal(name=f"rd_{r.name.lower()}") for r in REGISTERS}
         for name, s in rd.items():
-            m.d.comb += s.eq(ack & (addr == REG[name]))
+            m.d.comb += s.eq(sample & (addr == REG[name]))
 
         # ---- model readback
         model_ptr = Signal(32)
@@ -215,13 +225,16 @@ class Registers(wiring.Component):
         for n in COUNTER_NAMES:
             values[f"{n}_LO"] = getattr(self, counter_port(n))[:32]
             values[f"{n}_HI"] = hi_latch[n]
-        with m.Switch(addr):
-            for r in REGISTERS:
-                if "r" in r.access:
-                    with m.Case(REG[r.name]):
-                        m.d.comb += self.r_data.eq(values[r.name])
-            with m.Default():
-                m.d.comb += self.r_data.eq(0)
+        r_q = Signal(32)
+        m.d.comb += self.r_data.eq(r_q)
+        with m.If(sample):
+            with m.Switch(addr):
+                for r in REGISTERS:
+                    if "r" in r.access:
+                        with m.Case(REG[r.name]):
+                            m.d.sync += r_q.eq(values[r.name])
+                with m.Default():
+                    m.d.sync += r_q.eq(0)
         return m
 
 

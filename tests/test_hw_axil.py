@@ -276,7 +276,7 @@ def test_readback_holdoff_and_latches():
             if nxt or rew:
                 pulses.append(cycle)
             if ack and addr == c.REG["MODEL_DATA"]:
-                acks.append(cycle)
+                acks.append(cycle - 1)          # (sampled the cycle before r_ack)
     _run(top, bench, monitor)
 
 
