@@ -39,11 +39,14 @@ after ``A`` so that its multiplier stage meets ``r'``)
     compute the level table ``r' * level_k``), the update's model word in the memory's
     output register; ``R5`` products, the G word in the memory's output register, the
     model word registered again; ``x >> l2`` and its rounding bit, forwarding decided;
-    the G word registered again (a word written three cycles before ``P`` replaces it;
-    one or two cycles before ``P``, it is taken from the forwarding registers at ``P``);
+    the G word registered again (a word computed three or four cycles before ``P``
+    replaces it; one or two cycles before ``P``, it is taken from the forwarding registers
+    at ``P``); ``R6`` (lanes 0-3: the level table registered once, then copied to the lane
+    groups; the other multiplier lanes: operands registered again next to the DSP);
     ``P`` select per lane, add to the G accumulator (or to the rounding constant
-    ``2**15`` at the first sample of a batch), write G back (not on the last sample
-    of the batch), ``x - (x >> l2) - bit`` (one carry chain); ``U1`` ``G >> 16``
+    ``2**15`` at the first sample of a batch), registered; G written back from that
+    register at ``P+1`` (not on the last sample of the batch); ``x - (x >> l2) - bit``
+    (one carry chain); ``U1`` ``G >> 16``
     (wiring: the step shift ``k`` is applied to ``r'`` in the scalar unit, once per
     sample) clamped; ``U2`` subtract and saturate (registered); ``U3`` the model word
     written. ``UPDATE_LATENCY`` = R0 -> U3. Every block RAM's read goes through its
@@ -813,7 +816,7 @@ class Engine(wiring.Component):
         assert join + fst + 1 == self.DOT_LATENCY
 
         # ============================ scalar unit ====================================
-        scalar = ResetInserter(flush)(Scalar(copies=M))      # a copy of r' per multiplier lane
+        scalar = ResetInserter(flush)(Scalar(copies=-(-M // REP_LANES)))
         m.submodules.scalar = scalar
         m.d.comb += [scalar.i_valid.eq(acc_v), scalar.acc.eq(acc), scalar.y.eq(acc_y),
                      scalar.loss.eq(loss_sel), scalar.step_mult.eq(step_mult),
@@ -925,14 +928,14 @@ class Engine(wiring.Component):
         codes2 = [_copies(m, _delay(m, c2[l][:2], P - R3 - 1, f"c2_{l}"), SEL_COPIES, f"c2s{l}")
                   for l in range(LANES)]
 
-        # r' * q2 at R4 (each multiplier lane reads its own copy of r'). Lanes 0-3, whose
+        # r' * q2 at R4 (each lane group reads its own copy of r'). Lanes 0-3, whose
         # products are the level table of the bucket modes (gp[0..3]): partial products at
         # R5, their sum at R6, a copy per lane group at P. The other lanes: operands
         # registered again at R5 (next to the multiplier), partial products at R6, sum at P.
         gp = []
         tab_k = [[] for _ in range(NG)]
         for l in range(M):
-            a_op, b_op = gq[l], scalar.rp_copies[l]
+            a_op, b_op = gq[l], scalar.rp_copies[grp(l)]
             if l >= 4:
                 a_op, b_op = _delay(m, a_op, 1, f"gq{l}"), _delay(m, b_op, 1, f"rp{l}")
             psum, _ = _split_mul(m, a_op, b_op, f"gp{l}")
@@ -993,21 +996,28 @@ class Engine(wiring.Component):
         m.d.comb += g_we.eq(mvs[P] & ~mp.lb)
         fwd_v = Signal()                              # a G write in the previous cycle
         fwd_addr = Signal(beat_w, reset_less=True)
-        m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat)]
+        fwd_v2 = Signal()                             # ... two cycles before
+        fwd_addr2 = Signal(beat_w, reset_less=True)
+        m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat),
+                     fwd_v2.eq(fwd_v & ~flush), fwd_addr2.eq(fwd_addr)]
         # a copy per lane: P's beat was written in the previous cycle (hit1), two cycles
         # before (hit2); the batch's first sample (fb); a bucket mode; the lane's G write
         # enable (g_we and the lane carries a feature)
         # (two copies per lane of the flags that select the 64-bit base, one per half)
         hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[P - 1].beat), 2 * LANES, "hit1")
         hit2_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[P - 1].beat), 2 * LANES, "hit2")
-        # ... three cycles before (the memory's word is read at R3): merged into the register
-        # after the memory's output at P-1 (then the write is in fwdb, written at P-3)
+        # ... three or four cycles before (the memory's word is read at P-3 and a word
+        # computed at P lands at P+1): merged into the register after the memory's output
+        # at P-1 (the words are then in fwdb and fwdc; the newer wins)
         hit3_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[P - 2].beat), 2 * LANES, "hit3")
+        hit4_k = _copies(m, fwd_v2 & ~flush & (fwd_addr2 == metas[P - 2].beat), 2 * LANES, "hit4")
         fb_k = _copies(m, metas[P - 1].fb, 2 * LANES, "fbp")
         bucket_k = [_copies(m, is_bucket, SEL_COPIES, f"isbk{l}") for l in range(LANES)]
-        gwe_p = Mux(flush, 0, mvs[P - 1]) & ~metas[P - 1].lb            # g_we one cycle early
-        beat_p = _copies(m, metas[P - 1].beat, NMEM, "beatp")
+        # G is written at P+1 from the register after the adder (fwd): enables and address
+        # in copies loaded at P
+        beat_p = _copies(m, mp.beat, NMEM, "beatp")
         t_p = []
+        w_p = []
         lane_we = []
         for l in range(LANES):
             g = grp(l)
@@ -1021,22 +1031,25 @@ class Engine(wiring.Component):
             psel = Cat(*slices).as_signed()
             f1 = Signal(signed(G_BITS), name=f"fwd{l}", reset_less=True)
             f2 = Signal(signed(G_BITS), name=f"fwdb{l}", reset_less=True)
+            f3 = Signal(signed(G_BITS), name=f"fwdc{l}", reset_less=True)
             g5 = Signal(signed(G_BITS), name=f"g5_{l}", reset_less=True)
             half = [(0, G_BITS // 2), (G_BITS // 2, G_BITS)]
-            m.d.sync += g5.eq(Cat(*[Mux(hit3_k[2 * l + h], f2[a:b], g4[l][a:b]) for h, (a, b) in enumerate(half)]))
+            m.d.sync += g5.eq(Cat(*[Mux(hit3_k[2 * l + h], f2[a:b], Mux(hit4_k[2 * l + h], f3[a:b], g4[l][a:b]))
+                                    for h, (a, b) in enumerate(half)]))
             base = Cat(*[Mux(fb_k[2 * l + h], rc[a:b], Mux(hit1_k[2 * l + h], f1[a:b], Mux(hit2_k[2 * l + h], f2[a:b],
                                                                                            g5[a:b])))
                          for h, (a, b) in enumerate(half)]).as_signed()
             t = Signal(signed(G_BITS), name=f"t{l}")
             m.d.comb += t.eq(base + psel)
-            m.d.sync += [f1.eq(t), f2.eq(f1)]
+            m.d.sync += [f1.eq(t), f2.eq(f1), f3.eq(f2)]
             t_p.append(t)
-            lane_we += _copies(m, gwe_p & (metas[P - 1].nvalid > l), 1, f"gwe{l}")   # one copy per lane
+            w_p.append(f1)
+            lane_we += _copies(m, g_we & ~flush & (mp.nvalid > l), 1, f"gwe{l}")   # one copy per lane
         for gi, ports in enumerate(mem_ports):
             lo, n = ports["lo"], ports["n"]
             m.d.comb += [
                 ports["g_wr"].addr.eq(group_addr(beat_p[gi], ports["depth"])),
-                ports["g_wr"].data.eq(Cat(*[t_p[lo + j] for j in range(n)])),
+                ports["g_wr"].data.eq(Cat(*[w_p[lo + j] for j in range(n)])),
                 ports["g_wr"].en.eq(Cat(*[lane_we[lo + j] for j in range(n)])),
             ]
 
