@@ -467,7 +467,8 @@ class Engine(wiring.Component):
         m.d.sync += [bad[i].eq(t) for i, (_, t) in enumerate(tests)]
         check_c = Signal(8)
         check = Signal(8, reset_less=True)
-        m.d.sync += check.eq(check_c)
+        check_ok = Signal(reset_less=True)              # check == NONE, registered beside it
+        m.d.sync += [check.eq(check_c), check_ok.eq(check_c == Error.NONE)]
         m.d.comb += check_c.eq(Error.NONE)
         for i, (code, _) in reversed(list(enumerate(tests))):     # the first failing test wins
             with m.If(bad[i]):
@@ -553,6 +554,12 @@ class Engine(wiring.Component):
             if depth == 1 << aw:
                 return beat[:aw] if aw else Const(0, 0)
             return Mux(beat < depth, beat[:aw], 0)
+
+        def addr_regs(beat, name):
+            """A register per memory group loaded with ``beat`` clamped into the group's
+            depth (no logic between the register and the block RAMs' address pins)."""
+            return [_copies(m, group_addr(beat, ports["depth"]), 1, f"{name}{gi}")[0]
+                    for gi, ports in enumerate(mem_ports)]
 
         rbuf = Memory(shape=unsigned(W), depth=self.rb_depth, init=[])
         m.submodules.rbuf = rbuf
@@ -952,12 +959,10 @@ class Engine(wiring.Component):
         # read for the update issued at P-4 (data at P-3, output register at P-2, registered
         # for P-1): a register between each block RAM and the logic it feeds, which may sit far
         # apart. (Every memory address of the replay comes from a copy of the beat per memory.)
-        NMEM = len(mem_ports)
-        beat_g = _copies(m, metas[P - 4].beat, NMEM, "beatg")
-        beat_xu = _copies(m, metas[P - 5].beat, NMEM, "beatxu")
+        beat_g = addr_regs(metas[P - 4].beat, "beatg")
+        beat_xu = addr_regs(metas[P - 5].beat, "beatxu")
         for gi, ports in enumerate(mem_ports):
-            m.d.comb += [ports["g_rd"].addr.eq(group_addr(beat_g[gi], ports["depth"])),
-                         ports["x_rd_upd"].addr.eq(group_addr(beat_xu[gi], ports["depth"]))]
+            m.d.comb += [ports["g_rd"].addr.eq(beat_g[gi]), ports["x_rd_upd"].addr.eq(beat_xu[gi])]
         g4 = [Signal(signed(G_BITS), name=f"g4_{l}", reset_less=True) for l in range(LANES)]
         xq0 = [Signal(signed(X_BITS), name=f"xqm{l}", reset_less=True) for l in range(LANES)]
         xq = [Signal(signed(X_BITS), name=f"xq{l}", reset_less=True) for l in range(LANES)]
@@ -967,16 +972,16 @@ class Engine(wiring.Component):
 
         # P-1: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
         # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in), ready at U1.
-        # (the L2 shift is static during a job: copies per lane group, ready long before the
+        # (the L2 shift is static during a job: a copy per lane, ready long before the
         # first P-1; one-bit flags: a copy per lane)
-        l2s_k = _copies(m, l2s, NG, "l2s")
-        l2s_m1_k = _copies(m, (l2s - 1)[:len(l2s)], NG, "l2sm1")    # the rounding bit's position
+        l2s_k = _copies(m, l2s, LANES, "l2s")
+        l2s_m1_k = _copies(m, (l2s - 1)[:len(l2s)], LANES, "l2sm1")    # the rounding bit's position
         l2_on_k = _copies(m, l2s != 0, LANES, "l2on")
         zero_k5 = _copies(m, metas[P - 2].zero, LANES, "zero5")       # metas[P - 1].zero
         ua = []
         for l in range(LANES):
             g = grp(l)
-            l2_on, l2s_m1, l2s_g = l2_on_k[l], l2s_m1_k[g], l2s_k[g]
+            l2_on, l2s_m1, l2s_g = l2_on_k[l], l2s_m1_k[l], l2s_k[l]
             xin = Mux(zero_k5[l], 0, xq[l])
             x5 = Signal(signed(X_BITS), name=f"xp{l}", reset_less=True)
             sh = Signal(signed(X_BITS), name=f"l2h{l}", reset_less=True)
@@ -1015,7 +1020,7 @@ class Engine(wiring.Component):
         bucket_k = [_copies(m, is_bucket, SEL_COPIES, f"isbk{l}") for l in range(LANES)]
         # G is written at P+1 from the register after the adder (fwd): enables and address
         # in copies loaded at P
-        beat_p = _copies(m, mp.beat, NMEM, "beatp")
+        beat_p = addr_regs(mp.beat, "beatp")
         t_p = []
         w_p = []
         lane_we = []
@@ -1048,7 +1053,7 @@ class Engine(wiring.Component):
         for gi, ports in enumerate(mem_ports):
             lo, n = ports["lo"], ports["n"]
             m.d.comb += [
-                ports["g_wr"].addr.eq(group_addr(beat_p[gi], ports["depth"])),
+                ports["g_wr"].addr.eq(beat_p[gi]),
                 ports["g_wr"].data.eq(Cat(*[w_p[lo + j] for j in range(n)])),
                 ports["g_wr"].en.eq(Cat(*[lane_we[lo + j] for j in range(n)])),
             ]
@@ -1056,8 +1061,7 @@ class Engine(wiring.Component):
         # U1: G >> 16 (wiring) clamped to +-2**33 (beyond, the update saturates alike).
         hs = []
         for l in range(LANES):
-            tu = Signal(signed(G_BITS), name=f"tu{l}", reset_less=True)
-            m.d.sync += tu.eq(t_p[l])
+            (tu,) = _copies(m, t_p[l], 1, f"tu{l}")     # (kept apart from fwd, which feeds G)
             hf = tu[FEAT.frac:]
             top = hf[ceil_log2(H_CLAMP):]
             ok = (top == 0) | (top == (1 << len(top)) - 1)
@@ -1080,11 +1084,12 @@ class Engine(wiring.Component):
         lane_xwe = []
         for l in range(LANES):                                             # one copy per lane
             lane_xwe += _copies(m, xwe_u & (metas[U2].nvalid > l), 1, f"xwe{l}")
-        beat_u3 = _copies(m, metas[U2].beat, NG + NMEM, "beatu3")
+        beat_u3 = _copies(m, metas[U2].beat, NG, "beatu3")         # (for the forwarding test)
+        addr_u3 = addr_regs(metas[U2].beat, "addru3")
         for gi, ports in enumerate(mem_ports):
             lo, n = ports["lo"], ports["n"]
             m.d.comb += [
-                ports["x_wr"].addr.eq(group_addr(beat_u3[NG + gi], ports["depth"])),
+                ports["x_wr"].addr.eq(addr_u3[gi]),
                 ports["x_wr"].data.eq(Cat(*[xn[lo + j] for j in range(n)])),
                 ports["x_wr"].en.eq(Cat(*[lane_xwe[lo + j] for j in range(n)])),
             ]
@@ -1112,7 +1117,7 @@ class Engine(wiring.Component):
             with m.If(self.start):
                 m.d.sync += [done_i.eq(0), self.done.eq(0), self.error.eq(check), epochs_done.eq(0),
                              loss_acc.eq(0)]
-                with m.If(check != Error.NONE):           # refused at once (nothing to count)
+                with m.If(~check_ok):                     # refused at once (nothing to count)
                     m.d.sync += [done_i.eq(1), self.done.eq(1)]
                 with m.Else():
                     m.d.comb += in_beat_nx.eq(0)
@@ -1139,41 +1144,42 @@ class Engine(wiring.Component):
             with m.If(job_end):
                 m.d.sync += [state.eq(st_idle), done_i.eq(1)]
             with m.If(take & (state == st_run)):
-                with m.If(fault_short):
+                # the beat's updates do not wait for the fault tests (TLAST stays off their
+                # enables): after a fault the job ends, and a start sets them all again
+                m.d.sync += wptr.eq(wptr + 1)
+                m.d.comb += in_half_nx.eq(hold)
+                with m.If(in_beat == 0):
+                    m.d.sync += in_rbstart.eq(wptr)
+                with m.If(~in_last_beat):
+                    m.d.comb += in_beat_nx.eq(in_beat + 1)
+                    m.d.sync += [in_rem.eq(in_rem - lanes_f),
+                                 in_rl.eq(in_rem <= lanes_ffl), in_rh.eq(in_rem <= lanes_ffh)]
+                with m.Else():
+                    m.d.comb += in_beat_nx.eq(0)
+                    m.d.sync += [in_rem.eq(dim), in_rl.eq(first_last_l),
+                                 in_rh.eq(first_last_h)]
+                    with m.If(last_in_batch):
+                        m.d.sync += [in_sb.eq(0), pending.eq(1), in_zero.eq(0), lb_r.eq(b_one)]
+                    with m.Else():
+                        m.d.sync += [in_sb.eq(in_sb + 1), lb_r.eq(in_sb == b_m2)]
+                    with m.If(last_in_epoch):
+                        m.d.sync += [in_se.eq(0), in_epoch.eq(in_epoch + 1), le_r.eq(n_one),
+                                     lj_r.eq(in_epoch == e_m2)]
+                        with m.If(decay != 0):
+                            with m.If(in_dcnt == decay_m1):
+                                m.d.sync += [in_dcnt.eq(0),
+                                             in_k.eq(Mux(in_k >= STEP_SHIFT_MAX, in_k, in_k + 1))]
+                            with m.Else():
+                                m.d.sync += in_dcnt.eq(in_dcnt + 1)
+                    with m.Else():
+                        m.d.sync += [in_se.eq(in_se + 1), le_r.eq(in_se == n_m2)]
+                    with m.If(final_job):
+                        m.d.sync += state.eq(st_tail)
+                with m.If(fault_short):           # (the last assignment wins)
                     m.d.sync += [state.eq(st_idle), done_i.eq(1), self.error.eq(Error.STREAM_SHORT),
                                  pending.eq(0)]
                 with m.Elif(fault_long):
                     m.d.sync += [state.eq(st_drain), self.error.eq(Error.STREAM_LONG), pending.eq(0)]
-                with m.Else():
-                    m.d.sync += wptr.eq(wptr + 1)
-                    m.d.comb += in_half_nx.eq(hold)
-                    with m.If(in_beat == 0):
-                        m.d.sync += in_rbstart.eq(wptr)
-                    with m.If(~in_last_beat):
-                        m.d.comb += in_beat_nx.eq(in_beat + 1)
-                        m.d.sync += [in_rem.eq(in_rem - lanes_f),
-                                     in_rl.eq(in_rem <= lanes_ffl), in_rh.eq(in_rem <= lanes_ffh)]
-                    with m.Else():
-                        m.d.comb += in_beat_nx.eq(0)
-                        m.d.sync += [in_rem.eq(dim), in_rl.eq(first_last_l),
-                                     in_rh.eq(first_last_h)]
-                        with m.If(last_in_batch):
-                            m.d.sync += [in_sb.eq(0), pending.eq(1), in_zero.eq(0), lb_r.eq(b_one)]
-                        with m.Else():
-                            m.d.sync += [in_sb.eq(in_sb + 1), lb_r.eq(in_sb == b_m2)]
-                        with m.If(last_in_epoch):
-                            m.d.sync += [in_se.eq(0), in_epoch.eq(in_epoch + 1), le_r.eq(n_one),
-                                         lj_r.eq(in_epoch == e_m2)]
-                            with m.If(decay != 0):
-                                with m.If(in_dcnt == decay_m1):
-                                    m.d.sync += [in_dcnt.eq(0),
-                                                 in_k.eq(Mux(in_k >= STEP_SHIFT_MAX, in_k, in_k + 1))]
-                                with m.Else():
-                                    m.d.sync += in_dcnt.eq(in_dcnt + 1)
-                        with m.Else():
-                            m.d.sync += [in_se.eq(in_se + 1), le_r.eq(in_se == n_m2)]
-                        with m.If(final_job):
-                            m.d.sync += state.eq(st_tail)
 
 
         # ============================ counters =======================================
@@ -1182,7 +1188,8 @@ class Engine(wiring.Component):
         # A start clears them one cycle late, from a registered copy per counter (the
         # start cycle has no events: the engine is idle in it).
         ev = {name: Signal(name=f"ev_{name}") for name in COUNTERS}
-        clr = dict(zip(COUNTERS, _copies(m, self.start & (state == st_idle), len(COUNTERS), "cntclr")))
+        clr = dict(zip(COUNTERS, _copies(m, self.start & (state == st_idle) & ~self.soft_reset,
+                                         len(COUNTERS), "cntclr")))
         m.d.sync += [
             ev["cnt_cycles"].eq(running),
             ev["cnt_stalls"].eq(running & ~self.i_data.ready),
