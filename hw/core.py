@@ -42,8 +42,9 @@ after ``A`` so that its multiplier stage meets ``r'``)
     the G word registered again (a word computed three or four cycles before ``P``
     replaces it; one or two cycles before ``P``, it is taken from the forwarding registers
     at ``P``); ``R6`` (lanes 0-3: the level table registered once, then copied to the lane
-    groups; the other multiplier lanes: operands registered again next to the DSP);
-    ``P`` select per lane, add to the G accumulator (or to the rounding constant
+    groups at ``R7``; the other multiplier lanes: operands registered again next to the
+    DSP); ``R7`` select per lane (the lane's product or its code's table entry, registered);
+    ``P`` add to the G accumulator (or to the rounding constant
     ``2**15`` at the first sample of a batch), registered; G written back from that
     register at ``P+1`` (not on the last sample of the batch); ``x - (x >> l2) - bit``
     (one carry chain); ``U1`` ``G >> 16``
@@ -57,8 +58,8 @@ Batch boundary
     beat 0 of the model (the core forwards a model word written in the cycle it is read,
     and the sweep writes one beat per cycle, so every later beat is read no earlier
     than it is written): ``BATCH_STALL`` cycles with ``ready`` low per boundary
-    (epoch boundaries cost the same): 20 at W = 64 (``DOT_LATENCY`` 10 + scalar 6 +
-    4 update stages after ``r'`` is used), 21 at W = 128 or with W lanes.
+    (epoch boundaries cost the same): 22 at W = 64 (``DOT_LATENCY`` 10 + scalar 6 +
+    6 update stages after ``r'`` is used), 23 at W = 128 or with W lanes.
 Configuration
     Decoded every cycle into registers (mode, its constants, the validation code,
     first-beat flags), ``CFG_SETTLE`` cycles deep: the configuration must be stable that
@@ -361,8 +362,8 @@ class Engine(wiring.Component):
         # Scalar r' is valid LATENCY_RP after the accumulator; the replay multiplier
         # stage (R3) must see it.
         self.REPLAY_START = self.DOT_LATENCY + Scalar.LATENCY_RP - 4
-        # R0 -> model write at U3: R1, R2, R3, R4, R5, R6, P, U1, U2, U3.
-        self.UPDATE_LATENCY = 10
+        # R0 -> model write at U3: R1, R2, R3, R4, R5, R6, R7, P, U1, U2, U3.
+        self.UPDATE_LATENCY = 11
         # The next batch's first beat is accepted in the cycle the update writes model
         # beat 0 (the core forwards the word the update writes in the cycle it is read).
         self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY - 1
@@ -888,7 +889,7 @@ class Engine(wiring.Component):
                          ra_rem.eq(cur_rem - lanes_f), ra_rl.eq(cur_rem <= lanes_ffl),
                          ra_rh.eq(cur_rem <= lanes_ffh), ra_addr.eq(cur_addr + 1), ra_tok.eq(cur_tok)]
 
-        # Per-beat replay metadata pipeline: R1, R2, R3, R4, R5, R6, P, U1, U2, U3 (model write).
+        # Per-beat replay metadata pipeline: R1, R2, R3, R4, R5, R6, R7, P, U1, U2, U3 (model write).
         meta_layout = data.StructLayout({
             "beat": beat_w, "nvalid": range(W + 1), "fb": 1, "lb": 1, "lj": 1, "zero": 1,
             "last": 1,
@@ -897,7 +898,7 @@ class Engine(wiring.Component):
         m.d.comb += [meta0.beat.eq(cur_beat), meta0.nvalid.eq(cur_nvalid), meta0.fb.eq(cur_tok.fb),
                      meta0.lb.eq(cur_tok.lb), meta0.lj.eq(cur_tok.lj), meta0.zero.eq(cur_tok.zero),
                      meta0.last.eq(cur_last)]
-        R1, R2, R3, R4, R5, R6, P, U1, U2, U3 = range(1, 11)
+        R1, R2, R3, R4, R5, R6, R7, P, U1, U2, U3 = range(1, 12)
         assert U3 == self.UPDATE_LATENCY
         metas, mvs = [meta0], [cur_v & ~flush]
         for i in range(1, U3 + 1):
@@ -932,13 +933,14 @@ class Engine(wiring.Component):
             gq.append(r)
         # (the last register of each lane's codes in SEL_COPIES copies, one per slice of
         # the 50-bit table multiplexer it selects, with the lane's bucket flag)
-        codes2 = [_copies(m, _delay(m, c2[l][:2], P - R3 - 1, f"c2_{l}"), SEL_COPIES, f"c2s{l}")
+        codes2 = [_copies(m, _delay(m, c2[l][:2], R7 - R3 - 1, f"c2_{l}"), SEL_COPIES, f"c2s{l}")
                   for l in range(LANES)]
 
         # r' * q2 at R4 (each lane group reads its own copy of r'). Lanes 0-3, whose
         # products are the level table of the bucket modes (gp[0..3]): partial products at
-        # R5, their sum at R6, a copy per lane group at P. The other lanes: operands
-        # registered again at R5 (next to the multiplier), partial products at R6, sum at P.
+        # R5, their sum at R6, a copy per lane group at R7. The other lanes: operands
+        # registered again at R5 (next to the multiplier), partial products at R6, sum at R7.
+        # R7: each lane selects its product or its code's table entry (registered for P).
         gp = []
         tab_k = [[] for _ in range(NG)]
         for l in range(M):
@@ -1033,7 +1035,8 @@ class Engine(wiring.Component):
                 lo_, hi_ = cuts[i], cuts[i + 1]
                 sel = Array(t[lo_:hi_] for t in tab_k[g])[codes2[l][i]]
                 slices.append(Mux(bucket_k[l][i], sel, gp[l][lo_:hi_]) if l < M else sel)
-            psel = Cat(*slices).as_signed()
+            psel = Signal(signed(tw), name=f"ps{l}", reset_less=True)
+            m.d.sync += psel.eq(Cat(*slices))
             f1 = Signal(signed(G_BITS), name=f"fwd{l}", reset_less=True)
             f2 = Signal(signed(G_BITS), name=f"fwdb{l}", reset_less=True)
             f3 = Signal(signed(G_BITS), name=f"fwdc{l}", reset_less=True)
