@@ -13,17 +13,17 @@ only; counters add last cycle's registered events; data registers take no reset 
 bits, control and configuration do), so the reset net stays small.
 
 Dot path (one beat per cycle, never stalls)
-    ``A``      beat accepted and decoded (Q1 codes, registered); model read (port
-               ``dot``) issued at the beat address; beat written into the row buffer.
-    ``A+1``    model words arrive; codebook look-up with lane masking (feature index
-               >= d, or first batch of the job: the codebook value is 0); registered
-               at ``A+2`` with the model words (the memory's output register) and, for
-               the bucket lanes, four bucket-select bits per lane.
-    ``A+3``    operands registered again, next to the multipliers and trees (the model
-               word, or a word the update wrote in the read cycle, forwarded).
-    multiplier path   partial products of ``q1 * x`` (``A+4``), products (``A+5``),
+    ``A``      beat accepted and decoded (Q1 codes, registered); beat written into the
+               row buffer.
+    ``A+1``    model read (port ``dot``) issued at the beat address (registers loaded
+               from the beat counter); codebook look-up with lane masking (feature index
+               >= d, or first batch of the job: the codebook value is 0), registered at
+               ``A+2`` with, for the bucket lanes, four bucket-select bits per lane.
+    ``A+3``    model words in the memory's output register.
+    ``A+4``    operands registered again, next to the multipliers and trees.
+    multiplier path   partial products of ``q1 * x`` (``A+5``), products (``A+6``),
                       registered adder tree (2 levels/stage): ``MULT_SUM``;
-    bucket path       first masked tree level (``A+4``), rest of the tree, partial
+    bucket path       first masked tree level (``A+5``), rest of the tree, partial
                       products ``level * S`` (S in 17-bit pieces): ``BUCKET_PARTS``;
     the shorter path is delayed to ``DOT_JOIN``; a final tree adds the bucket
     partial products and the multiplier sum; then the sample accumulator, which
@@ -55,11 +55,11 @@ after ``A`` so that its multiplier stage meets ``r'``)
     no path has both a block RAM and logic far from it.
 Batch boundary
     The first beat of the next batch is accepted in the cycle the update writes
-    beat 0 of the model (the core forwards a model word written in the cycle it is read,
-    and the sweep writes one beat per cycle, so every later beat is read no earlier
-    than it is written): ``BATCH_STALL`` cycles with ``ready`` low per boundary
-    (epoch boundaries cost the same): 22 at W = 64 (``DOT_LATENCY`` 10 + scalar 6 +
-    6 update stages after ``r'`` is used), 23 at W = 128 or with W lanes.
+    beat 0 of the model and read the cycle after (the sweep writes one beat per cycle,
+    so every later beat is read after it is written: no forwarding): ``BATCH_STALL``
+    cycles with ``ready`` low per boundary (epoch boundaries cost the same): 23 at
+    W = 64 (``DOT_LATENCY`` 11 + scalar 6 + 6 update stages after ``r'`` is used), 24 at
+    W = 128 or with W lanes.
 Configuration
     Decoded every cycle into registers (mode, its constants, the validation code,
     first-beat flags), ``CFG_SETTLE`` cycles deep: the configuration must be stable that
@@ -78,7 +78,8 @@ Fan-out
     group its own copy of every address (``_copies``: loaded with the same value, marked
     ``keep`` so that synthesis does not merge them; the placer puts each next to its loads).
     Block-RAM reads of a word written in the same cycle are never used (the core forwards
-    written words itself); ``poison_collisions`` inverts them in simulation to show it.
+    written G words itself; the dot port reads a model word after its write);
+    ``poison_collisions`` inverts them in simulation to show it.
 
 Model and G memories are one memory per *lane group*: lanes that share the
 narrowest mode using them share a depth ``ceil(dim_max / F_min)``; words are
@@ -112,9 +113,9 @@ CFG_LAYOUT = data.StructLayout({name: 32 for name in CFG_FIELDS})
 #: Cycles the configuration must be stable before a start (see ``Engine.CFG_SETTLE``).
 CFG_SETTLE = 3
 #: Cycles from a move of the model read-back pointer (``model_rewind``/``model_next``
-#: seen) to ``model_data`` (block RAM, registered words, two registered multiplexer steps); from a
-#: ``loss_addr`` change to ``loss_data``.
-READBACK_LATENCY = 4
+#: seen) to ``model_data`` (the beat register, the address registers, block RAM, registered
+#: words, two registered multiplexer steps); from a ``loss_addr`` change to ``loss_data``.
+READBACK_LATENCY = 5
 LOSS_READ_LATENCY = 2
 
 
@@ -344,11 +345,11 @@ class Engine(wiring.Component):
         # A+3: the model word (or the forwarded one) registered again, next to the
         # multipliers and the bucket trees (the block RAMs may sit far from them), with the
         # codebook value and the bucket selects; A+4: partial products; A+5: products.
-        self.MULT_SUM = 5 + -(-ceil_log2(self.n_mult) // 2)          # msum registered
+        self.MULT_SUM = 6 + -(-ceil_log2(self.n_mult) // 2)          # msum registered
         # bucket lanes (past the multipliers): first tree level at A+4, the rest of the
         # tree, then the partial products level * S (S in 17-bit pieces) one stage later
         n_bl = (self.lanes - self.n_mult) // 2
-        self.BUCKET_PARTS = 5 + -(-ceil_log2(n_bl) // 2)
+        self.BUCKET_PARTS = 6 + -(-ceil_log2(n_bl) // 2)
         self.DOT_JOIN = max(self.MULT_SUM, self.BUCKET_PARTS)
         # codebook writes: the input registers, then the tree to the lanes' copies
         self.CB_WRITE_LATENCY = 1 + len(_tree_sizes(2 * self.n_mult, CB_BRANCH))
@@ -365,7 +366,7 @@ class Engine(wiring.Component):
         # R0 -> model write at U3: R1, R2, R3, R4, R5, R6, R7, P, U1, U2, U3.
         self.UPDATE_LATENCY = 11
         # The next batch's first beat is accepted in the cycle the update writes model
-        # beat 0 (the core forwards the word the update writes in the cycle it is read).
+        # beat 0 (and read the cycle after).
         self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY - 1
 
     # ------------------------------------------------------------------------------
@@ -536,10 +537,8 @@ class Engine(wiring.Component):
             m.submodules[f"model{gi}"] = xm
             m.submodules[f"gacc{gi}"] = gm
             x_wr = xm.write_port(granularity=X_BITS)
-            # The next batch may read model beat i in the very cycle the update writes it
-            # (saves a boundary cycle): the dot port is not transparent, the core forwards
-            # the written word itself after the memory's output register (no bypass
-            # multiplexer behind the block RAM's slow clock-to-out).
+            # (the dot port reads model beat i no earlier than the cycle after the update
+            # writes it: no bypass, no forwarding)
             ports = dict(
                 x_rd_dot=xm.read_port(), x_rd_upd=xm.read_port(), x_wr=x_wr,
                 g_rd=gm.read_port(), g_wr=gm.write_port(granularity=G_BITS), lo=lo, n=n, depth=depth)
@@ -655,10 +654,9 @@ class Engine(wiring.Component):
         m.d.comb += [rb_wr.addr.eq(wptr), rb_wr.data.eq(vbeat), rb_wr.en.eq(run_accept)]
 
         # ============================ readback pointer ===============================
-        # The dot port reads at in_beat; an idle engine's in_beat follows the read-back
-        # pointer, so no multiplexer sits in the address. in_beat's next value (in_beat_nx,
-        # set by the control below) also loads one copy of in_beat per lane group and per
-        # memory group (see _copies).
+        # The dot port reads at in_beat (through a register per memory group); an idle
+        # engine's in_beat follows the read-back pointer, so no multiplexer sits in the
+        # address.
         rdb_beat = Signal(beat_w)
         rdb_beat_nx = Signal(beat_w)
         rdb_lane = Signal(range(LANES))
@@ -676,9 +674,13 @@ class Engine(wiring.Component):
         in_beat_nx = Signal(beat_w)
         m.d.comb += in_beat_nx.eq(Mux(state == st_idle, rdb_beat_nx, in_beat))   # (the control overrides)
         m.d.sync += in_beat.eq(in_beat_nx)
-        beat_k = _copies(m, in_beat_nx, NG + len(mem_ports), "dotaddr")
+        # The dot read is issued at A+1 from registers loaded with in_beat (a register): no
+        # stream control logic before the address, and the update has written beat i by the
+        # time beat i of the next batch is read (it writes one beat per cycle, and the next
+        # batch's beat i is accepted no earlier than the write of beat i): no forwarding.
+        dot_addr = addr_regs(in_beat, "dotaddr")
         for gi, ports in enumerate(mem_ports):
-            m.d.comb += ports["x_rd_dot"].addr.eq(group_addr(beat_k[NG + gi], ports["depth"]))
+            m.d.comb += ports["x_rd_dot"].addr.eq(dot_addr[gi])
 
         # ============================ dot path ======================================
         # D1 (A+1): beat register, per-beat flags.
@@ -721,20 +723,15 @@ class Engine(wiring.Component):
         for l in range(LANES):
             m.d.comb += live1[l].eq((nv_k[grp(l)] > l) & ~zero_k[grp(l)])
 
-        # Forwarding of a model word the update writes in the cycle the dot port reads it:
-        # the written word and a hit flag registered with the memory's output (A+1), and
-        # chosen after the operand registers (A+2).
-        dfw_hit = [Signal(name=f"dfwh{l}", reset_less=True) for l in range(LANES)]
-        dfw_data = [Signal(signed(X_BITS), name=f"dfwd{l}", reset_less=True) for l in range(LANES)]
+        # Model words: the memory's output register (A+3), registered again next to the
+        # multipliers and trees (A+4).
         xop = {}
         mraw = {}
         for l in range(LANES):
             mraw[l] = Signal(signed(X_BITS), name=f"mx{l}" if l < M else f"bx{l}", reset_less=True)
-            fx = Signal(signed(X_BITS), name=f"fx{l}", reset_less=True)
-            hx = Signal(name=f"hx{l}", reset_less=True)
-            m.d.sync += [mraw[l].eq(x_dot[l]), fx.eq(dfw_data[l]), hx.eq(dfw_hit[l])]
-            xop[l] = Signal(signed(X_BITS), name=f"xo{l}", reset_less=True)      # A+3
-            m.d.sync += xop[l].eq(Mux(hx, fx, mraw[l]))
+            m.d.sync += mraw[l].eq(x_dot[l])
+            xop[l] = Signal(signed(X_BITS), name=f"xo{l}", reset_less=True)      # A+4
+            m.d.sync += xop[l].eq(mraw[l])
 
         # --- multiplier lanes: operands at A+2 (the codebook value is 0 for a lane without
         # a feature), partial products at A+3, products at A+4, then the tree ---
@@ -745,12 +742,12 @@ class Engine(wiring.Component):
             q = Mux(is_full, v1[l], rp.data) if l < W // FULL_BITS else rp.data
             mq = Signal(signed(FEAT.width), name=f"mq{l}", reset_less=True)
             m.d.sync += mq.eq(Mux(live1[l], q, 0))
-            psum, _ = _split_mul(m, _delay(m, mq, 1, f"mq{l}"), xop[l], f"mp{l}")
+            psum, _ = _split_mul(m, _delay(m, mq, 2, f"mq{l}"), xop[l], f"mp{l}")
             pr = Signal(signed(FEAT.width + X_BITS), name=f"mp{l}", reset_less=True)
             m.d.sync += pr.eq(psum)
             prods.append(pr)
         msum, mstages = _tree(m, prods, "mtree")
-        assert 5 + mstages == self.MULT_SUM
+        assert 6 + mstages == self.MULT_SUM
 
         # --- bucket trees over the lanes past the multipliers (bucket modes only):
         # S_t = sum of x over the lanes whose Q1 code selects bucket t. b = 2: tree t
@@ -769,7 +766,7 @@ class Engine(wiring.Component):
                     c = c_b2 & ~is_b1
                 bs = Signal(name=f"bs{t}_{j}", reset_less=True)
                 m.d.sync += bs.eq(c)
-                bsel[j, t] = _delay(m, bs, 1, f"bs{t}_{j}")         # with the operands (A+3)
+                bsel[j, t] = _delay(m, bs, 2, f"bs{t}_{j}")         # with the operands (A+4)
         # model read-back: the lane's word from the registered dot-port words (valid
         # READBACK_LATENCY cycles after the pointer moves)
         # in two registered steps (a lane of each group, then the group), so that the words
@@ -800,7 +797,7 @@ class Engine(wiring.Component):
             m.d.sync += lv.eq(Mux(is_b1, lvl[t % 2], lvl[t]))
             _, pp = _split_mul(m, lv, s_t, f"bp{t}")           # level * S in pieces: 1 stage
             parts += [(r << lo if lo else r) for r, lo in pp]
-        assert 4 + bst + 1 == self.BUCKET_PARTS and len(parts) == 4 * self.s_pieces
+        assert 5 + bst + 1 == self.BUCKET_PARTS and len(parts) == 4 * self.s_pieces
         join = self.DOT_JOIN
         msum_a = _delay(m, msum, join - self.MULT_SUM, "msum")
         parts = [_delay(m, v, join - self.BUCKET_PARTS, f"bpp{i}") for i, v in enumerate(parts)]
@@ -976,19 +973,20 @@ class Engine(wiring.Component):
         # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in), ready at U1.
         # (the L2 shift is static during a job: a copy per lane, ready long before the
         # first P-1; one-bit flags: a copy per lane)
-        l2s_k = _copies(m, l2s, LANES, "l2s")
+        l2s_k = _copies(m, l2s, 4 * LANES, "l2s")                 # a copy per lane and byte
         l2s_m1_k = _copies(m, (l2s - 1)[:len(l2s)], LANES, "l2sm1")    # the rounding bit's position
         l2_on_k = _copies(m, l2s != 0, LANES, "l2on")
         zero_k5 = _copies(m, metas[P - 2].zero, LANES, "zero5")       # metas[P - 1].zero
         ua = []
         for l in range(LANES):
             g = grp(l)
-            l2_on, l2s_m1, l2s_g = l2_on_k[l], l2s_m1_k[l], l2s_k[l]
+            l2_on, l2s_m1 = l2_on_k[l], l2s_m1_k[l]
             xin = Mux(zero_k5[l], 0, xq[l])
             x5 = Signal(signed(X_BITS), name=f"xp{l}", reset_less=True)
             sh = Signal(signed(X_BITS), name=f"l2h{l}", reset_less=True)
             rb = Signal(name=f"l2r{l}", reset_less=True)
-            m.d.sync += [x5.eq(xin), sh.eq(Mux(l2_on, xin >> l2s_g, 0)),
+            shifted = Cat(*[(xin >> l2s_k[4 * l + i])[8 * i:8 * i + 8] for i in range(X_BITS // 8)])
+            m.d.sync += [x5.eq(xin), sh.eq(Mux(l2_on, shifted, 0)),
                          rb.eq(l2_on & xin.bit_select(l2s_m1, 1))]
             a_ = Signal(signed(X_BITS + 2), name=f"ua{l}", reset_less=True)
             m.d.sync += a_.eq(x5 + ~sh + ~rb)            # x - sh - rb
@@ -1007,18 +1005,18 @@ class Engine(wiring.Component):
         fwd_addr2 = Signal(beat_w, reset_less=True)
         m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat),
                      fwd_v2.eq(fwd_v & ~flush), fwd_addr2.eq(fwd_addr)]
-        # a copy per lane: P's beat was written in the previous cycle (hit1), two cycles
-        # before (hit2); the batch's first sample (fb); a bucket mode; the lane's G write
-        # enable (g_we and the lane carries a feature)
-        # (two copies per lane of the flags that select the 64-bit base, one per half)
-        hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[P - 1].beat), 2 * LANES, "hit1")
-        hit2_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[P - 1].beat), 2 * LANES, "hit2")
-        # ... three or four cycles before (the memory's word is read at P-3 and a word
-        # computed at P lands at P+1): merged into the register after the memory's output
-        # at P-1 (the words are then in fwdb and fwdc; the newer wins)
+        # The G word P adds to: the rounding constant for the batch's first sample (fb);
+        # else the newest of a word computed one (hit1), two (hit2), three (hit3) or four
+        # (hit4) cycles before P for the same beat, or the memory's word (read at P-3; a
+        # word computed at P lands at P+1). All but hit1 are merged at P-1 into the register
+        # after the memory's output (the words are then in fwd, fwdb, fwdc), so P itself
+        # chooses between two words. Flags: a copy per lane and 32-bit half.
+        hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[P - 1].beat) & ~metas[P - 1].fb,
+                         2 * LANES, "hit1")
+        hit2_k = _copies(m, g_we & ~flush & (mp.beat == metas[P - 2].beat), 2 * LANES, "hit2")
         hit3_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[P - 2].beat), 2 * LANES, "hit3")
         hit4_k = _copies(m, fwd_v2 & ~flush & (fwd_addr2 == metas[P - 2].beat), 2 * LANES, "hit4")
-        fb_k = _copies(m, metas[P - 1].fb, 2 * LANES, "fbp")
+        fb_k = _copies(m, metas[P - 2].fb, 2 * LANES, "fbp")
         bucket_k = [_copies(m, is_bucket, SEL_COPIES, f"isbk{l}") for l in range(LANES)]
         # G is written at P+1 from the register after the adder (fwd): enables and address
         # in copies loaded at P
@@ -1042,11 +1040,12 @@ class Engine(wiring.Component):
             f3 = Signal(signed(G_BITS), name=f"fwdc{l}", reset_less=True)
             g5 = Signal(signed(G_BITS), name=f"g5_{l}", reset_less=True)
             half = [(0, G_BITS // 2), (G_BITS // 2, G_BITS)]
-            m.d.sync += g5.eq(Cat(*[Mux(hit3_k[2 * l + h], f2[a:b], Mux(hit4_k[2 * l + h], f3[a:b], g4[l][a:b]))
-                                    for h, (a, b) in enumerate(half)]))
-            base = Cat(*[Mux(fb_k[2 * l + h], rc[a:b], Mux(hit1_k[2 * l + h], f1[a:b], Mux(hit2_k[2 * l + h], f2[a:b],
-                                                                                           g5[a:b])))
-                         for h, (a, b) in enumerate(half)]).as_signed()
+            k = [2 * l + h for h in range(2)]
+            m.d.sync += g5.eq(Cat(*[
+                Mux(fb_k[k[h]], rc[a:b], Mux(hit2_k[k[h]], f1[a:b], Mux(hit3_k[k[h]], f2[a:b],
+                                                                        Mux(hit4_k[k[h]], f3[a:b], g4[l][a:b]))))
+                for h, (a, b) in enumerate(half)]))
+            base = Cat(*[Mux(hit1_k[k[h]], f1[a:b], g5[a:b]) for h, (a, b) in enumerate(half)]).as_signed()
             t = Signal(signed(G_BITS), name=f"t{l}")
             m.d.comb += t.eq(base + psel)
             m.d.sync += [f1.eq(t), f2.eq(f1), f3.eq(f2)]
@@ -1087,7 +1086,6 @@ class Engine(wiring.Component):
         lane_xwe = []
         for l in range(LANES):                                             # one copy per lane
             lane_xwe += _copies(m, xwe_u & (metas[U2].nvalid > l), 1, f"xwe{l}")
-        beat_u3 = _copies(m, metas[U2].beat, NG, "beatu3")         # (for the forwarding test)
         addr_u3 = addr_regs(metas[U2].beat, "addru3")
         for gi, ports in enumerate(mem_ports):
             lo, n = ports["lo"], ports["n"]
@@ -1096,9 +1094,6 @@ class Engine(wiring.Component):
                 ports["x_wr"].data.eq(Cat(*[xn[lo + j] for j in range(n)])),
                 ports["x_wr"].en.eq(Cat(*[lane_xwe[lo + j] for j in range(n)])),
             ]
-        for l in range(LANES):
-            m.d.sync += [dfw_hit[l].eq(lane_xwe[l] & (beat_u3[grp(l)] == beat_k[grp(l)])),
-                         dfw_data[l].eq(xn[l])]
         upd_w0 = Signal()
         job_end = Signal()
         m.d.comb += [upd_w0.eq(x_we & (mu3.beat == 0)),
