@@ -15,7 +15,8 @@ Behaviour
 * ``CTRL`` writes give one-cycle ``start`` / ``soft_reset`` pulses
   (``contract.CTRL_FIELDS``; ``start`` comes ``CFG_SETTLE`` cycles after the write, when
   the engine's registered decode of the configuration has settled); ``STATUS`` shows
-  ``busy``, ``done``, ``error`` (``contract.STATUS_FIELDS``).
+  ``busy``, ``done``, ``error`` (``contract.STATUS_FIELDS``), and busy, not done, while a
+  start is on its way to the engine (a STATUS read after a START never sees the last job).
 * ``CODEBOOK_DATA`` writes pulse ``cb_we`` at ``CODEBOOK_ADDR``, which then
   increments.
 * A write to ``MODEL_ADDR`` rewinds the model read pointer (any value; reads of
@@ -96,6 +97,8 @@ class Registers(wiring.Component):
         Register bus (see :mod:`zipsgd.hw.axil`).
     cfg, start, soft_reset, cb_we, cb_addr, cb_data, model_rewind, model_next, loss_addr : Signal
         Driven towards the engine.
+    irq : Signal
+        ``STATUS.done`` as shown (low while a start is on its way): the interrupt.
     busy, done, error, model_data, loss_data, epochs_done, cnt_* : Signal
         Read from the engine.
     """
@@ -109,7 +112,7 @@ class Registers(wiring.Component):
             "bus_addr": In(REG_ADDR_BITS), "w_stb": In(1), "w_data": In(32), "w_strb": In(4),
             "r_stb": In(1), "r_ack": Out(1), "r_data": Out(32),
             "cfg": Out(cfg_layout),
-            "start": Out(1), "soft_reset": Out(1),
+            "start": Out(1), "soft_reset": Out(1), "irq": Out(1),
             "busy": In(1), "done": In(1), "error": In(8),
             "cb_we": Out(1), "cb_addr": Out(8), "cb_data": Out(FEAT.width),
             "model_rewind": Out(1), "model_next": Out(1), "model_data": In(32),
@@ -152,17 +155,26 @@ class Registers(wiring.Component):
         # ---- CTRL pulses (registered: the engine sees them the cycle after the write;
         # start CFG_SETTLE - 1 cycles later still, so that a configuration written by the
         # previous bus transfer has settled in the engine's registered decode)
+        # While a start is on its way (written, not yet seen by the engine), STATUS shows
+        # busy and not done: a read that follows a START write never sees the previous job.
+        start_way = []
         for f in CTRL_FIELDS:
             pulse = wr["CTRL"] & self.w_data[f.lsb]
             if f.name == "start":
+                start_way.append(pulse)
                 for i in range(CFG_SETTLE - 1):
                     d = Signal(name=f"start_d{i}")
                     m.d.sync += d.eq(pulse)
                     pulse = d
+                    start_way.append(d)
+                start_way.append(self.start)
             m.d.sync += getattr(self, f.name).eq(pulse)
-
+        starting = Signal()
+        m.d.comb += starting.eq(Cat(*start_way).any())
+        shown = {"busy": self.busy | starting, "done": self.done & ~starting, "error": self.error}
+        m.d.comb += self.irq.eq(shown["done"])                 # the interrupt is STATUS.done
         status = Signal(32)
-        m.d.comb += status.eq(sum(getattr(self, f.name).as_unsigned() << f.lsb for f in STATUS_FIELDS))
+        m.d.comb += status.eq(sum(shown[f.name].as_unsigned() << f.lsb for f in STATUS_FIELDS))
 
         # ---- codebook
         m.d.comb += [self.cb_data.eq(self.w_data[:FEAT.width]), self.cb_we.eq(wr["CODEBOOK_DATA"])]

@@ -3,8 +3,8 @@
 Ports (flat, AXI-named, so that Vivado infers the interfaces and cocotbext-axi's
 ``from_prefix`` finds them): ``aclk``, ``aresetn`` (active-low synchronous reset),
 ``s_axis_t{data,valid,ready,last}``, the 19 ``s_axil_*`` signals of an AXI4-Lite
-slave with ``contract.REG_ADDR_BITS``-bit byte addresses, and ``irq`` (level, the
-engine's ``done``).
+slave with ``contract.REG_ADDR_BITS``-bit byte addresses, and ``irq`` (level,
+``STATUS.done``: the engine's ``done``, low while a start is on its way to it).
 
 The design has a single clock domain, ``sync``, whose clock is ``aclk`` and whose
 reset is ``~aresetn`` registered once (so the reset takes effect, and ends, one cycle
@@ -109,7 +109,7 @@ class Top(wiring.Component):
             core.i_data.payload.data.eq(self.s_axis_tdata),
             core.i_data.payload.last.eq(self.s_axis_tlast),
             self.s_axis_tready.eq(core.i_data.ready),
-            self.irq.eq(core.done),
+            self.irq.eq(regs.irq),
         ]
         return m
 

@@ -319,3 +319,31 @@ def test_slave_alone_wait_states():
     sim.add_testbench(bench)
     sim.add_process(pulse_counter(dut.w_stb, seen, "w", (dut.bus_addr, dut.w_data, dut.w_strb)))
     sim.run()
+
+
+def test_status_after_start_never_shows_the_last_job():
+    """A STATUS read right after a START write shows busy, not the previous job's done:
+    the start takes a few cycles to reach the engine (CFG_SETTLE), and a driver that
+    polls STATUS at once must not take the last job's done for this one's."""
+    top = _top()
+
+    async def bench(ctx):
+        ctx.set(top.aresetn, 1)
+        m = Master(ctx, top)
+        start = c.field_bits(c.CTRL_FIELDS, start=1)
+        await m.write(c.REG["DIM"], 0)                   # the stub refuses it at once: done
+        await m.write(c.REG["CTRL"], start)
+        await m._wait(8)
+        st = (await m.read(c.REG["STATUS"]))[0]
+        assert c.field_value(c.STATUS_FIELDS, "done", st) == 1
+        assert c.field_value(c.STATUS_FIELDS, "error", st) == c.Error.BAD_DIM
+        await m.write(c.REG["DIM"], 1)
+        await m.write(c.REG["CTRL"], start)
+        st = (await m.read(c.REG["STATUS"]))[0]          # at once
+        assert c.field_value(c.STATUS_FIELDS, "done", st) == 0
+        assert c.field_value(c.STATUS_FIELDS, "busy", st) == 1
+        await m._wait(8)
+        st = (await m.read(c.REG["STATUS"]))[0]          # the stub runs (no beats yet)
+        assert c.field_value(c.STATUS_FIELDS, "busy", st) == 1
+
+    _run(top, bench)
