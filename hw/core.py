@@ -236,6 +236,16 @@ def _fanout_tree(m, value, n, name, branch):
 PIECE = 17
 
 
+def _tree2(m, value, n, name):
+    """``n`` copies of ``value`` two cycles later, through a two-level registered tree."""
+    branch = 1
+    while branch * branch < n:
+        branch += 1
+    leaves, levels = _fanout_tree(m, value, n, name, branch)
+    assert levels == 2 and len(leaves) == n
+    return leaves
+
+
 def _pieces(width: int):
     """(lo, hi) bit ranges splitting a signed ``width``-bit operand into 17-bit unsigned
     pieces and a signed top piece of at most 18 bits."""
@@ -973,7 +983,7 @@ class Engine(wiring.Component):
         # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in), ready at U1.
         # (the L2 shift is static during a job: a copy per lane, ready long before the
         # first P-1; one-bit flags: a copy per lane)
-        l2s_k = _copies(m, l2s, 4 * LANES, "l2s")                 # a copy per lane and byte
+        l2s_k = _copies(m, l2s, LANES, "l2s")
         l2s_m1_k = _copies(m, (l2s - 1)[:len(l2s)], LANES, "l2sm1")    # the rounding bit's position
         l2_on_k = _copies(m, l2s != 0, LANES, "l2on")
         zero_k5 = _copies(m, metas[P - 2].zero, LANES, "zero5")       # metas[P - 1].zero
@@ -985,15 +995,14 @@ class Engine(wiring.Component):
             x5 = Signal(signed(X_BITS), name=f"xp{l}", reset_less=True)
             sh = Signal(signed(X_BITS), name=f"l2h{l}", reset_less=True)
             rb = Signal(name=f"l2r{l}", reset_less=True)
-            shifted = Cat(*[(xin >> l2s_k[4 * l + i])[8 * i:8 * i + 8] for i in range(X_BITS // 8)])
-            m.d.sync += [x5.eq(xin), sh.eq(Mux(l2_on, shifted, 0)),
+            m.d.sync += [x5.eq(xin), sh.eq(Mux(l2_on, xin >> l2s_k[l], 0)),
                          rb.eq(l2_on & xin.bit_select(l2s_m1, 1))]
             a_ = Signal(signed(X_BITS + 2), name=f"ua{l}", reset_less=True)
             m.d.sync += a_.eq(x5 + ~sh + ~rb)            # x - sh - rb
             ua.append(_delay(m, a_, 1, f"ua{l}"))
 
         # P: select product, accumulate. A G word written one or two cycles before P is
-        # newer than the memory's (read at P-3): forward it (hits decided at P-1).
+        # newer than the memory's (read at P-3): forward it (hits decided at P-3 and P-2).
         mp = metas[P]
         rc = Signal(signed(G_BITS))
         m.d.comb += rc.eq(1 << (FEAT.frac - 1))       # rounding constant of G >> 16
@@ -1001,22 +1010,26 @@ class Engine(wiring.Component):
         m.d.comb += g_we.eq(mvs[P] & ~mp.lb)
         fwd_v = Signal()                              # a G write in the previous cycle
         fwd_addr = Signal(beat_w, reset_less=True)
-        fwd_v2 = Signal()                             # ... two cycles before
-        fwd_addr2 = Signal(beat_w, reset_less=True)
-        m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat),
-                     fwd_v2.eq(fwd_v & ~flush), fwd_addr2.eq(fwd_addr)]
+        m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat)]
         # The G word P adds to: the rounding constant for the batch's first sample (fb);
         # else the newest of a word computed one (hit1), two (hit2), three (hit3) or four
         # (hit4) cycles before P for the same beat, or the memory's word (read at P-3; a
         # word computed at P lands at P+1). All but hit1 are merged at P-1 into the register
         # after the memory's output (the words are then in fwd, fwdb, fwdc), so P itself
         # chooses between two words. Flags: a copy per lane and 32-bit half.
-        hit1_k = _copies(m, g_we & ~flush & (mp.beat == metas[P - 1].beat) & ~metas[P - 1].fb,
-                         2 * LANES, "hit1")
-        hit2_k = _copies(m, g_we & ~flush & (mp.beat == metas[P - 2].beat), 2 * LANES, "hit2")
-        hit3_k = _copies(m, fwd_v & ~flush & (fwd_addr == metas[P - 2].beat), 2 * LANES, "hit3")
-        hit4_k = _copies(m, fwd_v2 & ~flush & (fwd_addr2 == metas[P - 2].beat), 2 * LANES, "hit4")
-        fb_k = _copies(m, metas[P - 2].fb, 2 * LANES, "fbp")
+        # The flags are decided two cycles before they are used and reach the lanes through
+        # a two-level tree of registered copies (one register cannot reach 64 lane halves
+        # spread over the die in one cycle). In terms of the stages two cycles earlier:
+        # a G write happens in a cycle when the beat at P is valid and not of the batch's
+        # last sample (g_we); the beat at P one cycle later is the one at P-1 now, etc.
+        # (A flush in between invalidates the beat that would use them.)
+        we_p1 = mvs[P - 1] & ~metas[P - 1].lb                # g_we of the next cycle
+        hit1_k = _tree2(m, we_p1 & ~flush & (metas[P - 1].beat == metas[P - 2].beat) & ~metas[P - 2].fb,
+                        2 * LANES, "hit1")
+        hit2_k = _tree2(m, we_p1 & ~flush & (metas[P - 1].beat == metas[P - 3].beat), 2 * LANES, "hit2")
+        hit3_k = _tree2(m, g_we & ~flush & (mp.beat == metas[P - 3].beat), 2 * LANES, "hit3")
+        hit4_k = _tree2(m, fwd_v & ~flush & (fwd_addr == metas[P - 3].beat), 2 * LANES, "hit4")
+        fb_k = _tree2(m, metas[P - 3].fb, 2 * LANES, "fbp")
         bucket_k = [_copies(m, is_bucket, SEL_COPIES, f"isbk{l}") for l in range(LANES)]
         # G is written at P+1 from the register after the adder (fwd): enables and address
         # in copies loaded at P
