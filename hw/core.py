@@ -989,7 +989,6 @@ class Engine(wiring.Component):
         zero_k5 = _copies(m, metas[P - 2].zero, LANES, "zero5")       # metas[P - 1].zero
         ua = []
         for l in range(LANES):
-            g = grp(l)
             l2_on, l2s_m1 = l2_on_k[l], l2s_m1_k[l]
             xin = Mux(zero_k5[l], 0, xq[l])
             x5 = Signal(signed(X_BITS), name=f"xp{l}", reset_less=True)
@@ -1001,8 +1000,8 @@ class Engine(wiring.Component):
             m.d.sync += a_.eq(x5 + ~sh + ~rb)            # x - sh - rb
             ua.append(_delay(m, a_, 1, f"ua{l}"))
 
-        # P: select product, accumulate. A G word written one or two cycles before P is
-        # newer than the memory's (read at P-3): forward it (hits decided at P-3 and P-2).
+        # R7: each lane's product or table entry, registered; P: accumulate onto the G word
+        # (the memory's, or a newer one forwarded, see below).
         mp = metas[P]
         rc = Signal(signed(G_BITS))
         m.d.comb += rc.eq(1 << (FEAT.frac - 1))       # rounding constant of G >> 16
