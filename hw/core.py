@@ -1013,9 +1013,12 @@ class Engine(wiring.Component):
         # The G word P adds to: the rounding constant for the batch's first sample (fb);
         # else the newest of a word computed one (hit1), two (hit2), three (hit3) or four
         # (hit4) cycles before P for the same beat, or the memory's word (read at P-3; a
-        # word computed at P lands at P+1). All but hit1 are merged at P-1 into the register
-        # after the memory's output (the words are then in fwd, fwdb, fwdc), so P itself
-        # chooses between two words. Flags: a copy per lane and 32-bit half.
+        # word computed at P lands at P+1). hit3 and hit4 are merged at P-1 into the register
+        # after the memory's output (the words are then in fwdb, fwdc); P chooses among the
+        # constant, fwd, fwdb and that register. (Merging hit2 and fb there too, so that P
+        # chose between two words, put a five-way multiplexer behind the block RAM's output
+        # register: 50-51 MHz after placement against 57.5-60.6.) Flags: a copy per lane and
+        # 32-bit half.
         # The flags are decided two cycles before they are used and reach the lanes through
         # a two-level tree of registered copies (one register cannot reach 64 lane halves
         # spread over the die in one cycle). In terms of the stages two cycles earlier:
@@ -1023,12 +1026,11 @@ class Engine(wiring.Component):
         # last sample (g_we); the beat at P one cycle later is the one at P-1 now, etc.
         # (A flush in between invalidates the beat that would use them.)
         we_p1 = mvs[P - 1] & ~metas[P - 1].lb                # g_we of the next cycle
-        hit1_k = _tree2(m, we_p1 & ~flush & (metas[P - 1].beat == metas[P - 2].beat) & ~metas[P - 2].fb,
-                        2 * LANES, "hit1")
-        hit2_k = _tree2(m, we_p1 & ~flush & (metas[P - 1].beat == metas[P - 3].beat), 2 * LANES, "hit2")
+        hit1_k = _tree2(m, we_p1 & ~flush & (metas[P - 1].beat == metas[P - 2].beat), 2 * LANES, "hit1")
+        hit2_k = _tree2(m, g_we & ~flush & (mp.beat == metas[P - 2].beat), 2 * LANES, "hit2")
         hit3_k = _tree2(m, g_we & ~flush & (mp.beat == metas[P - 3].beat), 2 * LANES, "hit3")
         hit4_k = _tree2(m, fwd_v & ~flush & (fwd_addr == metas[P - 3].beat), 2 * LANES, "hit4")
-        fb_k = _tree2(m, metas[P - 3].fb, 2 * LANES, "fbp")
+        fb_k = _tree2(m, metas[P - 2].fb, 2 * LANES, "fbp")
         bucket_k = [_copies(m, is_bucket, SEL_COPIES, f"isbk{l}") for l in range(LANES)]
         # G is written at P+1 from the register after the adder (fwd): enables and address
         # in copies loaded at P
@@ -1053,11 +1055,10 @@ class Engine(wiring.Component):
             g5 = Signal(signed(G_BITS), name=f"g5_{l}", reset_less=True)
             half = [(0, G_BITS // 2), (G_BITS // 2, G_BITS)]
             k = [2 * l + h for h in range(2)]
-            m.d.sync += g5.eq(Cat(*[
-                Mux(fb_k[k[h]], rc[a:b], Mux(hit2_k[k[h]], f1[a:b], Mux(hit3_k[k[h]], f2[a:b],
-                                                                        Mux(hit4_k[k[h]], f3[a:b], g4[l][a:b]))))
-                for h, (a, b) in enumerate(half)]))
-            base = Cat(*[Mux(hit1_k[k[h]], f1[a:b], g5[a:b]) for h, (a, b) in enumerate(half)]).as_signed()
+            m.d.sync += g5.eq(Cat(*[Mux(hit3_k[k[h]], f2[a:b], Mux(hit4_k[k[h]], f3[a:b], g4[l][a:b]))
+                                    for h, (a, b) in enumerate(half)]))
+            base = Cat(*[Mux(fb_k[k[h]], rc[a:b], Mux(hit1_k[k[h]], f1[a:b], Mux(hit2_k[k[h]], f2[a:b], g5[a:b])))
+                         for h, (a, b) in enumerate(half)]).as_signed()
             t = Signal(signed(G_BITS), name=f"t{l}")
             m.d.comb += t.eq(base + psel)
             m.d.sync += [f1.eq(t), f2.eq(f1), f3.eq(f2)]
