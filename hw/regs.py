@@ -171,7 +171,8 @@ class Registers(wiring.Component):
             m.d.sync += getattr(self, f.name).eq(pulse)
         starting = Signal()
         m.d.comb += starting.eq(Cat(*start_way).any())
-        shown = {"busy": self.busy | starting, "done": self.done & ~starting, "error": self.error}
+        shown = {f.name: getattr(self, f.name) for f in STATUS_FIELDS}
+        shown.update(busy=self.busy | starting, done=self.done & ~starting)
         m.d.comb += self.irq.eq(shown["done"])                 # the interrupt is STATUS.done
         status = Signal(32)
         m.d.comb += status.eq(sum(shown[f.name].as_unsigned() << f.lsb for f in STATUS_FIELDS))
