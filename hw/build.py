@@ -185,6 +185,43 @@ def write_verilog(params: c.EngineParams, path, core: str = "engine") -> Path:
 KEEP_COPIES = "proc; setattr -set keep 1 a:keep w:* %i %ci1 t:$*dff %i"
 
 
+def merged_into_copies(verilog, top: str = "zipsgd_top", yosys: str | None = None) -> list:
+    """Registers of ``verilog`` that Yosys' ``opt_merge`` folds into a register copy (a
+    ``keep`` register, see :data:`KEEP_COPIES`) because they load the same value: a plain
+    register next to a kept copy of its input is merged into the copy, so the copy's fan-out
+    is not split as intended (Vivado's equivalent-register removal does the same unless
+    both are kept). Returns sorted ``(copy, merged register)`` name pairs; ``[]`` when every
+    register that shares its input with a copy is a kept copy itself."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pre, post = Path(tmp) / "pre.json", Path(tmp) / "post.json"
+        _run_yosys(f"read_verilog {verilog}; {KEEP_COPIES}; hierarchy -top {top}; flatten; "
+                   f"opt_clean; write_json {pre}; opt_merge; write_json {post}", yosys)
+
+        def registers(path):
+            """flip-flop cell -> (names of its Q, kept?); and name -> bits of every net"""
+            mod = next(m for m in json.loads(path.read_text())["modules"].values()
+                       if m.get("attributes", {}).get("top"))
+            by_bits = {}
+            for nn, nd in mod["netnames"].items():
+                if not nn.startswith("$"):
+                    by_bits.setdefault(tuple(nd["bits"]), set()).add(nn)
+            regs = {name: (by_bits.get(tuple(cell["connections"]["Q"]), set()),
+                           "keep" in cell.get("attributes", {}))
+                    for name, cell in mod["cells"].items() if "dff" in cell["type"]}
+            return regs
+        before, after = registers(pre), registers(post)
+        owner = {nn: cname for cname, (names, _) in before.items() for nn in names}
+        pairs = set()
+        for cname, (names, kept) in after.items():
+            own = before.get(cname, (set(), False))[0]
+            if kept and own:
+                for nn in names - own:
+                    gone = owner.get(nn)
+                    if gone is not None and gone not in after:
+                        pairs.add((min(own), nn))
+        return sorted(pairs)
+
+
 def native_yosys() -> str | None:
     """A native Yosys with its ABC (``$ZIPSGD_YOSYS``, else ``yosys`` on PATH), or None."""
     exe = os.environ.get("ZIPSGD_YOSYS") or shutil.which("yosys")
@@ -747,7 +784,11 @@ def wire_culprits(placed: Path, period: float = 8.0, n: int = 12) -> dict:
     it finds the longest wire on the worst path into it, and groups those wires by design
     signal family (digits as ``#``: ``core.hit1_k#`` stands for every lane's copy). Returns
     ``endpoints`` (all), ``failing``, and ``culprits``: up to ``n`` dicts
-    ``signal``, ``endpoints`` (failing ones it explains), ``wire`` (worst, ns), ``fanout``.
+    ``signal``, ``endpoints`` (failing ones it explains), ``wire`` (worst, ns), ``fanout``;
+    and ``starts``: the same failing endpoints grouped by the register (or block RAM,
+    multiplier) their worst path is launched from, with its ``endpoints`` and the three
+    commonest ``ends`` (a static configuration register there could take more copy
+    stages at no cost in cycles; a per-beat one costs a pipeline cycle).
     """
     d = json.loads(Path(placed).read_text())
     mods = list(d["modules"].values())
@@ -852,7 +893,11 @@ def wire_culprits(placed: Path, period: float = 8.0, n: int = 12) -> dict:
         for ip, ib in pins:
             ends.append((arrival(ib) + wire_of(ib, name), name, ib))
     failing = [e for e in ends if e[0] > period]
-    groups = {}
+
+    def family(bit):                      # per-lane copies together
+        return re.sub(r"\d+", "#", signal_of(names.get(bit, str(bit))))
+
+    groups, starts = {}, {}
     for _, sink, ib in failing:
         best = (wire_of(ib, sink), ib)
         b, seen = ib, set()
@@ -863,13 +908,21 @@ def wire_culprits(placed: Path, period: float = 8.0, n: int = 12) -> dict:
             if w > best[0]:
                 best = (w, pb)
             b = pb
-        sig = re.sub(r"\d+", "#", signal_of(names.get(best[1], str(best[1]))))     # per-lane copies together
+        sig = family(best[1])
         g = groups.setdefault(sig, {"signal": sig, "endpoints": 0, "wire": 0.0, "fanout": 0})
         g["endpoints"] += 1
         g["wire"] = max(g["wire"], best[0])
         g["fanout"] = max(g["fanout"], fanout.get(best[1], 0))
+        st = starts.setdefault(family(b), {"signal": family(b), "endpoints": 0, "ends": {}})
+        st["endpoints"] += 1
+        q = cells[sink]["connections"].get("Q", [None])[0]
+        end = family(q) if isinstance(q, int) else re.sub(r"\d+", "#", signal_of(sink))
+        st["ends"][end] = st["ends"].get(end, 0) + 1
     culprits = sorted(groups.values(), key=lambda g: -g["endpoints"])[:n]
-    return {"endpoints": len(ends), "failing": len(failing), "culprits": culprits}
+    launch_points = sorted(starts.values(), key=lambda g: -g["endpoints"])[:n]
+    for st in launch_points:
+        st["ends"] = sorted(st["ends"], key=lambda e: -st["ends"][e])[:3]
+    return {"endpoints": len(ends), "failing": len(failing), "culprits": culprits, "starts": launch_points}
 
 
 def estimate_paths(netlist: Path, top: str = "zipsgd_top", period: float = 8.0, n_paths: int = 6,
@@ -1039,7 +1092,28 @@ TIMING_BLOCKS = {
 
 def _scalar():
     from .scalar import Scalar
-    return Scalar()
+    return _registered(Scalar())
+
+
+def _registered(block):
+    """``block`` (an Amaranth component) with a register on every port, so that every path
+    of the block alone runs register to register: out of context, nextpnr does not time a
+    path from or to a top-level port, and the block's first stage (the scalar unit's, from
+    the core's accumulator register) would go unmeasured. Returns (elaboratable, ports)."""
+    from amaranth.hdl import Elaboratable, Module, Signal
+    from amaranth.lib.wiring import In
+
+    class Registered(Elaboratable):
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.block = block
+            for flow, outer, inner in pairs:
+                m.d.sync += inner.eq(outer) if flow == In else outer.eq(inner)
+            return m
+
+    pairs = [(member.flow, Signal.like(value, name="_".join(map(str, path))), value)
+             for path, member, value in block.signature.flatten(block)]
+    return Registered(), [outer for _, outer, _ in pairs]
 
 
 def block_timing(params: c.EngineParams, name: str, out_dir: Path, freq: float = 125.0,
@@ -1054,7 +1128,8 @@ def block_timing(params: c.EngineParams, name: str, out_dir: Path, freq: float =
     d = Path(out_dir) / f"block_{name}"
     d.mkdir(parents=True, exist_ok=True)
     v = d / f"{name}.v"
-    v.write_text(_verilog.convert(make(params), name=name))
+    top, ports = make(params)
+    v.write_text(_verilog.convert(top, name=name, ports=ports))
     syn = synth_ecp5(v, d / f"{name}_ecp5.json", d / "yosys_ecp5.log", top=name)
     pnr = place_and_route(d / f"{name}_ecp5.json", d, freq, seed, router=router)
     return {"what": what, "synth": syn, "pnr": pnr, "router": router}
@@ -1173,6 +1248,10 @@ def timing_report(res: dict, max_paths: int = 3, max_steps: int = 14) -> str:
         for w in wires["culprits"]:
             lines.append(f"  {w['endpoints']:6d} endpoints  wire {w['wire']:5.2f} ns  fan-out {w['fanout']:5d}  "
                          f"{w['signal']}")
+        if wires.get("starts"):
+            lines.append("where those failing paths start (launching register -> commonest ends):")
+            for st in wires["starts"]:
+                lines.append(f"  {st['endpoints']:6d} endpoints  {st['signal']} -> {', '.join(st['ends'])}")
     for i, path in enumerate(pnr["paths"][:max_paths], 1):
         lines.append(f"critical path {i} ({path['from']} -> {path['to']}): {path['delay']:.2f} ns = "
                      f"{path['logic']:.2f} logic + {path['routing']:.2f} routing; {path['lut_levels']} logic "

@@ -599,7 +599,9 @@ class Engine(wiring.Component):
         in_rbstart = Signal(ceil_log2(self.rb_depth), reset_less=True)
         pending = Signal()          # a batch-end update has not written beat 0 yet
 
-        in_half = Signal(reset_less=True)          # split modes: the upper half of the bus beat is next
+        # split modes: the upper half of the bus beat is next (``keep``: its copies for the
+        # beat multiplexer below load the same value, and synthesis would merge it into one)
+        in_half = Signal(reset_less=True, attrs={"keep": 1})
         in_half_nx = Signal()                      # its next value (set by the control)
         m.d.comb += in_half_nx.eq(in_half)
         m.d.sync += in_half.eq(in_half_nx)
@@ -960,7 +962,7 @@ class Engine(wiring.Component):
             if l < 4:
                 for g, c in enumerate(_copies(m, r, NG, f"lvtab{l}")):
                     tab_k[g].append(c)
-                r = _delay(m, r, 1, f"gp{l}")
+                r = tab_k[grp(l)][l]           # (the lane's own product: its group's copy)
             gp.append(r)
 
         # G read issued at P-3 (data at P-2, the memory's output register at P-1, one more
@@ -981,11 +983,14 @@ class Engine(wiring.Component):
 
         # P-1: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
         # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in), ready at U1.
-        # (the L2 shift is static during a job: a copy per lane, ready long before the
-        # first P-1; one-bit flags: a copy per lane)
-        l2s_k = _copies(m, l2s, LANES, "l2s")
-        l2s_m1_k = _copies(m, (l2s - 1)[:len(l2s)], LANES, "l2sm1")    # the rounding bit's position
-        l2_on_k = _copies(m, l2s != 0, LANES, "l2on")
+        # (the L2 shift is static during a job, set at start: a copy per lane through a
+        # tree of registered copies, REP_LANES per register, which may take as many cycles
+        # as it needs to cross the die: the first P-1 comes REPLAY_START + R7 cycles after the
+        # first beat at the earliest)
+        l2s_k, lv = _fanout_tree(m, l2s, LANES, "l2s", REP_LANES)
+        l2s_m1_k, _ = _fanout_tree(m, (l2s - 1)[:len(l2s)], LANES, "l2sm1", REP_LANES)  # the rounding bit
+        l2_on_k, _ = _fanout_tree(m, l2s != 0, LANES, "l2on", REP_LANES)
+        assert lv < self.REPLAY_START + R7, "the L2 shift's copies must settle before its first use"
         zero_k5 = _copies(m, metas[P - 2].zero, LANES, "zero5")       # metas[P - 1].zero
         ua = []
         for l in range(LANES):
@@ -1049,7 +1054,10 @@ class Engine(wiring.Component):
                 slices.append(Mux(bucket_k[l][i], sel, gp[l][lo_:hi_]) if l < M else sel)
             psel = Signal(signed(tw), name=f"ps{l}", reset_less=True)
             m.d.sync += psel.eq(Cat(*slices))
-            f1 = Signal(signed(G_BITS), name=f"fwd{l}", reset_less=True)
+            # (``keep``: fwd and the update's copy tu below share their input, and synthesis
+            # would merge a plain register into a kept copy: fwd feeds G's write port and
+            # the forwarding multiplexers, tu the update, which may sit elsewhere)
+            f1 = Signal(signed(G_BITS), name=f"fwd{l}", reset_less=True, attrs={"keep": 1})
             f2 = Signal(signed(G_BITS), name=f"fwdb{l}", reset_less=True)
             f3 = Signal(signed(G_BITS), name=f"fwdc{l}", reset_less=True)
             g5 = Signal(signed(G_BITS), name=f"g5_{l}", reset_less=True)

