@@ -30,7 +30,7 @@ Dot path (one beat per cycle, never stalls)
     starts every sample at the rounding constant of ``z`` (``scalar.ACC_ROUND``).
     ``DOT_LATENCY`` = cycles from acceptance of a beat to the accumulator holding it.
 Scalar unit (:class:`~zipsgd.hw.scalar.Scalar`)
-    ``z``, residual, ``r'`` (``Scalar.LATENCY_RP`` = 6 stages) and the sample loss.
+    ``z``, residual, ``r'`` (``Scalar.LATENCY_RP`` = 7 stages) and the sample loss.
 Replay / gradient / update (one beat per cycle, starts ``REPLAY_START`` cycles
 after ``A`` so that its multiplier stage meets ``r'``)
     ``R0`` row-buffer read; ``R1`` its word registered; ``R2`` Q2 codes decoded
@@ -57,8 +57,8 @@ Batch boundary
     The first beat of the next batch is accepted in the cycle the update writes
     beat 0 of the model and read the cycle after (the sweep writes one beat per cycle,
     so every later beat is read after it is written: no forwarding): ``BATCH_STALL``
-    cycles with ``ready`` low per boundary (epoch boundaries cost the same): 23 at
-    W = 64 (``DOT_LATENCY`` 11 + scalar 6 + 6 update stages after ``r'`` is used), 24 at
+    cycles with ``ready`` low per boundary (epoch boundaries cost the same): 24 at
+    W = 64 (``DOT_LATENCY`` 11 + scalar 7 + 6 update stages after ``r'`` is used), 25 at
     W = 128 or with W lanes.
 Configuration
     Decoded every cycle into registers (mode, its constants, the validation code,

@@ -9,10 +9,13 @@ every sample's sum at that constant), so ``z = sat(acc >> FEAT.frac)`` needs no 
 Pipeline (each line one register stage, at most one carry chain and a few LUT levels
 deep, for 125 MHz on a slow ECP5; LATENCY is counted from ``i_valid``):
 
-1. ``z`` (saturated) and, from the raw ``acc`` bits in parallel, the residual of the
-   squared loss ``sat(z - y)`` or of the hinge loss (constant compares of ``z``), and the
-   PLAN sigmoid ``sigma(z)`` (each segment of both signs is one constant add of ``z``, the
-   segment is chosen by constant compares of ``z``).
+0. From the raw ``acc`` bits in parallel: whether ``z`` is out of range, ``sat(z - y)``
+   and ``sat(MAX - y)`` / ``sat(MIN - y)``, each PLAN sigmoid segment's value (one constant
+   add of ``z`` for both signs) and its compare (on the bits of ``z`` above the
+   threshold's trailing zeros), the hinge compares. (The stage starts at the core's
+   accumulator register; with the choices below in the same stage it ran at ~95-106 MHz.)
+1. ``z`` (saturated), the residual of the squared or hinge loss, ``sigma(z)`` (the segment
+   chosen by the compares).
 2. ``r`` for the job's loss (saturations and selection), the softplus argument ``t`` and the
    hinge margin.
 3. Partial products ``r_hi * m``, ``r_lo * m`` and those of ``r * r`` (17x17, one DSP each);
@@ -24,7 +27,7 @@ deep, for 125 MHz on a slow ECP5; LATENCY is counted from ``i_valid``):
 7. Softplus summed.
 8. Sample loss selected and saturated (the loss is off the batch-boundary loop).
 
-So ``LATENCY_RP`` = 6 and ``LATENCY_LOSS`` = 8 cycles.
+So ``LATENCY_RP`` = 7 and ``LATENCY_LOSS`` = 9 cycles (counting stage 0).
 """
 
 from __future__ import annotations
@@ -72,6 +75,26 @@ def sat(m, value, fmt, name):
     return out
 
 
+def ge_const(v, c: int):
+    """``v >= c`` for a constant ``c``, compared on the bits of ``v`` above the trailing zeros
+    of ``c`` (``v >= C * 2**k`` <=> ``v >> k >= C``): a short compare instead of a carry chain
+    as wide as ``v``."""
+    if c == 0:
+        return ~v[-1]
+    k = (c & -c).bit_length() - 1
+    return v[k:].as_signed() >= (c >> k)
+
+
+def le_const(v, c: int):
+    """``v <= c`` for a constant ``c`` (see :func:`ge_const`): ``v >> k < C``, or ``== C`` with
+    the ``k`` low bits of ``v`` zero."""
+    if c == 0:
+        return v[-1] | (v == 0)
+    k = (c & -c).bit_length() - 1
+    hi = v[k:].as_signed()
+    return (hi < (c >> k)) | ((hi == (c >> k)) & (v[:k] == 0))
+
+
 def rshift_round(value, s: int):
     """``(value + 2**(s-1)) >> s`` for a constant ``s`` (expression, one bit wider)."""
     if s == 0:
@@ -102,8 +125,8 @@ class Scalar(wiring.Component):
         Sample loss (LOSS_SAMPLE), ``LATENCY_LOSS`` cycles after ``i_valid``.
     """
 
-    LATENCY_RP = 6
-    LATENCY_LOSS = 8
+    LATENCY_RP = 7
+    LATENCY_LOSS = 9
 
     def __init__(self, copies: int = 0):
         self.copies = copies
@@ -129,54 +152,70 @@ class Scalar(wiring.Component):
         F = FEAT.frac
 
         def reg(value, name, shape=None):
-            # data registers take no reset (valid bits, v1..v7, do): a small reset net
+            # data registers take no reset (valid bits, v0..v7, do): a small reset net
             r = Signal(shape if shape is not None else value.shape(), name=name,
                        reset_less=not name.startswith("v"))
             m.d.sync += r.eq(value)
             return r
 
-        # ---- stage 1: z and the residual candidates ------------------------------------
+        # ---- stage 0: compares, adds and subtracts of z, in parallel from acc --------------
+        # (the stage starts at the core's accumulator register, which may sit far away:
+        # one carry chain or a few LUT levels, every result registered)
         acc, y = self.acc, self.y
         zr = Signal(signed(MW))                     # z bits, valid unless out of range
         m.d.comb += zr.eq(acc[F:F + MW].as_signed())
         hi = acc[F + MW - 1:]                       # must be sign extension of zr
-        ovf = Signal()
-        neg = Signal()                              # z < 0 (saturated or not)
-        m.d.comb += [ovf.eq(~((hi == 0) | (hi == (1 << len(hi)) - 1))), neg.eq(acc[-1])]
-        z1 = reg(Mux(ovf, Mux(neg, MODEL.min, MODEL.max), zr), "z1", signed(MW))
-        y1 = reg(y, "y1")
+        z0 = reg(zr, "z0")
+        ovf0 = reg(~((hi == 0) | (hi == (1 << len(hi)) - 1)), "ovf0")
+        neg0 = reg(acc[-1], "neg0")                 # z < 0 (saturated or not)
+        neg = acc[-1]
+        y0 = reg(y, "y0")
         # squared: sat(z - y) for z in range, else sat(MAX - y) / sat(MIN - y)
-        r_sq = Mux(ovf, sat(m, Mux(neg, MODEL.min, MODEL.max) - y, MODEL, "r_sq_o"),
-                   sat(m, zr - y, MODEL, "r_sq_i"))
+        rsq_i0 = reg(sat(m, zr - y, MODEL, "r_sq_i"), "rsq_i0", signed(MW))
+        rsq_o0 = reg(sat(m, Mux(neg, MODEL.min, MODEL.max) - y, MODEL, "r_sq_o"), "rsq_o0", signed(MW))
         # logistic: the first segment whose threshold <= |z|; z >= 0: s(z), z < 0: one - s(-z)
-        # (one - off) - ((-z) >> s) == (z + 2**s - 1 + (one - off) * 2**s) >> s
+        # (one - off) - ((-z) >> s) == (z + 2**s - 1 + (one - off) * 2**s) >> s: one adder per
+        # segment, its constant chosen by the sign of z; |z| >= threshold compared on the
+        # bits above the threshold's trailing zeros (short compares, no 32-bit chain)
         cands, hits = [], []
-        for threshold, shift, offset in SIGMOID_SEGMENTS:
+        for i, (threshold, shift, offset) in enumerate(SIGMOID_SEGMENTS):
             if shift is None:
-                cp, cn = Const(one, signed(MW + 1)), Const(0, signed(MW + 1))
+                cand = Mux(neg, Const(0, signed(MW + 1)), Const(one, signed(MW + 1)))
             else:
-                cp = (zr + (offset << shift)) >> shift
-                cn = (zr + ((1 << shift) - 1) + ((one - offset) << shift)) >> shift
-            # |z| >= threshold (an out-of-range z always takes the first segment)
-            hit = ovf | Mux(neg, zr <= -threshold, zr >= threshold) if threshold else Const(1)
-            cands.append(Mux(neg, cn, cp))
-            hits.append(hit)
-        sig = cands[-1]
-        for c, h in zip(reversed(cands[:-1]), reversed(hits[:-1])):
-            sig = Mux(h, c, sig)
-        sig1 = reg(sig, "sig1", signed(MW + 1))
+                kp = offset << shift
+                kn = ((1 << shift) - 1) + ((one - offset) << shift)
+                cand = (zr + Mux(neg, kn, kp)) >> shift
+            cands.append(reg(cand, f"sgc{i}_0", signed(MW + 1)))
+            if threshold:
+                hits.append(reg(Mux(neg, le_const(zr, -threshold), ge_const(zr, threshold)), f"sgh{i}_0"))
+            else:
+                hits.append(Const(1))
         # hinge: margin mg = z (y >= 0) or sat(-z); mg < one <=> z < one / z > -one
-        zlt = Mux(ovf, neg, zr < one)
-        zgt = Mux(ovf, ~neg, zr > -one)
-        r_hg = Mux(~y[-1], Mux(zlt, -one, 0), Mux(zgt, one, 0))        # sign bits, not compares
+        zlt0 = reg(~ge_const(zr, one), "zlt0")
+        zgt0 = reg(~le_const(zr, -one), "zgt0")
+        ls0, sm0, k0, v0 = reg(self.loss, "ls0"), reg(self.step_mult, "sm0"), reg(self.k, "k0"), reg(self.i_valid, "v0")
+
+        # ---- stage 1: z saturated, the residual candidates --------------------------------
+        z1 = reg(Mux(ovf0, Mux(neg0, MODEL.min, MODEL.max), z0), "z1", signed(MW))
+        y1 = reg(y0, "y1")
+        sig = 0
+        for i, cand in enumerate(cands):            # the first segment whose compare holds
+            sel = ovf0 | hits[i] if i == 0 else ~ovf0 & hits[i]
+            for h in hits[:i]:
+                sel = sel & ~h
+            sig = sig | Mux(sel, cand, 0)
+        sig1 = reg(sig, "sig1", signed(MW + 1))
+        zlt = Mux(ovf0, neg0, zlt0)
+        zgt = Mux(ovf0, ~neg0, zgt0)
+        r_hg = Mux(~y0[-1], Mux(zlt, -one, 0), Mux(zgt, one, 0))        # sign bits, not compares
         # the residual of the squared and hinge losses is final here; the logistic one
         # needs sigma(z) - y next stage
-        rot1 = reg(Mux(self.loss == Loss.SQUARED, r_sq, r_hg), "rot1", signed(MW))
-        ls1 = reg(self.loss, "ls1")
-        llg1 = reg(self.loss == Loss.LOGISTIC, "llg1")
-        sm1 = reg(self.step_mult, "sm1")
-        k1 = reg(self.k, "k1")
-        v1 = reg(self.i_valid, "v1")
+        rot1 = reg(Mux(ls0 == Loss.SQUARED, Mux(ovf0, rsq_o0, rsq_i0), r_hg), "rot1", signed(MW))
+        ls1 = reg(ls0, "ls1")
+        llg1 = reg(ls0 == Loss.LOGISTIC, "llg1")
+        sm1 = reg(sm0, "sm1")
+        k1 = reg(k0, "k1")
+        v1 = reg(v0, "v1")
 
         # ---- stage 2: r, softplus argument, hinge margin -----------------------------
         r_lg = sat(m, sig1 - y1, MODEL, "r_lg")
