@@ -198,7 +198,7 @@ def merged_into_copies(verilog, top: str = "zipsgd_top", yosys: str | None = Non
                    f"opt_clean; write_json {pre}; opt_merge; write_json {post}", yosys)
 
         def registers(path):
-            """flip-flop cell -> (names of its Q, kept?); and name -> bits of every net"""
+            """flip-flop cell -> (the net names of its Q, whether it is kept)"""
             mod = next(m for m in json.loads(path.read_text())["modules"].values()
                        if m.get("attributes", {}).get("top"))
             by_bits = {}
