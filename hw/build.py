@@ -894,8 +894,11 @@ def wire_culprits(placed: Path, period: float = 8.0, n: int = 12) -> dict:
             ends.append((arrival(ib) + wire_of(ib, name), name, ib))
     failing = [e for e in ends if e[0] > period]
 
-    def family(bit):                      # per-lane copies together
-        return re.sub(r"\d+", "#", signal_of(names.get(bit, str(bit))))
+    def family(name):                     # per-lane copies together
+        return re.sub(r"\d+", "#", signal_of(name))
+
+    def family_of(bit):
+        return family(names.get(bit, str(bit)))
 
     groups, starts = {}, {}
     for _, sink, ib in failing:
@@ -908,15 +911,16 @@ def wire_culprits(placed: Path, period: float = 8.0, n: int = 12) -> dict:
             if w > best[0]:
                 best = (w, pb)
             b = pb
-        sig = family(best[1])
+        sig = family_of(best[1])
         g = groups.setdefault(sig, {"signal": sig, "endpoints": 0, "wire": 0.0, "fanout": 0})
         g["endpoints"] += 1
         g["wire"] = max(g["wire"], best[0])
         g["fanout"] = max(g["fanout"], fanout.get(best[1], 0))
-        st = starts.setdefault(family(b), {"signal": family(b), "endpoints": 0, "ends": {}})
+        start = family_of(b)
+        st = starts.setdefault(start, {"signal": start, "endpoints": 0, "ends": {}})
         st["endpoints"] += 1
-        q = cells[sink]["connections"].get("Q", [None])[0]
-        end = family(q) if isinstance(q, int) else re.sub(r"\d+", "#", signal_of(sink))
+        q = cells[sink]["connections"].get("Q", [None])[0]      # a flip-flop: its register's name
+        end = family_of(q) if isinstance(q, int) else family(sink)
         st["ends"][end] = st["ends"].get(end, 0) + 1
     culprits = sorted(groups.values(), key=lambda g: -g["endpoints"])[:n]
     launch_points = sorted(starts.values(), key=lambda g: -g["endpoints"])[:n]
