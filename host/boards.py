@@ -29,6 +29,9 @@ class BoardSpec:
         Peak PS DDR bandwidth (memory limit of the data stream).
     resources : dict
         LUT, FF, DSP and BRAM36 of the part.
+    engine_addr, dma_addr : int
+        Where the block design maps the engine's register window and the DMA's control
+        registers on the PS master port (the TCL assigns them; the test ``.hwh`` carries them).
     lanes : int
         Engine datapath lanes (``EngineParams.lanes``): ``W/2`` fits the xc7z020 (1-bit
         single/nearest at half rate), ``W`` runs every mode at one beat per cycle.
@@ -42,6 +45,8 @@ class BoardSpec:
     clock_mhz: float
     ddr_gbytes_per_s: float
     resources: dict
+    engine_addr: int
+    dma_addr: int
     lanes: int = 0
 
     def __post_init__(self):
@@ -54,10 +59,12 @@ _Z7020 = {"LUT": 53_200, "FF": 106_400, "DSP": 220, "BRAM36": 140}
 BOARDS = {
     b.name: b for b in (
         BoardSpec("pynq-z1", "xc7z020clg400-1", "www.digilentinc.com:pynq-z1:part0:1.0", "zynq7", 64, 150.0, 2.1,
-                  _Z7020),
-        BoardSpec("pynq-z2", "xc7z020clg400-1", "tul.com.tw:pynq-z2:part0:1.0", "zynq7", 64, 150.0, 2.1, _Z7020),
+                  _Z7020, 0x43C0_0000, 0x4040_0000),
+        BoardSpec("pynq-z2", "xc7z020clg400-1", "tul.com.tw:pynq-z2:part0:1.0", "zynq7", 64, 150.0, 2.1, _Z7020,
+                  0x43C0_0000, 0x4040_0000),
         BoardSpec("zcu104", "xczu7ev-ffvc1156-2-e", "xilinx.com:zcu104:part0:1.0", "zynqmp", 128, 250.0, 19.2,
-                  {"LUT": 230_400, "FF": 460_800, "DSP": 1_728, "BRAM36": 312}, lanes=128),
+                  {"LUT": 230_400, "FF": 460_800, "DSP": 1_728, "BRAM36": 312}, 0xA000_0000, 0xA001_0000,
+                  lanes=128),
     )
 }
 
@@ -65,6 +72,12 @@ BOARDS = {
 BD_MODULE = "zipsgd"
 #: VLNV under which the engine appears in the overlay's .hwh (PYNQ binds its driver to it).
 ENGINE_VLNV = f"xilinx.com:module_ref:{BD_MODULE}:1.0"
+#: Instance names in the block design: PYNQ exposes them as ``overlay.<name>``.
+ENGINE_NAME = "zipsgd_0"
+DMA_NAME = "axi_dma_0"
+#: Width of the AXI DMA's length register (``c_sg_length_width``, 8..26): one transfer
+#: holds at most 2**DMA_LENGTH_WIDTH - 1 bytes (PYNQ's ``buffer_max_size``).
+DMA_LENGTH_WIDTH = 26
 #: Vivado release the TCL is written for.
 VIVADO_VERSION = "2022.1"
 
