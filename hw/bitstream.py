@@ -4,8 +4,10 @@
 
 Writes the engine's Verilog for the board's stream width, the block-design wrapper
 and the board variables into ``<out>/src``, then runs ``bitstreams/build.tcl``, which
-leaves ``<out>/zipsgd.bit`` and ``<out>/zipsgd.hwh``. Without ``vivado`` on PATH it
-stops at once and says what it would have done.
+leaves ``<out>/zipsgd.bit`` and ``<out>/zipsgd.hwh`` when the routed design meets the
+board's clock (``zipsgd.boards.BOARDS[...].clock_mhz``) and no bitstream when it does
+not (Vivado exits with an error naming the slack). Without ``vivado`` on PATH it stops
+at once and says what it would have done.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 
 from zipsgd import contract as c
-from zipsgd.boards import BOARDS, VIVADO_VERSION, board
+from zipsgd.boards import BD_MODULE, BOARDS, VIVADO_VERSION, board
 
 from .vivado import bd_wrapper_verilog, board_tcl
 
@@ -34,8 +36,8 @@ def prepare(board_name: str, out: Path, dim_max: int = 4096) -> Path:
     src.mkdir(parents=True, exist_ok=True)
     top_v = write_verilog(c.EngineParams(word_bits=spec.word_bits, dim_max=dim_max, lanes=spec.lanes),
                           src / "zipsgd_top.v")
-    wrap_v = src / "zipsgd_bd.v"
-    wrap_v.write_text(bd_wrapper_verilog(spec.word_bits, spec.clock_mhz))
+    wrap_v = src / f"{BD_MODULE}.v"
+    wrap_v.write_text(bd_wrapper_verilog(spec.word_bits))
     tcl_vars = src / "board_vars.tcl"
     tcl_vars.write_text(board_tcl(spec, [str(Path(top_v).resolve()), str(wrap_v.resolve())], str(out.resolve())))
     return tcl_vars
@@ -50,9 +52,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     spec = board(a.board)
     out = a.out or ROOT / "bitstreams" / a.board
-    plan = (f"build {a.board} ({spec.part}, {spec.ps}, W={spec.word_bits}, {spec.clock_mhz:g} MHz): "
+    clock = f"{spec.clock_mhz:g} MHz" + (" (assumed, not yet met by a routed build)" if spec.clock_assumed else "")
+    plan = (f"build {a.board} ({spec.part}, {spec.ps}, W={spec.word_bits}, {clock}): "
             f"generate zipsgd_top.v + block-design wrapper, then `vivado -mode batch -source {TCL} -tclargs "
-            f"<board_vars.tcl>` (Vivado {VIVADO_VERSION}) -> {out}/zipsgd.bit and zipsgd.hwh")
+            f"<board_vars.tcl>` (Vivado {VIVADO_VERSION}), which stops without a bitstream if the routed design "
+            f"misses that clock -> {out}/zipsgd.bit and zipsgd.hwh")
     vivado = shutil.which("vivado")
     if vivado is None and not a.dry_run:
         print(f"zipsgd: error: no `vivado` on PATH, so no bitstream can be built here.\n"

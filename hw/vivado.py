@@ -6,12 +6,17 @@ that Vivado's module reference shows one AXI4-Stream slave (``s_axis``), one
 AXI4-Lite slave (``s_axil``), the clock ``aclk`` (associated with both), the
 active-low reset ``aresetn`` and a level interrupt ``irq``; the block design TCL
 (bitstreams/build.tcl) connects exactly those.
+
+The clock interface carries no ``FREQ_HZ``: Vivado propagates the frequency the PS
+really delivers (FCLK0 / pl_clk0 divide a PLL, so the clock asked for is not always the
+clock obtained), and a fixed figure here would disagree with it and fail validation.
 """
 
 from __future__ import annotations
 
 from zipsgd import contract as c
-from zipsgd.boards import BD_MODULE, VIVADO_VERSION, BoardSpec
+from zipsgd.boards import (BD_DESIGN, BD_MODULE, DMA_LENGTH_WIDTH, DMA_RANGE, ENGINE_RANGE, VIVADO_VERSION,
+                           BoardSpec)
 
 TOP = "zipsgd_top"
 
@@ -35,16 +40,15 @@ def port_widths(word_bits: int) -> dict:
     return w
 
 
-def bd_wrapper_verilog(word_bits: int, clock_mhz: float) -> str:
-    """Verilog of the block-design wrapper around zipsgd_top."""
+def bd_wrapper_verilog(word_bits: int) -> str:
+    """Verilog of the block-design wrapper (module ``BD_MODULE``) around zipsgd_top."""
     widths = port_widths(word_bits)
     decl = []
     for name, width in widths.items():
         attrs = []
         if name == "aclk":
             attrs = ["X_INTERFACE_INFO = \"xilinx.com:signal:clock:1.0 aclk CLK\"",
-                     f"X_INTERFACE_PARAMETER = \"ASSOCIATED_BUSIF s_axis:s_axil, ASSOCIATED_RESET aresetn, "
-                     f"FREQ_HZ {int(clock_mhz * 1e6)}\""]
+                     "X_INTERFACE_PARAMETER = \"ASSOCIATED_BUSIF s_axis:s_axil, ASSOCIATED_RESET aresetn\""]
         elif name == "aresetn":
             attrs = ["X_INTERFACE_INFO = \"xilinx.com:signal:reset:1.0 aresetn RST\"",
                      "X_INTERFACE_PARAMETER = \"POLARITY ACTIVE_LOW\""]
@@ -68,7 +72,14 @@ def bd_wrapper_verilog(word_bits: int, clock_mhz: float) -> str:
 
 
 def board_tcl(board: BoardSpec, verilog_files: list[str], out_dir: str) -> str:
-    """TCL variables that bitstreams/build.tcl reads for one board build."""
+    """TCL variables that bitstreams/build.tcl reads for one board build.
+
+    Everything board-specific or shared with the host code comes from here (that is,
+    from ``zipsgd.boards`` and ``zipsgd.contract``): part, board part, clock, module and
+    block-design names, addresses and window sizes, the DMA's length width. (The
+    instance names ``zipsgd_0`` and ``axi_dma_0`` are written in the TCL; a test keeps
+    them equal to ``boards.ENGINE_NAME`` and ``boards.DMA_NAME``.)
+    """
     files = " ".join("{" + f + "}" for f in verilog_files)
     return "\n".join([
         f"set zipsgd_board {{{board.name}}}",
@@ -78,7 +89,12 @@ def board_tcl(board: BoardSpec, verilog_files: list[str], out_dir: str) -> str:
         f"set zipsgd_word_bits {board.word_bits}",
         f"set zipsgd_clock_mhz {board.clock_mhz:g}",
         f"set zipsgd_module {{{BD_MODULE}}}",
-        f"set zipsgd_reg_bytes {c.REG_SPACE_BYTES}",
+        f"set zipsgd_bd {{{BD_DESIGN}}}",
+        f"set zipsgd_engine_addr 0x{board.engine_addr:08X}",
+        f"set zipsgd_engine_range 0x{ENGINE_RANGE:X}",
+        f"set zipsgd_dma_addr 0x{board.dma_addr:08X}",
+        f"set zipsgd_dma_range 0x{DMA_RANGE:X}",
+        f"set zipsgd_dma_length_width {DMA_LENGTH_WIDTH}",
         f"set zipsgd_vivado {{{VIVADO_VERSION}}}",
         f"set zipsgd_sources [list {files}]",
         f"set zipsgd_out {{{out_dir}}}",
