@@ -5,7 +5,8 @@ the chosen backend (the simulated board when it is available, else the CPU refer
 runs the same jobs on the bit-exact reference, and prints per epoch the engine's loss,
 the reference's loss (identical: the reference is the spec), and the float64 SGD
 baseline; then cycles, efficiency, data moved, the projected time on a PYNQ-Z2 at its
-engine clock against the measured time of numpy float64 SGD on this machine; and
+engine clock (``boards.BOARDS["pynq-z2"].clock_mhz``, the one figure every projection
+uses) against the measured time of numpy float64 SGD on this machine; and
 writes a PNG of the curves.
 """
 
@@ -70,7 +71,8 @@ def run(backend: str | None = None, out: str | Path = "results/demo.png", epochs
             proj = st["projected_board_seconds"] * st["clock_mhz"] / board.clock_mhz
             line += (f"; {st['cycles']} cycles, {st['beats']} beats, {st['stalls']} stalls, efficiency "
                      f"{st['efficiency']:.3f}; projected {board.name} time at {board.clock_mhz:g} MHz "
-                     f"{proj * 1e3:.3f} ms (simulated in {wall:.1f} s)")
+                     f"{'(assumed clock) ' if board.clock_assumed else ''}{proj * 1e3:.3f} ms "
+                     f"(simulated in {wall:.1f} s)")
         say(line)
     say(f"numpy float64 SGD on this machine: {numpy_seconds * 1e3:.1f} ms for the same job")
     if not all(r[2] for r in runs.values()):

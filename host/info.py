@@ -103,6 +103,9 @@ def collect() -> dict:
         "default_build_hash": f"0x{c.build_hash(c.EngineParams()):08X}",
         "board": {"present": present, "detail": why},
         "bitstreams": bits,
+        # the one engine clock per board that builds target and projections use
+        "engine_clock_mhz": {name: {"mhz": spec.clock_mhz, "assumed": spec.clock_assumed}
+                             for name, spec in BOARDS.items()},
         "default_backend": {"name": backend, "detail": backend_why},
         "simulators": {
             "verilator": _cmd_version([vbin, "--version"]) if vbin else None,
@@ -124,8 +127,11 @@ def format_info(info: dict) -> str:
              f"{info['default_build_hash']})"]
     b = info["board"]
     lines.append(f"board:       {'found' if b['present'] else 'none'} — {b['detail']}")
+    clocks = info.get("engine_clock_mhz", {})
     for name, path in info["bitstreams"].items():
-        lines.append(f"bitstream:   {name:<8} {path or 'not built (make bitstream BOARD=' + name + ')'}")
+        clk = clocks.get(name)
+        clk = f"  [engine clock {clk['mhz']:g} MHz{', assumed' if clk['assumed'] else ''}]" if clk else ""
+        lines.append(f"bitstream:   {name:<8} {path or 'not built (make bitstream BOARD=' + name + ')'}{clk}")
     d = info["default_backend"]
     lines.append(f"backend:     {d['name']} — {d['detail']}")
     for name, v in info["simulators"].items():

@@ -530,7 +530,29 @@ class _SimBackend:
 
     def __call__(self, job: Job, progress=None) -> Result:
         from .sim.board import run_jobs
-        return run_jobs([(job.config, job.streams, job.codebook)], params=job.params)[0]
+        res = run_jobs([(job.config, job.streams, job.codebook)], params=job.params)[0]
+        return on_board_clock(res, job.config.word_bits)
+
+
+def on_board_clock(res: Result, word_bits: int) -> Result:
+    """Restate a simulated job's ``projected_board_seconds`` at the table clock
+    (``boards.BOARDS[...].clock_mhz``) of the board the simulation stands for:
+    ``$ZIPSGD_BOARD``, else pynq-z2 for W = 64 and the first board of stream width W
+    (zcu104 for 128) otherwise. The simulator's own clock (``sim.board.SIM_PERIOD_NS``)
+    is a simulation detail, not a board's; ``clock_mhz`` becomes the table's and
+    ``board`` names the board."""
+    import os
+
+    from .boards import BOARDS, board
+    st = res.stats
+    if not st or "projected_board_seconds" not in st or "clock_mhz" not in st:
+        return res
+    name = os.environ.get("ZIPSGD_BOARD") or next(
+        (b for b in ("pynq-z2", *BOARDS) if BOARDS[b].word_bits == word_bits), "pynq-z2")
+    spec = board(name)
+    st["projected_board_seconds"] = st["projected_board_seconds"] * st["clock_mhz"] / spec.clock_mhz
+    st["clock_mhz"], st["board"] = spec.clock_mhz, spec.name
+    return res
 
 
 class _PynqBackend:

@@ -282,3 +282,21 @@ def test_given_codebook_is_used_and_checked():
     for bad in (np.array([-1.0, 0.0, 1.0]), np.array([-1.0, 0.5, 0.25, 1.0]), np.array([-2.0, 0, 0.5, 1])):
         with pytest.raises(ValueError, match="codebook"):
             J.prepare_job(X, y, bits=2, epochs=1, codebook=bad)
+
+
+def test_simulated_stats_are_projected_at_the_board_table_clock(monkeypatch):
+    from zipsgd.boards import BOARDS
+
+    def sim_result():    # what the driver reports at the simulator's own 50 MHz, say
+        return reference.Result(model=np.zeros(2, dtype=np.int64), loss_sums=[0],
+                                stats={"beats": 900, "stalls": 100, "clock_mhz": 50.0,
+                                       "projected_board_seconds": 1000 / 50e6})
+
+    monkeypatch.delenv("ZIPSGD_BOARD", raising=False)
+    for word_bits, name in ((64, "pynq-z2"), (128, "zcu104")):
+        st = J.on_board_clock(sim_result(), word_bits).stats
+        assert st["board"] == name and st["clock_mhz"] == BOARDS[name].clock_mhz
+        assert st["projected_board_seconds"] == pytest.approx(1000 / (BOARDS[name].clock_mhz * 1e6))
+    monkeypatch.setenv("ZIPSGD_BOARD", "zcu104")
+    assert J.on_board_clock(sim_result(), 64).stats["clock_mhz"] == BOARDS["zcu104"].clock_mhz
+    assert J.on_board_clock(reference.Result(model=np.zeros(1), loss_sums=[]), 64).stats == {}
