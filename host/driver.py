@@ -43,7 +43,10 @@ class Board(abc.ABC):
     #: Engine clock in Hz.
     clock_hz: float = 100e6
     #: Largest single DMA transfer in bytes (one TLAST-terminated stream).
-    dma_max_bytes: int = 1 << 26
+    dma_max_bytes: int = (1 << 26) - 1
+    #: Board time added to a job's expected duration in its default timeout (operating
+    #: system and bus latencies on hardware; a simulator needs far less).
+    timeout_slack_s: float = 1.0
 
     @abc.abstractmethod
     def read(self, offset: int) -> int:
@@ -77,13 +80,23 @@ class Board(abc.ABC):
 
     @abc.abstractmethod
     def dma_send(self, buffer, start_word: int, n_words: int) -> None:
-        """Stream ``n_words`` of ``buffer`` from ``start_word`` to the engine (TLAST at the end).
-
-        May return before the transfer ends; transfers run in call order."""
+        """Start one DMA transfer of ``n_words`` of ``buffer`` from ``start_word`` to the
+        engine (TLAST on its last beat). The driver sends the next transfer only after
+        :meth:`dma_wait` has seen this one end (an AXI DMA in direct-register mode holds
+        one transfer at a time)."""
 
     @abc.abstractmethod
     def dma_wait(self, timeout_s: float) -> bool:
-        """Wait until every queued transfer has finished; False on timeout."""
+        """Wait, at most ``timeout_s`` of board time, for the transfer in flight to end.
+
+        True when it ended; False when the time ran out first (or, on a board with
+        :attr:`irq_wait`, when the engine raised its interrupt first: a fault). Raises
+        :class:`zipsgd.axi_dma.DmaError` naming the DMA's error bits when it reports one."""
+
+    @abc.abstractmethod
+    def dma_reset(self) -> None:
+        """Abort any transfer in flight and reset the DMA channel (left halted, its data
+        no longer read): after it, nothing of the last job reaches the engine."""
 
     @abc.abstractmethod
     def sleep(self, seconds: float) -> None:
@@ -214,12 +227,30 @@ class Engine:
         v = self.board.batch(ops)
         return [v[2 * e] | v[2 * e + 1] << 32 for e in range(epochs)]
 
+    def default_timeout(self, cfg: c.EngineConfig) -> float:
+        """Board seconds a job may take: four times its generous cycle bound, plus the
+        board's slack (1 s on hardware, about 10,000 cycles on the simulated board)."""
+        return 4 * self.expected_cycles(cfg) / self.board.clock_hz + self.board.timeout_slack_s
+
+    def check_mode(self, cfg: c.EngineConfig) -> None:
+        """Refuse a job whose data mode the engine was not built for (PARAM_MODES)."""
+        bit = c.mode_bit(cfg.encoding, cfg.bits)
+        if not self.modes >> bit & 1:
+            have = [f"{e.name} {b}-bit" for e, b in c.valid_modes() if self.modes >> c.mode_bit(e, b) & 1]
+            raise ValueError(f"the engine on {self.board.name} does not support {cfg.encoding.name} {cfg.bits}-bit "
+                             f"data (PARAM_MODES 0x{self.modes:X}: {', '.join(have) or 'none'}): choose another "
+                             "bits/sampling or rebuild the engine")
+
     def run(self, cfg: c.EngineConfig, streams, codebook=None, timeout_s: float | None = None) -> Result:
         """Run one job: configure, stream every epoch, wait, read the results back.
 
-        ``streams`` holds the packed copies (epoch ``e`` streams copy ``e % K``).
-        The buffer is freed on every path; on a timeout or Ctrl-C the engine is
-        soft-reset (left idle) before the exception propagates.
+        ``streams`` holds the packed copies (epoch ``e`` streams copy ``e % K``), one DMA
+        transfer per epoch, each sent when the last has ended. Every wait is bounded by
+        ``timeout_s`` of board time from START (default :meth:`default_timeout`).
+
+        On any failure (timeout, engine fault, DMA error, Ctrl-C) the DMA channel is reset
+        (nothing more of this job reaches the engine) and the engine soft-reset before the
+        buffer is freed and the exception propagates: the next job starts clean.
         """
         streams = [np.asarray(s, dtype=np.uint64) for s in streams]
         per_epoch = cfg.n_samples * cfg.layout.beats_per_sample * cfg.layout.host_words_per_beat
@@ -230,50 +261,81 @@ class Engine:
         if per_epoch * 8 > self.board.dma_max_bytes:
             raise ValueError(f"one epoch is {per_epoch * 8} bytes, over the DMA's largest transfer "
                              f"({self.board.dma_max_bytes} bytes) on {self.board.name}")
+        self.check_mode(cfg)
         self.configure(cfg, codebook)
         cycles = self.expected_cycles(cfg)
-        timeout_s = timeout_s if timeout_s is not None else 4 * cycles / self.board.clock_hz + 1.0
+        timeout_s = timeout_s if timeout_s is not None else self.default_timeout(cfg)
         buf = self.board.allocate(per_epoch * len(streams))
         try:
-            for k, s in enumerate(streams):
-                buf[k * per_epoch:(k + 1) * per_epoch] = s
-            buf.flush()
-            self._w("CTRL", c.field_bits(c.CTRL_FIELDS, start=1))
-            st = self.status()
-            if st["done"] and st["error"]:
-                raise EngineFault(self._fault_text(st["error"]))
-            t0 = self.board.time()
-            for e in range(cfg.epochs):
-                self.board.dma_send(buf, (e % len(streams)) * per_epoch, per_epoch)
-            poll = max(cycles / self.board.clock_hz / self.POLLS, 1e-6)
-            while True:
+            try:
+                for k, s in enumerate(streams):
+                    buf[k * per_epoch:(k + 1) * per_epoch] = s
+                buf.flush()
+                self._w("CTRL", c.field_bits(c.CTRL_FIELDS, start=1))
                 st = self.status()
-                if st["done"]:
-                    break
-                waited = self.board.time() - t0
-                if waited > timeout_s:
-                    cnt = self.counters()
-                    epochs_done = self._r("EPOCHS_DONE")      # (before the reset clears it)
-                    self.soft_reset()
-                    raise EngineTimeout(
-                        f"engine did not finish within {timeout_s:.3g} s of board time ({cfg.epochs} epochs of "
-                        f"{cfg.n_samples} x {cfg.dim}); at that moment: epochs done {epochs_done}, "
-                        + ", ".join(f"{k} {v}" for k, v in cnt.as_dict().items()) + "; engine soft-reset")
-                # a board with an interrupt wakes when the job ends: one wait up to the timeout
-                self.board.wait_irq(max(timeout_s - waited, 0.0) + 1e-6 if self.board.irq_wait else poll)
-            if st["error"]:
-                raise EngineFault(self._fault_text(st["error"]))
-            self.board.dma_wait(timeout_s)
-            cnt = self.counters()
-            model = self.read_model(cfg.dim)
-            losses = self.read_losses(cfg.epochs)
-        except KeyboardInterrupt:
-            self.soft_reset()
-            raise
+                if st["done"] and st["error"]:
+                    raise EngineFault(self._fault_text(st["error"]))
+                deadline = self.board.time() + timeout_s
+                poll = max(cycles / self.board.clock_hz / self.POLLS, 1e-6)
+                for e in range(cfg.epochs):
+                    self.board.dma_send(buf, (e % len(streams)) * per_epoch, per_epoch)
+                    st = self._wait_transfer(cfg, deadline, poll, timeout_s, e)
+                    if st is not None:              # the engine ended the job early (a fault)
+                        break
+                else:
+                    st = self._wait_done(cfg, deadline, poll, timeout_s)
+                if st["error"]:
+                    raise EngineFault(self._fault_text(st["error"]))
+                cnt = self.counters()
+                model = self.read_model(cfg.dim)
+                losses = self.read_losses(cfg.epochs)
+            except BaseException:
+                self.abort()
+                raise
         finally:
             buf.free()
         return Result(model=model, loss_sums=losses, beats=cnt.beats, samples=cnt.samples,
                       stats=hw_stats(cnt, self.board.clock_hz))
+
+    def abort(self) -> None:
+        """Stop everything of the current job: reset the DMA channel (nothing more is
+        streamed from the job's buffer), then soft-reset the engine (its input and state
+        cleared, left idle). Called on every failure path of :meth:`run`."""
+        self.board.dma_reset()
+        self.soft_reset()
+
+    def _timeout(self, cfg, timeout_s, where) -> EngineTimeout:
+        cnt = self.counters()
+        epochs_done = self._r("EPOCHS_DONE")
+        return EngineTimeout(
+            f"engine did not finish within {timeout_s:.3g} s of board time ({cfg.epochs} epochs of "
+            f"{cfg.n_samples} x {cfg.dim}; {where}); at that moment: epochs done {epochs_done}, "
+            + ", ".join(f"{k} {v}" for k, v in cnt.as_dict().items()) + "; DMA reset and engine soft-reset")
+
+    def _wait_transfer(self, cfg, deadline, poll, timeout_s, epoch):
+        """Wait for epoch ``epoch``'s transfer; None when it ended, the engine's STATUS when
+        the engine finished first (a fault stops its input)."""
+        while True:
+            left = deadline - self.board.time()
+            if left <= 0:
+                raise self._timeout(cfg, timeout_s, f"epoch {epoch + 1}'s DMA transfer still running")
+            if self.board.dma_wait(min(left, poll * self.POLLS / max(cfg.epochs, 1))):
+                return None
+            st = self.status()
+            if st["done"]:
+                return st
+
+    def _wait_done(self, cfg, deadline, poll, timeout_s):
+        """Wait for STATUS.done after the last transfer."""
+        while True:
+            st = self.status()
+            if st["done"]:
+                return st
+            left = deadline - self.board.time()
+            if left <= 0:
+                raise self._timeout(cfg, timeout_s, "every epoch streamed, the engine still busy")
+            # a board with an interrupt wakes when the job ends: one wait up to the deadline
+            self.board.wait_irq(left + 1e-6 if self.board.irq_wait else min(poll, left))
 
     def _fault_text(self, code: int) -> str:
         try:

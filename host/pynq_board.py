@@ -1,7 +1,7 @@
 """A PYNQ board behind the :class:`zipsgd.driver.Board` interface.
 
 The overlay (``bitstreams/<board>/zipsgd.bit`` with its ``.hwh``) holds the engine
-(``zipsgd_0``, bound to :class:`ZipsgdIP`) and an AXI DMA (``axi_dma_0``) whose
+(``boards.ENGINE_NAME``, bound to :class:`ZipsgdIP`) and an AXI DMA (``boards.DMA_NAME``) whose
 memory-to-stream channel feeds the engine's AXI4-Stream input. Nothing here uses a
 hard-coded address: PYNQ reads them from the ``.hwh``.
 """
@@ -12,9 +12,9 @@ import os
 import time
 from pathlib import Path
 
+from . import axi_dma
+from .boards import BOARDS, DMA_NAME, ENGINE_NAME, ENGINE_VLNV  # noqa: F401  (re-exported)
 from .driver import Board, DriverError
-
-from .boards import BOARDS, ENGINE_VLNV  # noqa: F401  (re-exported)
 
 DEPLOY_HINT = (
     "build it with `make bitstream BOARD=<board>` on a machine with Vivado (see bitstreams/README.md), "
@@ -72,27 +72,83 @@ def _make_ip_class():
     return ZipsgdIP
 
 
-class PynqBoard(Board):
-    """A PYNQ board running the zipsgd overlay."""
+def load_overlay(bit: Path, download: bool = True, device=None):
+    """``pynq.Overlay`` of ``bit``, programmed when ``download``.
 
-    def __init__(self, ip, dma, name: str = "PYNQ board"):
+    pynq 4.0 sets each PL clock from the ``.hwh``'s achieved frequency, which its metadata
+    parser (pynqmetadata 0.2) finds only for Zynq UltraScale+: on a Zynq-7000 design the
+    frequency is None and ``Overlay.download`` stops with a TypeError before programming.
+    Then the overlay is loaded unprogrammed, the PL clocks are set from the ``.hwh``'s
+    divisors (what earlier pynq releases did) and the bitstream is downloaded.
+    """
+    pynq = _pynq()
+    try:
+        return pynq.Overlay(str(bit), download=download, device=device)
+    except TypeError as exc:
+        if not download or "NoneType" not in str(exc):
+            raise
+    overlay = pynq.Overlay(str(bit), download=False, device=device)
+    for i, clk in overlay.clock_dict.items():
+        if clk.get("enable"):
+            pynq.Clocks.set_pl_clk(i, div0=clk["divisor0"], div1=clk["divisor1"])
+    pynq.Bitstream.download(overlay, overlay.parser)
+    return overlay
+
+
+class _WallClock:
+    """Board time on hardware: the host's monotonic clock."""
+
+    @staticmethod
+    def sleep(seconds):
+        time.sleep(seconds)
+
+    @staticmethod
+    def time():
+        return time.monotonic()
+
+
+class PynqBoard(Board):
+    """A PYNQ board running the zipsgd overlay.
+
+    Registers through the engine's ``DefaultIP`` (``overlay.zipsgd_0``), transfers through
+    PYNQ's own AXI DMA driver (``overlay.axi_dma_0.sendchannel``), buffers from
+    ``pynq.allocate`` on the overlay's device. Every wait polls with a bound: PYNQ's
+    ``wait()`` has none. A DMA error bit raises :class:`zipsgd.axi_dma.DmaError`;
+    :meth:`dma_reset` resets the channel through its DMACR and starts it again.
+
+    ``clock``: where board time comes from (an object with ``sleep`` and ``time``); the
+    host's clock on hardware, the simulator's on the simulated board (its device's
+    ``board_clock``).
+    """
+
+    #: Polls of DMASR per :meth:`dma_wait` slice.
+    DMA_POLLS = 16
+
+    def __init__(self, ip, dma, name: str = "PYNQ board", clock=None):
         self.ip, self.dma, self.name = ip, dma, name
-        self.clock_hz = float(getattr(_pynq().Clocks, "fclk0_mhz", 100.0)) * 1e6
-        self.dma_max_bytes = int(getattr(dma, "buffer_max_size", 1 << 26))
+        self.channel = dma.sendchannel
+        if self.channel is None:
+            raise DriverError(f"{name}: the DMA has no memory-to-stream channel (c_include_mm2s = 0)")
+        self.clock = clock or _WallClock
+        self.clock_hz = float(_pynq().Clocks.fclk0_mhz) * 1e6
+        self.dma_max_bytes = int(dma.buffer_max_size)
 
     @classmethod
-    def open(cls, board_or_path: str = "pynq-z2", download: bool = True) -> "PynqBoard":
-        pynq = _pynq()
+    def open(cls, board_or_path: str = "pynq-z2", download: bool = True, device=None) -> "PynqBoard":
+        """Load the zipsgd overlay (``board_or_path``: a board name or a ``.bit``) on
+        ``device`` (default: PYNQ's active device, the board itself)."""
         bit = find_bitstream(board_or_path)
         _make_ip_class()  # registers the driver class before the overlay binds its IPs
         try:
-            overlay = pynq.Overlay(str(bit), download=download)
+            overlay = load_overlay(bit, download=download, device=device)
         except Exception as exc:
-            raise DriverError(f"could not load {bit} ({exc}); is this a PYNQ board? {DEPLOY_HINT}") from None
-        for name in ("zipsgd_0", "axi_dma_0"):
+            raise DriverError(f"could not load {bit} ({type(exc).__name__}: {exc}); is this a PYNQ board? "
+                              f"{DEPLOY_HINT}") from None
+        for name in (ENGINE_NAME, DMA_NAME):
             if not hasattr(overlay, name):
                 raise DriverError(f"{bit} has no {name}: not a zipsgd bitstream")
-        board = cls(overlay.zipsgd_0, overlay.axi_dma_0, name=f"PYNQ ({bit.parent.name})")
+        board = cls(getattr(overlay, ENGINE_NAME), getattr(overlay, DMA_NAME), name=f"PYNQ ({bit.parent.name})",
+                    clock=getattr(overlay.device, "board_clock", None))
         board.overlay = overlay
         return board
 
@@ -104,29 +160,42 @@ class PynqBoard(Board):
 
     def allocate(self, n_words):
         import numpy as np
-        buf = _pynq().allocate(shape=(n_words,), dtype=np.uint64)
+        buf = _pynq().allocate(shape=(n_words,), dtype=np.uint64, target=self.ip.device)
         buf.free = buf.freebuffer
         return buf
 
     def dma_send(self, buffer, start_word, n_words):
-        ch = self.dma.sendchannel
-        if not ch.idle:
-            ch.wait()          # the simple DMA holds one transfer at a time
-        ch.transfer(buffer, start=start_word * 8, nbytes=n_words * 8)
+        self.channel.transfer(buffer, start=start_word * 8, nbytes=n_words * 8)
 
     def dma_wait(self, timeout_s):
-        end = time.monotonic() + timeout_s
-        while not self.dma.sendchannel.idle:
-            if time.monotonic() > end:
+        end = self.time() + timeout_s
+        step = max(timeout_s / self.DMA_POLLS, 1e-6)
+        while True:
+            sr = self.dma.mmio.read(axi_dma.DMASR)
+            axi_dma.check(sr, f"{self.name}'s DMA")
+            if sr & axi_dma.SR_IDLE:
+                self.channel.wait()        # returns at once (idle): PYNQ's bookkeeping of the transfer
+                return True
+            left = end - self.time()
+            if left <= 0:
                 return False
-            time.sleep(1e-4)
-        return True
+            self.sleep(min(step, left))
+
+    def dma_reset(self):
+        mmio = self.dma.mmio
+        mmio.write(axi_dma.DMACR, axi_dma.CR_RESET)
+        for _ in range(axi_dma.Mm2s.POLLS):
+            if not mmio.read(axi_dma.DMACR) & axi_dma.CR_RESET:
+                break
+        else:
+            raise axi_dma.DmaError(f"{self.name}: the DMA's soft reset did not complete (MM2S_DMACR.Reset stayed 1)")
+        self.channel.start()             # running again, first-transfer flag set (Idle is 0 after a reset)
 
     def sleep(self, seconds):
-        time.sleep(seconds)
+        self.clock.sleep(seconds)
 
     def time(self):
-        return time.monotonic()
+        return self.clock.time()
 
     def close(self):
         pass

@@ -412,13 +412,16 @@ def board_build(simulator: str, params: c.EngineParams, waves=False) -> Build:
     read-only): nothing inside the engine can be written from outside, so Verilator
     schedules the engine's logic on clock edges only.
     """
-    from .board import MEM_WORDS_LOG2
+    from zipsgd.boards import DMA_LENGTH_WIDTH
+
+    from .board import MEM_WORDS_LOG2, VERILOG_PARAMS
 
     board_v = SIM_DIR / "sim_board.v"
     sources = top_sources(params) + [board_v]
     return build(simulator, sources, "zipsgd_sim_board",
                  parameters={"W": params.word_bits, "A": c.REG_ADDR_BITS,
-                             "MEM_WORDS_LOG2": MEM_WORDS_LOG2[simulator]}, waves=waves or None,
+                             "MEM_WORDS_LOG2": MEM_WORDS_LOG2[simulator], "LEN_WIDTH": DMA_LENGTH_WIDTH,
+                             **VERILOG_PARAMS}, waves=waves or None,
                  public_modules=[], public_vars={"zipsgd_sim_board": verilog_ports(board_v, "zipsgd_sim_board")},
                  make_flags=BOARD_MAKE_FLAGS, tag=f"w{params.word_bits}")
 
