@@ -65,8 +65,8 @@ MODES = [(c.Encoding.FULL, 32), (c.Encoding.COMPACT, 8), (c.Encoding.COMPACT, 4)
 TABLE_MODES = MODES + [(c.Encoding.SINGLE, 1)]
 
 
-def _job(rng, enc, bits, n, d, batch, epochs=2):
-    layout = c.Layout(c.WORD_BITS_DEFAULT, enc, bits, d)
+def _job(rng, enc, bits, n, d, batch, epochs=2, word_bits=c.WORD_BITS_DEFAULT):
+    layout = c.Layout(word_bits, enc, bits, d)
     if enc == c.Encoding.FULL:
         job, cb = {"values": rng.integers(-c.FEAT.one // 4, c.FEAT.one // 4, (n, d))}, None
     else:
@@ -77,7 +77,8 @@ def _job(rng, enc, bits, n, d, batch, epochs=2):
         if enc != c.Encoding.SINGLE:
             job["codes2"] = j + rng.integers(0, 2, (n, d))
     y = rng.integers(-c.MODEL.one // 4, c.MODEL.one // 4, n)
-    cfg = c.EngineConfig(n_samples=n, dim=d, bits=bits, encoding=enc, step_shift=12, batch=batch, epochs=epochs)
+    cfg = c.EngineConfig(n_samples=n, dim=d, bits=bits, encoding=enc, step_shift=12, batch=batch, epochs=epochs,
+                         word_bits=word_bits)
     return cfg, [pack(layout, y, **job)], cb
 
 
