@@ -87,6 +87,42 @@ def default_backend() -> str:
     return select_backend()[0]
 
 
+def cma_bytes(meminfo: str | None = None) -> dict:
+    """The contiguous memory (CMA) the kernel keeps for DMA buffers, from ``/proc/meminfo``:
+    ``{"total": bytes, "free": bytes}``, or None where the kernel reports none."""
+    if meminfo is None:
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:
+            return None
+    out = {}
+    for line in meminfo.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("CmaTotal", "CmaFree") and rest.split():
+            out[key[3:].lower()] = int(rest.split()[0]) * 1024
+    return out if out.get("total") else None
+
+
+def dma_largest_transfer(bitstream) -> tuple[int, str]:
+    """The DMA's largest transfer in bytes (``2**c_sg_length_width - 1``) and where the
+    width comes from: the bitstream's ``.hwh`` when there is one, else the board table."""
+    from xml.etree import ElementTree
+
+    from .boards import DMA_LENGTH_WIDTH, DMA_NAME
+
+    if bitstream is not None:
+        hwh = Path(bitstream).with_suffix(".hwh")
+        try:
+            for mod in ElementTree.parse(hwh).getroot().iter("MODULE"):
+                if mod.get("INSTANCE") == DMA_NAME:
+                    for p in mod.iter("PARAMETER"):
+                        if p.get("NAME", "").lower() == "c_sg_length_width":
+                            return (1 << int(p.get("VALUE"))) - 1, str(hwh)
+        except (OSError, ElementTree.ParseError):
+            pass
+    return (1 << DMA_LENGTH_WIDTH) - 1, "board table (no .hwh read)"
+
+
 def collect() -> dict:
     from .pynq_board import bitstream_dirs
 
@@ -107,6 +143,9 @@ def collect() -> dict:
         "engine_clock_mhz": {name: {"mhz": spec.clock_mhz, "assumed": spec.clock_assumed}
                              for name, spec in BOARDS.items()},
         "default_backend": {"name": backend, "detail": backend_why},
+        "dma": dict(zip(("largest_transfer_bytes", "from"),
+                        dma_largest_transfer(bits.get(os.environ.get("ZIPSGD_BOARD", "pynq-z2"))))),
+        "cma": cma_bytes(),
         "simulators": {
             "verilator": _cmd_version([vbin, "--version"]) if vbin else None,
             "icarus": _cmd_version(["iverilog", "-V"]),
@@ -134,6 +173,12 @@ def format_info(info: dict) -> str:
         lines.append(f"bitstream:   {name:<8} {path or 'not built (make bitstream BOARD=' + name + ')'}{clk}")
     d = info["default_backend"]
     lines.append(f"backend:     {d['name']} — {d['detail']}")
+    if "dma" in info:
+        dma = info["dma"]
+        lines.append(f"dma:         largest transfer {dma['largest_transfer_bytes']:,} bytes (from {dma['from']})")
+        cma = info.get("cma")
+        lines.append("cma:         " + (f"{cma['total'] / 2**20:.0f} MiB for DMA buffers, {cma.get('free', 0) / 2**20:.0f} "
+                                         "MiB free" if cma else "none reported by this kernel (not a board)"))
     for name, v in info["simulators"].items():
         lines.append(f"simulator:   {name:<10} {v or 'not found'}")
     for name, v in info["tools"].items():

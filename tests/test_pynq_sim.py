@@ -157,3 +157,27 @@ def test_nothing_of_a_failed_job_reaches_the_next(pynq):
             assert isinstance(r, exc), r
             if text:
                 assert text in str(r)
+
+
+def test_info_reports_the_dma_limit_and_the_cma_budget(tmp_path, monkeypatch):
+    """``zipsgd info`` on a board: the DMA's largest transfer read from the bitstream's .hwh,
+    and the kernel's contiguous memory for DMA buffers."""
+    from zipsgd import info
+    from zipsgd.sim.hwh import hwh
+
+    folder = tmp_path / "pynq-z2"
+    folder.mkdir()
+    text = hwh(BOARDS["pynq-z2"]).replace('"C_SG_LENGTH_WIDTH" VALUE="26"', '"C_SG_LENGTH_WIDTH" VALUE="23"') \
+        .replace('"c_sg_length_width" VALUE="26"', '"c_sg_length_width" VALUE="23"')
+    (folder / "zipsgd.hwh").write_text(text)
+    (folder / "zipsgd.bit").write_bytes(b"")
+    assert info.dma_largest_transfer(folder / "zipsgd.bit") == ((1 << 23) - 1, str(folder / "zipsgd.hwh"))
+    assert info.dma_largest_transfer(None)[0] == (1 << DMA_LENGTH_WIDTH) - 1
+    monkeypatch.setenv("ZIPSGD_BITSTREAMS", str(tmp_path))
+    monkeypatch.setenv("ZIPSGD_BOARD", "pynq-z2")
+    got = info.collect()
+    assert got["dma"]["largest_transfer_bytes"] == (1 << 23) - 1
+    assert "largest transfer 8,388,607 bytes" in info.format_info(got)
+    meminfo = "MemTotal:  507000 kB\nCmaTotal:  131072 kB\nCmaFree:   120000 kB\n"
+    assert info.cma_bytes(meminfo) == {"total": 131072 * 1024, "free": 120000 * 1024}
+    assert info.cma_bytes("MemTotal: 1 kB\nCmaTotal: 0 kB\n") is None
