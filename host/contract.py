@@ -15,8 +15,11 @@ beat (``fb`` = bits per feature). The label is a signed 32-bit word in the top 3
 bits ``[W-32, W)`` of the sample's last beat; the feature slots of that beat that
 overlap the label are never used, so a sample is the least number of beats whose
 slots hold ``d`` features below the label. Unused slots are zero and are ignored
-by the engine (it masks lanes ``i >= d``). TLAST marks the last beat of each
-epoch's stream (``n`` samples). On the host a beat is stored as ``W/64``
+by the engine (it masks lanes ``i >= d``). An epoch is ``n`` samples; it may arrive
+in several TLAST-terminated transfers (an AXI DMA ends each transfer with TLAST), so
+TLAST may come on the last beat of any sample, and must come on the last beat of each
+epoch: TLAST inside a sample is STREAM_SHORT, none on the epoch's last beat
+STREAM_LONG. On the host a beat is stored as ``W/64``
 little-endian ``uint64`` words (low half first), which is the byte order of an
 AXI4-Stream ``TDATA`` bus in memory.
 
@@ -93,7 +96,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-CONTRACT_VERSION = (2, 0)
+CONTRACT_VERSION = (2, 1)
 
 #: ASCII "ZSGD", read from the MAGIC register.
 MAGIC = int.from_bytes(b"ZSGD", "big")
@@ -259,7 +262,7 @@ ERROR_TEXT = {
     Error.BAD_LOSS: "unsupported LOSS",
     Error.BAD_EPOCHS: "EPOCHS is 0 or over PARAM_EPOCHS_MAX",
     Error.BAD_STEP: "STEP_MULT is 0, STEP_SHIFT over STEP_SHIFT_MAX or L2_SHIFT over L2_SHIFT_MAX",
-    Error.STREAM_SHORT: "TLAST came before the last beat of the epoch (stream shorter than N_SAMPLES x DIM)",
+    Error.STREAM_SHORT: "TLAST inside a sample (a transfer ended between a sample's beats)",
     Error.STREAM_LONG: "no TLAST on the last beat of the epoch (stream longer than N_SAMPLES x DIM)",
     Error.BUSY: "START written while the engine was busy",
 }
@@ -533,7 +536,7 @@ REGISTERS: tuple[Register, ...] = (
     Register("DECAY_EPOCHS", "rw", "the step halves every DECAY_EPOCHS epochs (0: never)"),
     Register("L2_SHIFT", "rw", "L2 decay x -= x >> L2_SHIFT per batch (0: off)"),
     Register("BATCH", "rw", "mini-batch size"),
-    Register("EPOCHS", "rw", "epochs (one TLAST-terminated stream each)"),
+    Register("EPOCHS", "rw", "epochs (each N_SAMPLES samples, TLAST on its last beat)"),
     Register("COPIES", "rw", "number of packed copies the host cycles through (informational)"),
     Register("CODEBOOK_ADDR", "rw", "codebook write pointer (auto-increments on CODEBOOK_DATA writes)"),
     Register("CODEBOOK_DATA", "w", "codebook level (FEAT, sign-extended) at CODEBOOK_ADDR"),

@@ -657,7 +657,7 @@ class Engine(wiring.Component):
                                        beat_in[i * W // VB:(i + 1) * W // VB]) for i in range(VB)]))
         fault_short = Signal()
         fault_long = Signal()
-        m.d.comb += [fault_short.eq(accept & (state == st_run) & tlast & ~final_beat),
+        m.d.comb += [fault_short.eq(accept & (state == st_run) & tlast & ~in_last_beat),
                      fault_long.eq(accept & (state == st_run) & final_beat & ~tlast)]
         run_accept = Signal()       # a beat that enters the pipeline (a faulty one is flushed
         m.d.comb += run_accept.eq(take & (state == st_run))    # the next cycle with all in flight)

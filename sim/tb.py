@@ -200,12 +200,20 @@ class TB:
         """All counters, by contract name."""
         return {n: await self.read_counter(n) for n in c.COUNTER_NAMES}
 
-    async def run_job(self, cfg: c.EngineConfig, streams, codebook=None, timeout_cycles=None):
-        """Configure, start, stream every epoch, wait; returns (status, Result-like dict)."""
+    async def run_job(self, cfg: c.EngineConfig, streams, codebook=None, timeout_cycles=None, frame_samples=0):
+        """Configure, start, stream every epoch, wait; returns the status.
+
+        ``frame_samples``: send each epoch as frames of that many samples (TLAST on each
+        frame's last beat, as a DMA that splits an epoch into transfers does); 0: one frame.
+        """
         await self.configure(cfg, codebook)
         await self.start()
+        words = cfg.layout.beats_per_sample * cfg.layout.host_words_per_beat
+        step = frame_samples * words if frame_samples else None
         for e in range(cfg.epochs):
-            self.send_epoch(streams[e % len(streams)])
+            epoch = streams[e % len(streams)]
+            for at in range(0, len(epoch), step or len(epoch)):
+                self.send_epoch(epoch[at:at + step] if step else epoch)
         beats = cfg.epochs * cfg.n_samples * cfg.layout.beats_per_sample
         st = await self.wait_done(timeout_cycles or 20 * beats + 100 * cfg.epochs * cfg.n_samples + 10_000)
         return st

@@ -143,8 +143,10 @@ class Driver:
     def counters(self):
         return {name: self.ctx.get(getattr(self.dut, name)) for name in COUNTERS}
 
-    async def run_job(self, cfg, streams, codebook, rng=None, gap_p=0.0):
-        """Configure, start, stream every epoch, wait; returns a result dict."""
+    async def run_job(self, cfg, streams, codebook, rng=None, gap_p=0.0, tlast_every=0):
+        """Configure, start, stream every epoch, wait; returns a result dict.
+        ``tlast_every``: TLAST also on the last beat of every ``tlast_every``-th sample
+        (an epoch sent in several DMA transfers)."""
         ctx, d = self.ctx, self.dut
         await self.write_codebook(codebook)
         await self.set_cfg(cfg)
@@ -155,6 +157,10 @@ class Driver:
         for e in range(cfg.epochs):
             beats = beats_of(streams[e % len(streams)], cfg.word_bits)
             lasts = [0] * (len(beats) - 1) + [1]
+            if tlast_every:
+                bps = cfg.layout.beats_per_sample
+                for i in range(tlast_every * bps - 1, len(beats), tlast_every * bps):
+                    lasts[i] = 1
             await self.send(beats, lasts, rng, gap_p)
         await self.wait_done()
         res.update(error=ctx.get(d.error), done=ctx.get(d.done), counters=self.counters())
@@ -297,6 +303,23 @@ def test_bad_config_codes_then_good_job():
     check_job(res, good, streams, cb, params)
 
 
+@pytest.mark.parametrize("every", [1, 3])
+def test_tlast_at_sample_boundaries_splits_an_epoch(every):
+    """An epoch may arrive in several transfers: TLAST on the last beat of any sample is
+    not a fault, and the job equals the reference (contract 2.1)."""
+    params = P64
+    rng = np.random.default_rng(30 + every)
+    cfg, streams, cb = make_job(rng, 64, Encoding.SINGLE, 4, 40, 7, batch=2, epochs=2)
+    assert cfg.layout.beats_per_sample > 1
+
+    async def body(drv):
+        return await drv.run_job(cfg, streams, cb, rng, gap_p=0.2, tlast_every=every)
+
+    _, res = run_sim(params, body)
+    assert res["error"] == Error.NONE
+    check_job(res, cfg, streams, cb, params)
+
+
 def test_stream_faults_and_soft_reset():
     """STREAM_SHORT stops at once; STREAM_LONG drains to TLAST; soft_reset aborts a
     running job; start while busy is ignored; after each a clean job matches."""
@@ -308,7 +331,7 @@ def test_stream_faults_and_soft_reset():
     async def body(drv):
         ctx, d = drv.ctx, drv.dut
         out = {}
-        # STREAM_SHORT: TLAST on beat 4 of the epoch.
+        # STREAM_SHORT: TLAST on beat 4 of the epoch, inside sample 1 (3 beats a sample).
         await drv.write_codebook(cb)
         await drv.set_cfg(cfg)
         await drv.pulse(d.start)
