@@ -140,7 +140,9 @@ def _train_parser(sub):
     p = sub.add_parser("train", help="train a linear model on DATA and compare with float64 SGD",
                        description="Train on DATA: sklearn:NAME (diabetes, breast_cancer, digits, iris), "
                                    "a .csv/.tsv (target column --target, default last), a .npz with X and y, "
-                                   "or an svmlight/libsvm file.")
+                                   "an svmlight/libsvm file, or a packed .zsgd file (zipsgd pack: its "
+                                   "quantization is fixed, --bits/--sampling/--levels/--copies/--seed/--scale "
+                                   "are not used, and there is no float64 baseline).")
     p.add_argument("data", metavar="DATA")
     p.add_argument("--target", default=None, help="CSV target column (name or index; default: last)")
     p.add_argument("--loss", default=None,
@@ -170,16 +172,28 @@ def train(args) -> dict:
     """Run ``zipsgd train`` and return the results dict (what --json writes)."""
     from . import baseline
     from .datasets import load_data
-    from .job import check_backend, prepare_job, run_job
+    from .job import check_backend, job_from_packed, prepare_job, run_job
+    from .packfile import SUFFIX, open_packed
 
     t0 = time.perf_counter()
     check_backend(args.backend)
-    ds = load_data(args.data, target=args.target)
-    loss = args.loss or ds.default_loss
-    job = prepare_job(ds.X, ds.y, loss=loss, bits=args.bits, sampling=args.sampling, levels=args.levels,
-                      epochs=args.epochs, batch_size=args.batch_size, step=args.step, decay=args.decay,
-                      alpha=args.alpha, copies=args.copies, seed=args.seed, word_bits=args.word_bits,
-                      scale=args.scale, fit_intercept=not args.no_intercept)
+    packed = str(args.data).endswith(SUFFIX)
+    if packed:
+        data = open_packed(args.data)
+        if args.loss and args.loss != data.header["loss"]:
+            raise ValueError(f"{args.data} was packed for loss={data.header['loss']!r}, not {args.loss!r}: pack it "
+                             f"again with --loss {args.loss}")
+        job = job_from_packed(data, epochs=args.epochs, batch_size=args.batch_size, step=args.step,
+                              decay=args.decay, alpha=args.alpha)
+        name = str(args.data)
+    else:
+        ds = load_data(args.data, target=args.target)
+        loss = args.loss or ds.default_loss
+        job = prepare_job(ds.X, ds.y, loss=loss, bits=args.bits, sampling=args.sampling, levels=args.levels,
+                          epochs=args.epochs, batch_size=args.batch_size, step=args.step, decay=args.decay,
+                          alpha=args.alpha, copies=args.copies, seed=args.seed, word_bits=args.word_bits,
+                          scale=args.scale, fit_intercept=not args.no_intercept)
+        name = ds.name
     t_prep = time.perf_counter()
     bar = _Progress(job.epochs, args.quiet)
     try:
@@ -188,17 +202,23 @@ def train(args) -> dict:
         bar.close()
     t_run = time.perf_counter()
     w = job.model_float(res.model)
-    final = baseline.objective(job.loss, job.X_scaled, job.y_scaled, w)
-    base = baseline.sgd(job)
+    curve = [float(v) for v in res.loss_curve(job.n_samples)]
+    if packed:        # a packed file holds no full-precision data: no exact objective, no baseline
+        final, base_final, base_curve = None, None, []
+    else:
+        final = baseline.objective(job.loss, job.X_scaled, job.y_scaled, w)
+        base = baseline.sgd(job)
+        base_final, base_curve = base.final_loss, [float(v) for v in base.loss_curve]
     coef, intercept = job.unscale(res.model)
     seconds = t_run - t0
     out = {
-        "data": ds.name, "loss": job.loss, "n_samples": job.n_samples, "n_features": job.n_features,
+        "data": name, "loss": job.loss, "n_samples": job.n_samples, "n_features": job.n_features,
+        "packed_file": packed,
         "final_loss": final,
-        "loss_curve": [float(v) for v in res.loss_curve(job.n_samples)],
-        "baseline_float64_final_loss": base.final_loss,
-        "baseline_float64_loss_curve": [float(v) for v in base.loss_curve],
-        "ratio_to_float64": final / base.final_loss if base.final_loss > 0 else None,
+        "loss_curve": curve,
+        "baseline_float64_final_loss": base_final,
+        "baseline_float64_loss_curve": base_curve,
+        "ratio_to_float64": final / base_final if base_final else None,
         "bits": job.bits, "sampling": job.sampling, "levels": job.levels, "backend": args.backend,
         "bits_per_feature": job.bits_per_feature,
         "seconds": seconds, "prepare_seconds": t_prep - t0, "run_seconds": t_run - t_prep,
@@ -220,8 +240,11 @@ def _summary(out: dict) -> str:
                      f"{j['step_eff']:.6g}/sample), decay {j['decay']}, alpha {j['alpha']:g}, copies {j['copies']}, "
                      f"seed {j['seed']}"),
         ("backend", f"{out['backend']}  ({out['seconds']:.2f} s)"),
-        ("final loss", f"{out['final_loss']:.6g}  (exact objective of the engine's model, scaled units)"),
-        ("float64 SGD", f"{out['baseline_float64_final_loss']:.6g}"),
+        ("final loss", "n/a (packed data: the engine's per-epoch loss below is on the quantized data)"
+         if out["final_loss"] is None else
+         f"{out['final_loss']:.6g}  (exact objective of the engine's model, scaled units)"),
+        ("float64 SGD", "n/a" if out["baseline_float64_final_loss"] is None else
+         f"{out['baseline_float64_final_loss']:.6g}"),
         ("ratio", "n/a" if out["ratio_to_float64"] is None else f"{out['ratio_to_float64']:.4f}"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -233,8 +256,60 @@ def _summary(out: dict) -> str:
     if len(idx) > 12:
         idx = idx[:5] + [None] + idx[-5:]
     for e in idx:
-        lines.append("  ..." if e is None else f"{e + 1:>5}  {curve[e]:>12.6g}  {bcurve[e]:>12.6g}")
+        b = f"{bcurve[e]:>12.6g}" if e is not None and e < len(bcurve) else f"{'-':>12}"
+        lines.append("  ..." if e is None else f"{e + 1:>5}  {curve[e]:>12.6g}  {b}")
     return "\n".join(lines)
+
+
+def _pack_parser(sub):
+    p = sub.add_parser("pack", help="quantize and pack DATA once into a .zsgd file to train from",
+                       description="Quantize and pack DATA into FILE.zsgd in chunks of rows (bounded memory): "
+                                   "done once on a workstation; copy the file to the board and run "
+                                   "`zipsgd train FILE.zsgd` there. DATA as for `zipsgd train`, or X.npy "
+                                   "(memory-mapped, never loaded whole) with --labels y.npy.")
+    p.add_argument("data", metavar="DATA")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.zsgd")
+    p.add_argument("--labels", default=None, metavar="Y.npy", help="targets, when DATA is an X.npy")
+    p.add_argument("--target", default=None, help="CSV target column (name or index; default: last)")
+    p.add_argument("--loss", default=None, help="squared, logistic or hinge (default: by dataset)")
+    p.add_argument("--bits", type=int, default=8, help="1, 2, 4, 8 or 32 (default 8)")
+    p.add_argument("--sampling", default="double", help="double, single or nearest (default double)")
+    p.add_argument("--levels", default="uniform", help="uniform, optimal, log or weibull (default uniform)")
+    p.add_argument("--copies", type=int, default=4, help="quantized copies (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--word-bits", type=int, default=64)
+    p.add_argument("--scale", default="feature", help="feature or global scaling into [-1, 1]")
+    p.add_argument("--no-intercept", action="store_true", help="pack for a fit without an intercept")
+    p.add_argument("--chunk-rows", type=int, default=None, help="rows packed at a time (default 65536)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_pack)
+    return p
+
+
+def cmd_pack(args) -> int:
+    import numpy as np
+
+    from . import packfile
+    from .datasets import load_data
+
+    t0 = time.perf_counter()
+    if str(args.data).endswith(".npy"):
+        if not args.labels:
+            raise ValueError("an X.npy needs its targets: --labels y.npy")
+        X, y = np.load(args.data, mmap_mode="r"), np.load(args.labels)
+        name, loss = args.data, args.loss or "squared"
+    else:
+        ds = load_data(args.data, target=args.target)
+        X, y, name, loss = ds.X, ds.y, ds.name, args.loss or ds.default_loss
+    out = packfile.write(args.output, X, y, loss=loss, bits=args.bits, sampling=args.sampling, levels=args.levels,
+                         copies=args.copies, seed=args.seed, word_bits=args.word_bits, scale=args.scale,
+                         fit_intercept=not args.no_intercept, chunk_rows=args.chunk_rows)
+    if not args.quiet:
+        h = out.header
+        print(f"packed {name}: {h['n_samples']} x {h['n_features']} ({loss} loss), {h['bits']}-bit {h['sampling']}, "
+              f"{h['copies']} copies -> {args.output} ({out.nbytes / 2**20:.1f} MiB of packed words, "
+              f"{time.perf_counter() - t0:.2f} s)")
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -363,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _train_parser(sub)
+    _pack_parser(sub)
     _bench_parser(sub)
     p = sub.add_parser("info", help="board, bitstreams, simulators and tool versions")
     p.add_argument("--json", action="store_true")

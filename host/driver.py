@@ -44,6 +44,8 @@ class Board(abc.ABC):
     clock_hz: float = 100e6
     #: Largest single DMA transfer in bytes (one TLAST-terminated stream).
     dma_max_bytes: int = (1 << 26) - 1
+    #: DMA memory a job may hold at once (its copies resident up to this, else a ring).
+    dma_budget_bytes: int = 64 << 20
     #: Board time added to a job's expected duration in its default timeout (operating
     #: system and bus latencies on hardware; a simulator needs far less).
     timeout_slack_s: float = 1.0
@@ -120,6 +122,22 @@ class Board(abc.ABC):
         """Release the board."""
 
 
+@dataclass(frozen=True)
+class StreamPlan:
+    """How a job's packed copies reach the engine.
+
+    ``resident``: every copy in one buffer, sent from there each epoch; else a ring of
+    ``Engine.RING_SLOTS`` buffers of ``slot_words`` each, refilled from the copies.
+    ``chunks``: the transfers of one epoch, ``(first word, words)``, ending on sample
+    boundaries (contract 2.1 lets TLAST end any sample).
+    """
+
+    resident: bool
+    per_epoch_words: int
+    slot_words: int
+    chunks: list
+
+
 @dataclass
 class Counters:
     cycles: int
@@ -176,6 +194,8 @@ class Engine:
                 f"engine on {board.name} was built from a different contract (BUILD_HASH 0x{got:08X}, expected "
                 f"0x{c.build_hash(self.params):08X} for {self.params}): rebuild the bitstream")
         self.modes = reg["PARAM_MODES"]
+        #: Buffers of failed jobs whose DMA could not be reset (never freed under a DMA).
+        self.unfreed = []
 
     # -- registers ---------------------------------------------------------------------
     def _w(self, name: str, value: int) -> None:
@@ -241,46 +261,108 @@ class Engine:
                              f"data (PARAM_MODES 0x{self.modes:X}: {', '.join(have) or 'none'}): choose another "
                              "bits/sampling or rebuild the engine")
 
-    def run(self, cfg: c.EngineConfig, streams, codebook=None, timeout_s: float | None = None) -> Result:
+    #: Buffers in the ring when a job's copies do not fit the board's DMA memory budget.
+    RING_SLOTS = 2
+
+    def plan(self, cfg: c.EngineConfig, n_copies: int, ring_bytes: int | None = None) -> "StreamPlan":
+        """How a job's packed copies reach the engine (see :class:`StreamPlan`).
+
+        Resident when all copies fit the board's DMA budget (``Board.dma_budget_bytes``)
+        and ``ring_bytes`` is not given; else a ring of :attr:`RING_SLOTS` buffers of
+        ``ring_bytes / RING_SLOTS`` (default: the budget's) that the host refills while the
+        DMA streams the other. Transfers end on sample boundaries and hold at most the
+        DMA's largest transfer (or a ring slot).
+        """
+        lay = cfg.layout
+        sample_words = lay.beats_per_sample * lay.host_words_per_beat
+        per_epoch = cfg.n_samples * sample_words
+        total = per_epoch * n_copies * 8
+        budget = self.board.dma_budget_bytes
+        resident = ring_bytes is None and total <= budget
+        limit = self.board.dma_max_bytes
+        slot_words = 0
+        if not resident:
+            slot_bytes = (ring_bytes if ring_bytes is not None else budget) // self.RING_SLOTS
+            limit = min(limit, slot_bytes)
+        per_transfer = min(cfg.n_samples, limit // (sample_words * 8))
+        if per_transfer < 1:
+            where = (f"the DMA's largest transfer ({self.board.dma_max_bytes} bytes)" if resident else
+                     f"a ring buffer ({limit} bytes: {self.RING_SLOTS} in "
+                     f"{ring_bytes if ring_bytes is not None else budget} bytes)")
+            raise ValueError(f"one sample is {sample_words * 8} bytes, more than {where} on {self.board.name}: "
+                             "use fewer features or bits, or give the job more DMA memory")
+        if not resident:
+            slot_words = per_transfer * sample_words
+        chunks = [(at * sample_words, min(per_transfer, cfg.n_samples - at) * sample_words)
+                  for at in range(0, cfg.n_samples, per_transfer)]
+        return StreamPlan(resident=resident, per_epoch_words=per_epoch, slot_words=slot_words, chunks=chunks)
+
+    def run(self, cfg: c.EngineConfig, streams, codebook=None, timeout_s: float | None = None,
+            ring_bytes: int | None = None) -> Result:
         """Run one job: configure, stream every epoch, wait, read the results back.
 
-        ``streams`` holds the packed copies (epoch ``e`` streams copy ``e % K``), one DMA
-        transfer per epoch, each sent when the last has ended. Every wait is bounded by
+        ``streams`` holds the packed copies (epoch ``e`` streams copy ``e % K``): arrays of
+        ``uint64`` words, in memory or memory-mapped from a packed file. They reach the
+        engine as :meth:`plan` says: from one buffer holding every copy, or through a ring
+        of buffers refilled while the DMA streams (host and board memory then stay bounded
+        by the ring, whatever the data's size). Each epoch is one or more transfers ending
+        on sample boundaries, each sent when the last has ended. Every wait is bounded by
         ``timeout_s`` of board time from START (default :meth:`default_timeout`).
 
         On any failure (timeout, engine fault, DMA error, Ctrl-C) the DMA channel is reset
         (nothing more of this job reaches the engine) and the engine soft-reset before the
-        buffer is freed and the exception propagates: the next job starts clean.
+        buffers are freed and the exception propagates: the next job starts clean. A DMA
+        that cannot be reset keeps its buffers (they are not freed under a running DMA).
         """
         streams = [np.asarray(s, dtype=np.uint64) for s in streams]
-        per_epoch = cfg.n_samples * cfg.layout.beats_per_sample * cfg.layout.host_words_per_beat
+        plan = self.plan(cfg, len(streams), ring_bytes)
         for k, s in enumerate(streams):
-            if s.size != per_epoch:
+            if s.size != plan.per_epoch_words:
                 raise ValueError(f"copy {k} holds {s.size} words; n={cfg.n_samples} samples of this layout "
-                                 f"take {per_epoch}")
-        if per_epoch * 8 > self.board.dma_max_bytes:
-            raise ValueError(f"one epoch is {per_epoch * 8} bytes, over the DMA's largest transfer "
-                             f"({self.board.dma_max_bytes} bytes) on {self.board.name}")
+                                 f"take {plan.per_epoch_words}")
         self.check_mode(cfg)
         self.configure(cfg, codebook)
         cycles = self.expected_cycles(cfg)
         timeout_s = timeout_s if timeout_s is not None else self.default_timeout(cfg)
-        buf = self.board.allocate(per_epoch * len(streams))
+        bufs, stopped = [], True
         try:
             try:
-                for k, s in enumerate(streams):
-                    buf[k * per_epoch:(k + 1) * per_epoch] = s
-                buf.flush()
+                if plan.resident:
+                    bufs.append(self.board.allocate(plan.per_epoch_words * len(streams)))
+                    for k, s in enumerate(streams):
+                        bufs[0][k * plan.per_epoch_words:(k + 1) * plan.per_epoch_words] = s
+                    bufs[0].flush()
+                else:
+                    bufs += [self.board.allocate(plan.slot_words) for _ in range(self.RING_SLOTS)]
+                transfers = [(e % len(streams), off, n) for e in range(cfg.epochs) for off, n in plan.chunks]
+
+                def place(i):
+                    k, off, n = transfers[i]
+                    if plan.resident:
+                        return bufs[0], k * plan.per_epoch_words + off, n
+                    slot = bufs[i % self.RING_SLOTS]
+                    slot[:n] = streams[k][off:off + n]
+                    slot.flush()
+                    return slot, 0, n
+
                 self._w("CTRL", c.field_bits(c.CTRL_FIELDS, start=1))
                 st = self.status()
                 if st["done"] and st["error"]:
                     raise EngineFault(self._fault_text(st["error"]))
                 deadline = self.board.time() + timeout_s
                 poll = max(cycles / self.board.clock_hz / self.POLLS, 1e-6)
-                for e in range(cfg.epochs):
-                    self.board.dma_send(buf, (e % len(streams)) * per_epoch, per_epoch)
-                    st = self._wait_transfer(cfg, deadline, poll, timeout_s, e)
-                    if st is not None:              # the engine ended the job early (a fault)
+                slice_s = poll * self.POLLS / len(transfers)
+                prepared = place(0)
+                for i in range(len(transfers)):
+                    self.board.dma_send(*prepared)
+                    if i + 1 < len(transfers):
+                        prepared = place(i + 1)     # fill the next ring slot while this transfer streams
+                    st = self._wait_transfer(cfg, deadline, slice_s, timeout_s, i, len(transfers))
+                    if st is not None:
+                        if not st["error"]:
+                            raise EngineFault(f"the engine finished before its stream ended (transfer {i + 1} of "
+                                              f"{len(transfers)} still in the DMA): its configuration does not "
+                                              "match the data sent")
                         break
                 else:
                     st = self._wait_done(cfg, deadline, poll, timeout_s)
@@ -290,19 +372,34 @@ class Engine:
                 model = self.read_model(cfg.dim)
                 losses = self.read_losses(cfg.epochs)
             except BaseException:
-                self.abort()
+                stopped = self.abort()
                 raise
         finally:
-            buf.free()
-        return Result(model=model, loss_sums=losses, beats=cnt.beats, samples=cnt.samples,
-                      stats=hw_stats(cnt, self.board.clock_hz))
+            if stopped:
+                for b in bufs:
+                    b.free()
+            else:
+                self.unfreed.extend(bufs)
+        stats = hw_stats(cnt, self.board.clock_hz)
+        stats.update(transfers=len(transfers), ring=not plan.resident)
+        return Result(model=model, loss_sums=losses, beats=cnt.beats, samples=cnt.samples, stats=stats)
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         """Stop everything of the current job: reset the DMA channel (nothing more is
-        streamed from the job's buffer), then soft-reset the engine (its input and state
-        cleared, left idle). Called on every failure path of :meth:`run`."""
-        self.board.dma_reset()
-        self.soft_reset()
+        streamed from the job's buffers), then soft-reset the engine (its input and state
+        cleared, left idle). Called on every failure path of :meth:`run`. True when the DMA
+        was reset; False when its reset failed (the engine is soft-reset either way, and
+        the caller must not free buffers the DMA may still read)."""
+        try:
+            self.board.dma_reset()
+            return True
+        except Exception as exc:                    # reported beside the job's own error
+            import warnings
+            warnings.warn(f"{self.board.name}: the DMA could not be reset ({exc}); its buffers are kept "
+                          "(reload the overlay)", RuntimeWarning, stacklevel=3)
+            return False
+        finally:
+            self.soft_reset()
 
     def _timeout(self, cfg, timeout_s, where) -> EngineTimeout:
         cnt = self.counters()
@@ -312,21 +409,24 @@ class Engine:
             f"{cfg.n_samples} x {cfg.dim}; {where}); at that moment: epochs done {epochs_done}, "
             + ", ".join(f"{k} {v}" for k, v in cnt.as_dict().items()) + "; DMA reset and engine soft-reset")
 
-    def _wait_transfer(self, cfg, deadline, poll, timeout_s, epoch):
-        """Wait for epoch ``epoch``'s transfer; None when it ended, the engine's STATUS when
+    def _wait_transfer(self, cfg, deadline, slice_s, timeout_s, i, n):
+        """Wait for transfer ``i`` (of ``n``); None when it ended, the engine's STATUS when
         the engine finished first (a fault stops its input)."""
         while True:
             left = deadline - self.board.time()
             if left <= 0:
-                raise self._timeout(cfg, timeout_s, f"epoch {epoch + 1}'s DMA transfer still running")
-            if self.board.dma_wait(min(left, poll * self.POLLS / max(cfg.epochs, 1))):
+                per = n // cfg.epochs
+                raise self._timeout(cfg, timeout_s, f"epoch {i // per + 1}'s DMA transfer still running"
+                                    + (f" (transfer {i % per + 1} of {per})" if per > 1 else ""))
+            if self.board.dma_wait(min(left, slice_s)):
                 return None
             st = self.status()
             if st["done"]:
                 return st
 
     def _wait_done(self, cfg, deadline, poll, timeout_s):
-        """Wait for STATUS.done after the last transfer."""
+        """Wait for STATUS.done after the last transfer (polls grow 1.5x: a hung engine
+        costs a few dozen reads, not one per expected/POLLS up to the deadline)."""
         while True:
             st = self.status()
             if st["done"]:
@@ -336,6 +436,7 @@ class Engine:
                 raise self._timeout(cfg, timeout_s, "every epoch streamed, the engine still busy")
             # a board with an interrupt wakes when the job ends: one wait up to the deadline
             self.board.wait_irq(left + 1e-6 if self.board.irq_wait else min(poll, left))
+            poll *= 1.5
 
     def _fault_text(self, code: int) -> str:
         try:

@@ -24,6 +24,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .job import prepare_job, run_job
+from .packfile import PackedData
 
 
 class _ZipSGD(BaseEstimator):
@@ -41,8 +42,8 @@ class _ZipSGD(BaseEstimator):
         if self.loss not in self._losses:
             raise ValueError(f"{type(self).__name__} supports loss in {self._losses}, not {self.loss!r}")
 
-    def _fit_job(self, X, y):
-        job = prepare_job(X, y, **self._job_kwargs())
+    def _fit_job(self, X, y, job=None):
+        job = job or prepare_job(X, y, **self._job_kwargs())
         res = run_job(job, self.backend)
         self.job_ = job
         self.engine_result_ = res
@@ -51,6 +52,26 @@ class _ZipSGD(BaseEstimator):
         self.bits_per_feature_ = float(job.bits_per_feature)
         self.hw_stats_ = dict(res.stats or {})
         return job.unscale(res.model)
+
+    def _fit_packed(self, packed, y):
+        """Train on a packed file (:func:`zipsgd.packfile.open_packed`): its labels, copies,
+        codebook and scaling; this estimator's training settings (epochs, batch_size, step,
+        decay, alpha, backend). The file's quantization (bits, sampling, levels, copies,
+        seed, scale, fit_intercept) replaces the estimator's; ``packed_settings_`` says which."""
+        from .job import job_from_packed
+
+        if y is not None:
+            raise ValueError("a packed file holds its labels: call fit(packed) without y")
+        h = packed.header
+        if h["loss"] != self.loss:
+            raise ValueError(f"{packed.path} was packed for loss={h['loss']!r}; {type(self).__name__}(loss="
+                             f"{self.loss!r}) needs a file packed with that loss (zipsgd pack --loss {self.loss})")
+        job = job_from_packed(packed, epochs=self.epochs, batch_size=self.batch_size, step=self.step,
+                              decay=self.decay, alpha=self.alpha, params=self.engine_params)
+        self.packed_settings_ = {k: h[k] for k in ("bits", "sampling", "levels", "copies", "seed", "scale",
+                                                   "fit_intercept")}
+        self.n_features_in_ = h["n_features"]
+        return self._fit_job(None, None, job=job)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -115,9 +136,14 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
         self.fit_intercept = fit_intercept
         self.engine_params = engine_params
 
-    def fit(self, X, y):
-        """Train on ``X`` (n, d) and real targets ``y`` (n,)."""
+    def fit(self, X, y=None):
+        """Train on ``X`` (n, d) and real targets ``y`` (n,), or on a packed file
+        (:class:`zipsgd.packfile.PackedData`, its labels inside)."""
         self._check_loss()
+        if isinstance(X, PackedData):
+            coef, intercept = self._fit_packed(X, y)
+            self.coef_, self.intercept_ = coef, float(intercept)
+            return self
         X, y = validate_data(self, X, y, accept_sparse=("csr", "csc", "coo"), y_numeric=True,
                              dtype=np.float64)
         coef, intercept = self._fit_job(_dense(X), y)
@@ -161,9 +187,15 @@ class SGDClassifier(ClassifierMixin, _ZipSGD):
         self.fit_intercept = fit_intercept
         self.engine_params = engine_params
 
-    def fit(self, X, y):
-        """Train on ``X`` (n, d) and labels ``y`` of exactly two classes."""
+    def fit(self, X, y=None):
+        """Train on ``X`` (n, d) and labels ``y`` of exactly two classes, or on a packed
+        file (:class:`zipsgd.packfile.PackedData`, its labels inside)."""
         self._check_loss()
+        if isinstance(X, PackedData):
+            coef, intercept = self._fit_packed(X, y)
+            self.classes_ = self.job_.classes
+            self.coef_, self.intercept_ = coef.reshape(1, -1), np.array([intercept])
+            return self
         X, y = validate_data(self, X, y, accept_sparse=("csr", "csc", "coo"), dtype=np.float64)
         check_classification_targets(y)
         y_type = type_of_target(y, input_name="y")

@@ -60,6 +60,37 @@ SCALE_MODES = ("feature", "global")
 DEFAULT_COPIES_MAX = 4
 
 
+#: Rows scaled, quantized and packed at a time (bounds the packer's memory).
+PACK_CHUNK_ROWS = 1 << 16
+#: Rows a codebook that needs data is fitted on when X is not scaled whole (packed files).
+CODEBOOK_ROWS = 1 << 17
+
+
+def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, rng, chunk_rows: int) -> None:
+    """Pack one copy (samples in ``perm`` order) into ``out``, ``chunk_rows`` samples at a time.
+
+    ``rows(idx)``: the scaled feature rows ``idx`` (intercept column included); ``levels``:
+    the codebook as floats (None for 32-bit FULL); ``rng``: the quantization generator,
+    drawn from chunk by chunk (one chunk when n <= chunk_rows).
+    """
+    from . import quant
+
+    words = layout.beats_per_sample * layout.host_words_per_beat
+    for at in range(0, len(perm), chunk_rows):
+        idx = perm[at:at + chunk_rows]
+        Xs, y = rows(idx), labels[idx]
+        if levels is None:
+            packed = packing.pack(layout, y, values=c.FEAT.to_fixed(Xs))
+        elif sampling == "double":
+            c1, c2 = quant.double_sample(Xs, levels, rng)
+            packed = packing.pack(layout, y, codes1=c1, codes2=c2)
+        elif sampling == "single":
+            packed = packing.pack(layout, y, codes1=quant.stochastic_round(Xs, levels, rng))
+        else:
+            packed = packing.pack(layout, y, codes1=quant.nearest_round(Xs, levels))
+        out[at * words:(at + len(idx)) * words] = packed
+
+
 def default_copies(epochs: int) -> int:
     """Packed copies when none are asked for: ``min(epochs, 4)``."""
     return max(1, min(int(epochs), DEFAULT_COPIES_MAX))
@@ -343,12 +374,20 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
                 levels: str = "uniform", epochs: int = 10, batch_size: int = 1, step: float = 2.0 ** -6,
                 decay: int = 0, alpha: float = 0.0, copies: int | None = None, seed: int | None = 0,
                 word_bits: int = c.WORD_BITS_DEFAULT, scale: str = "feature", fit_intercept: bool = True,
-                params: c.EngineParams | None = None, codebook=None) -> Job:
+                params: c.EngineParams | None = None, codebook=None, sink=None,
+                chunk_rows: int | None = None) -> Job:
     """Validate, scale, quantize and pack a training job (see the module docstring).
 
     ``codebook`` (optional, bits < 32): ``2**bits`` increasing float levels in [-1, 1] to
     use instead of ``quant.make_codebook(levels, ...)`` (rounded to the FEAT grid).
+
+    ``sink`` (optional): ``sink(k, words)`` returns the array copy ``k`` is packed into
+    (e.g. a slice of a memory-mapped file, :mod:`zipsgd.packfile`); then X is read in
+    chunks of ``chunk_rows`` rows (default :data:`PACK_CHUNK_ROWS`) and never scaled whole,
+    ``X_scaled`` is None, and levels that need data are fitted on :data:`CODEBOOK_ROWS`
+    rows drawn at random. The packed words do not depend on ``sink``.
     """
+    chunk_rows = PACK_CHUNK_ROWS if chunk_rows is None else _as_int("chunk_rows", chunk_rows)
     from . import quant
 
     # ---- options ---------------------------------------------------------------------
@@ -410,10 +449,16 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
         classes, ys = map_labels(y, loss_name)
 
     scaler = quant.Scaler(mode=scale) if fit_intercept else MaxAbsScaler(mode=scale)
-    Xs = np.asarray(scaler.fit_transform(X), dtype=np.float64)
-    Xs = np.clip(Xs, -1.0, 1.0)  # guards against one-ulp excursions; the Scaler maps into [-1, 1]
-    if fit_intercept:
-        Xs = np.hstack([Xs, np.ones((n, 1))])
+    scaler.fit(X)
+
+    def scaled(idx):
+        """Rows ``idx`` of X scaled into [-1, 1], with the intercept column."""
+        rows = np.clip(np.asarray(scaler.transform(X[idx]), dtype=np.float64), -1.0, 1.0)
+        return np.hstack([rows, np.ones((rows.shape[0], 1))]) if fit_intercept else rows
+
+    # in memory the scaled matrix is kept (baselines and metrics read it); a packed file
+    # (``sink``) is written chunk by chunk from X, which may be memory-mapped
+    Xs = scaled(slice(None)) if sink is None else None
     labels = c.MODEL.to_fixed(ys)
 
     # ---- step, L2 ----------------------------------------------------------------------
@@ -434,16 +479,12 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
     cb_rng = np.random.default_rng([seed, 3])
     perms = [perm_rng.permutation(n) for _ in range(copies)]
 
-    streams = []
     given = codebook
-    codebook = None
-    if bits == c.FULL_BITS:
-        values = c.FEAT.to_fixed(Xs)
-        for perm in perms:
-            streams.append(packing.pack(layout, labels[perm], values=values[perm]))
-    else:
+    codebook = lv = None
+    if bits != c.FULL_BITS:
         if given is None:
-            lv = np.asarray(quant.make_codebook(levels, bits, data=Xs, rng=cb_rng), dtype=np.float64)
+            data = Xs if Xs is not None else scaled(np.sort(cb_rng.choice(n, min(n, CODEBOOK_ROWS), replace=False)))
+            lv = np.asarray(quant.make_codebook(levels, bits, data=data, rng=cb_rng), dtype=np.float64)
         else:
             lv = np.asarray(given, dtype=np.float64)
             if lv.ndim != 1 or not np.all(np.isfinite(lv)) or np.abs(lv).max(initial=0) > 1:
@@ -454,22 +495,52 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
         if np.any(np.diff(codebook) <= 0):
             raise ValueError("codebook levels must be strictly increasing on the FEAT grid")
         lv = c.FEAT.to_float(codebook)  # exactly what the engine holds
-        nearest = quant.nearest_round(Xs, lv) if sampling == "nearest" else None
-        for perm in perms:
-            if sampling == "double":
-                c1, c2 = quant.double_sample(Xs[perm], lv, q_rng)
-                streams.append(packing.pack(layout, labels[perm], codes1=c1, codes2=c2))
-            elif sampling == "single":
-                c1 = quant.stochastic_round(Xs[perm], lv, q_rng)
-                streams.append(packing.pack(layout, labels[perm], codes1=c1))
-            else:
-                streams.append(packing.pack(layout, labels[perm], codes1=nearest[perm]))
+
+    rows = (lambda idx: Xs[idx]) if Xs is not None else scaled
+    words = n * layout.beats_per_sample * layout.host_words_per_beat
+    streams = []
+    for k, perm in enumerate(perms):
+        out = np.empty(words, dtype=np.uint64) if sink is None else sink(k, words)
+        pack_copy(out, layout, labels, rows, perm, sampling, lv, q_rng, chunk_rows)
+        streams.append(out)
 
     return Job(config=cfg, params=params, codebook=codebook, streams=streams, perms=perms, X_scaled=Xs,
                y_scaled=ys, loss=loss_name, bits=bits, sampling=sampling, levels=levels, epochs=epochs,
                batch_size=batch_size, step=step, decay=decay, alpha=alpha, seed=seed, scale=scale,
                fit_intercept=fit_intercept, scaler=scaler, y_center=y_center, y_scale=y_scale,
                classes=classes, n_features=n_features)
+
+
+def job_from_packed(packed, *, epochs: int = 10, batch_size: int = 1, step: float = 2.0 ** -6, decay: int = 0,
+                    alpha: float = 0.0, params: c.EngineParams | None = None) -> Job:
+    """A training job on a packed file (:func:`zipsgd.packfile.open_packed`): the file's
+    copies (memory-mapped), codebook and scaling, and this call's training settings.
+    ``X_scaled`` and ``perms`` are None (the file holds packed data only)."""
+    h = packed.header
+    word_bits = h["word_bits"]
+    params = params or c.EngineParams(word_bits=word_bits)
+    if params.word_bits != word_bits:
+        raise ValueError(f"{packed.path} is packed for W={word_bits}, the engine streams W={params.word_bits}")
+    epochs, batch_size, decay = _as_int("epochs", epochs), _as_int("batch_size", batch_size), \
+        _as_int("decay", decay, lo=0)
+    step, alpha = _as_float("step", step), _as_float("alpha", alpha)
+    if step <= 0 or alpha < 0:
+        raise ValueError(f"step must be positive and alpha >= 0 (got step={step}, alpha={alpha})")
+    step_shift, step_mult = step_registers(step / batch_size)
+    cfg = c.EngineConfig(n_samples=h["n_samples"], dim=h["dim"], bits=h["bits"], encoding=c.Encoding[h["encoding"]],
+                         loss=LOSSES[h["loss"]], step_shift=step_shift, step_mult=step_mult, decay_epochs=decay,
+                         l2_shift=l2_shift_for(step, alpha), batch=batch_size, epochs=epochs,
+                         copies=h["copies"], word_bits=word_bits)
+    err = c.check_config(cfg, params)
+    if err != c.Error.NONE:
+        raise ValueError(f"the engine would refuse this job: {err.name}: {c.ERROR_TEXT[err]}")
+    cb = None if h["codebook"] is None else np.asarray(h["codebook"], dtype=np.int64)
+    return Job(config=cfg, params=params, codebook=cb, streams=list(packed.streams), perms=None, X_scaled=None,
+               y_scaled=None, loss=h["loss"], bits=h["bits"], sampling=h["sampling"], levels=h["levels"],
+               epochs=epochs, batch_size=batch_size, step=step, decay=decay, alpha=alpha, seed=h["seed"],
+               scale=h["scale"], fit_intercept=h["fit_intercept"], scaler=packed.scaler(), y_center=h["y_center"],
+               y_scale=h["y_scale"], classes=packed.classes, n_features=h["n_features"],
+               extras={"packed_file": str(packed.path)})
 
 
 # --------------------------------------------------------------------------------------

@@ -95,6 +95,24 @@ def load_overlay(bit: Path, download: bool = True, device=None):
     return overlay
 
 
+#: Share of the kernel's free contiguous memory (CMA) one job may hold, and the cap.
+CMA_SHARE, DMA_BUDGET_MAX = 0.5, 256 << 20
+
+
+def dma_budget(device_budget=None) -> int:
+    """DMA memory one job may hold on this board: the device's own figure when it has one
+    (the simulated board), else half the free CMA (``/proc/meminfo``), at most 256 MiB;
+    64 MiB where the kernel reports no CMA."""
+    if device_budget:
+        return int(device_budget)
+    from .info import cma_bytes
+
+    cma = cma_bytes()
+    if not cma:
+        return 64 << 20
+    return int(min(cma.get("free", cma["total"]) * CMA_SHARE, DMA_BUDGET_MAX))
+
+
 class _WallClock:
     """Board time on hardware: the host's monotonic clock."""
 
@@ -132,6 +150,7 @@ class PynqBoard(Board):
         self.clock = clock or _WallClock
         self.clock_hz = float(_pynq().Clocks.fclk0_mhz) * 1e6
         self.dma_max_bytes = int(dma.buffer_max_size)
+        self.dma_budget_bytes = dma_budget(getattr(ip.device, "dma_budget_bytes", None))
 
     @classmethod
     def open(cls, board_or_path: str = "pynq-z2", download: bool = True, device=None) -> "PynqBoard":
@@ -189,7 +208,18 @@ class PynqBoard(Board):
                 break
         else:
             raise axi_dma.DmaError(f"{self.name}: the DMA's soft reset did not complete (MM2S_DMACR.Reset stayed 1)")
-        self.channel.start()             # running again, first-transfer flag set (Idle is 0 after a reset)
+        sr = mmio.read(axi_dma.DMASR)
+        if not sr & axi_dma.SR_HALTED:
+            raise axi_dma.DmaError(f"{self.name}: the DMA is not halted after its reset (MM2S_DMASR 0x{sr:08X})")
+        # run it again: set RS and see Halted fall (bounded), then let PYNQ's channel start it
+        # too, which returns at once and sets its first-transfer flag (Idle is 0 after a reset)
+        mmio.write(axi_dma.DMACR, axi_dma.CR_RS)
+        for _ in range(axi_dma.Mm2s.POLLS):
+            if not mmio.read(axi_dma.DMASR) & axi_dma.SR_HALTED:
+                break
+        else:
+            raise axi_dma.DmaError(f"{self.name}: the DMA stayed halted after its reset and RS")
+        self.channel.start()
 
     def sleep(self, seconds):
         self.clock.sleep(seconds)

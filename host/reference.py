@@ -87,6 +87,10 @@ class Result:
         return np.array([LOSS_ACC.to_float(s) / n_samples for s in self.loss_sums])
 
 
+#: Samples the reference decodes at a time (rounded to whole batches).
+CHUNK_SAMPLES = 1 << 14
+
+
 def run(cfg: EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.ndarray],
         codebook=None, params: EngineParams | None = None, model0=None) -> Result:
     """Run a job on the reference engine.
@@ -113,22 +117,29 @@ def run(cfg: EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.nd
     x = np.zeros(cfg.dim, dtype=np.int64) if model0 is None else np.asarray(model0, dtype=np.int64).copy()
     loss_sums, beats, samples = [], 0, 0
     m = int(cfg.step_mult)
+    words = layout.beats_per_sample * layout.host_words_per_beat
+    # whole batches of about CHUNK_SAMPLES samples decoded at a time: memory stays bounded
+    # whatever n is (a memory-mapped packed file is read chunk by chunk)
+    chunk = max(1, CHUNK_SAMPLES // cfg.batch) * cfg.batch
     for epoch in range(cfg.epochs):
-        q1, q2, y = decode(layout, get(epoch), codebook)
-        if q1.shape[0] != cfg.n_samples:
-            raise ValueError(f"epoch {epoch}: stream holds {q1.shape[0]} samples, config says {cfg.n_samples}")
+        stream = get(epoch)
+        if len(stream) != cfg.n_samples * words:
+            raise ValueError(f"epoch {epoch}: stream holds {len(stream) / words:g} samples, config says "
+                             f"{cfg.n_samples}")
         shift = STEP_MULT.frac + cfg.epoch_shift(epoch)
         total = 0
-        for start in range(0, cfg.n_samples, cfg.batch):
-            sl = slice(start, start + cfg.batch)
-            acc = q1[sl] @ x
-            z = MODEL.saturate(rshift_round(acc, FEAT.frac))
-            r, lo = residual_and_loss(cfg.loss, z, y[sl])
-            total += int(lo.sum())
-            rp = MODEL.saturate(rshift_round(r * m, shift))
-            g = rp @ q2[sl]
-            l2 = rshift_round(x, cfg.l2_shift) if cfg.l2_shift else 0
-            x = MODEL.saturate(x - rshift_round(g, FEAT.frac) - l2)
+        for at in range(0, cfg.n_samples, chunk):
+            q1, q2, y = decode(layout, np.asarray(stream[at * words:(at + chunk) * words]), codebook)
+            for start in range(0, q1.shape[0], cfg.batch):
+                sl = slice(start, start + cfg.batch)
+                acc = q1[sl] @ x
+                z = MODEL.saturate(rshift_round(acc, FEAT.frac))
+                r, lo = residual_and_loss(cfg.loss, z, y[sl])
+                total += int(lo.sum())
+                rp = MODEL.saturate(rshift_round(r * m, shift))
+                g = rp @ q2[sl]
+                l2 = rshift_round(x, cfg.l2_shift) if cfg.l2_shift else 0
+                x = MODEL.saturate(x - rshift_round(g, FEAT.frac) - l2)
         loss_sums.append(min(total, LOSS_ACC.max))
         beats += cfg.n_samples * layout.beats_per_sample
         samples += cfg.n_samples

@@ -99,6 +99,7 @@ class CocotbBoard(Board):
         self.mem_words = 1 << mem_words_log2
         from zipsgd.boards import DMA_LENGTH_WIDTH
         self.dma_max_bytes = min((1 << DMA_LENGTH_WIDTH) - 1, self.mem_words * self.word_bits // 8)
+        self.dma_budget_bytes = self.mem_words * self.beat_bytes * 3 // 4
         self.dma = axi_dma.Mm2s(lambda off: self.read(DMA_SEL | off), lambda off, v: self.write(DMA_SEL | off, v),
                                 self.dma_max_bytes)
         self._read_b = resume(self._read)
@@ -396,8 +397,8 @@ def run_jobs(jobs, *, simulator: str = "verilator", params: c.EngineParams | Non
     Parameters
     ----------
     jobs : list of (EngineConfig, list of streams, codebook or None[, options])
-        ``options`` (a dict, optional): ``timeout_s`` for :meth:`Engine.run`, ``fault`` and
-        ``at`` for a :class:`FaultyBoard`.
+        ``options`` (a dict, optional): ``timeout_s`` and ``ring_bytes`` for
+        :meth:`Engine.run`, ``fault`` and ``at`` for a :class:`FaultyBoard`.
     simulator : 'verilator' or 'icarus'
     params : EngineParams of the engine to build (default build at the jobs' W)
     throttle : 0..15, random input gaps of the board's DMA (0: never stalls)
@@ -483,7 +484,8 @@ def board_test_entry():
                                 if "fault" in opts else driven)
                 t0 = time.perf_counter()
                 try:
-                    res = engine.run(cfg, streams, codebook, timeout_s=opts.get("timeout_s"))
+                    res = engine.run(cfg, streams, codebook, timeout_s=opts.get("timeout_s"),
+                                     ring_bytes=opts.get("ring_bytes"))
                 except BaseException as exc:  # handed back to the host process (Ctrl-C too)
                     out.append(exc)
                     continue

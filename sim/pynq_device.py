@@ -79,6 +79,7 @@ def _device_class():
             self.timestamp = ""
             self.bitfile_name = ""
             self.board_clock = board        # PynqBoard waits on the board's time, not the host's
+            self.dma_budget_bytes = getattr(board, "dma_budget_bytes", None)
             self.freed = []                 # physical addresses given back (tests read it)
 
         # -- registers -------------------------------------------------------------------

@@ -472,14 +472,43 @@ def test_unsupported_mode_is_refused_before_any_configuration():
     assert not board.buffers and not any(e[0] == "dma" for e in board.events)
 
 
-def test_epoch_over_the_dma_length_is_refused_before_any_write():
-    board = FakeBoard(dma_width=7)                # 127 bytes: under one epoch of this job
+def test_epoch_over_the_dma_length_is_split_at_sample_boundaries():
+    """An epoch longer than the DMA's largest transfer goes in several transfers, each
+    ending on a sample (contract 2.1), each at most the largest transfer."""
+    board = FakeBoard(dma_width=7)                # 127 bytes: 15 one-beat samples of this job
+    cfg, streams, cb = _job(copies=2, epochs=3)
+    sample = cfg.layout.beats_per_sample * cfg.layout.host_words_per_beat
+    res = Engine(board).run(cfg, streams, cb)
+    per = 127 // (8 * sample)
+    chunks = [(at * sample, min(per, cfg.n_samples - at) * sample) for at in range(0, cfg.n_samples, per)]
+    per_epoch = cfg.n_samples * sample
+    assert board.sent == [(k * per_epoch + off, n) for k in (0, 1, 0) for off, n in chunks]
+    assert res.stats["transfers"] == 3 * len(chunks) > 3 and not res.stats["ring"]
+
+
+def test_sample_over_the_dma_length_is_refused_before_any_write():
+    board = FakeBoard(dma_width=3)                # 7 bytes: under one sample
     cfg, streams, cb = _job()
     eng = Engine(board)
     attached = len(board.log)
-    with pytest.raises(ValueError, match="over the DMA's largest transfer \\(127 bytes\\)"):
+    with pytest.raises(ValueError, match="one sample is 8 bytes, more than the DMA's largest transfer \\(7 bytes\\)"):
         eng.run(cfg, streams, cb)
     assert all(e[0] == "r" for e in board.log[attached:]) and not board.buffers
+
+
+def test_ring_streams_copies_larger_than_the_budget():
+    """With a ring, two small buffers carry every epoch: refilled in turn, each transfer
+    from the slot the host just filled, the data streamed equal to the copies'."""
+    board = FakeBoard()
+    cfg, streams, cb = _job(copies=2, epochs=3)
+    sample = cfg.layout.beats_per_sample * cfg.layout.host_words_per_beat
+    ring = 2 * 4 * sample * 8                     # two slots of 4 samples
+    res = Engine(board).run(cfg, streams, cb, ring_bytes=ring)
+    assert res.stats["ring"] and res.stats["transfers"] == 3 * -(-cfg.n_samples // 4)
+    assert len(board.buffers) == 2 and all(b.size == 4 * sample for b in board.buffers)
+    assert all(b.freed for b in board.buffers)
+    want = np.concatenate([streams[e % 2] for e in range(cfg.epochs)])
+    assert np.array_equal(np.concatenate(board.streamed), want)
 
 
 @pytest.mark.parametrize("slack,irq", [(1e-6, False), (30.0, True)])
