@@ -347,6 +347,11 @@ def _bench_engine(args) -> int:
     return bench_main(quick=args.quick, out=args.out, quiet=args.quiet)
 
 
+def _bench_streaming(args) -> int:
+    from .bench_stream import main as bench_main
+    return bench_main(quick=args.quick, out=args.out, quiet=args.quiet)
+
+
 def _bench_script(name):
     def run(args) -> int:
         import runpy
@@ -366,7 +371,7 @@ def _bench_script(name):
 
 #: Benchmark name -> callable(args) -> exit status. ``bench all`` runs them in order.
 BENCHES = {"packing": _bench_script("packing"), "codebook": _bench_script("codebook"),
-           "engine": _bench_engine, "convergence": _bench_convergence}
+           "engine": _bench_engine, "streaming": _bench_streaming, "convergence": _bench_convergence}
 
 
 def _bench_parser(sub):

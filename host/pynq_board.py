@@ -139,8 +139,8 @@ class PynqBoard(Board):
     ``board_clock``).
     """
 
-    #: Polls of DMASR per :meth:`dma_wait` slice.
-    DMA_POLLS = 16
+    #: DMASR polls per transfer time, once the transfer could have ended.
+    DMA_POLLS = 64
 
     def __init__(self, ip, dma, name: str = "PYNQ board", clock=None):
         self.ip, self.dma, self.name = ip, dma, name
@@ -150,6 +150,8 @@ class PynqBoard(Board):
         self.clock = clock or _WallClock
         self.clock_hz = float(_pynq().Clocks.fclk0_mhz) * 1e6
         self.dma_max_bytes = int(dma.buffer_max_size)
+        params = getattr(dma, "description", {}).get("parameters", {})
+        self.beat_bytes = int(params.get("c_m_axis_mm2s_tdata_width", 64)) // 8
         self.dma_budget_bytes = dma_budget(getattr(ip.device, "dma_budget_bytes", None))
 
     @classmethod
@@ -185,10 +187,17 @@ class PynqBoard(Board):
 
     def dma_send(self, buffer, start_word, n_words):
         self.channel.transfer(buffer, start=start_word * 8, nbytes=n_words * 8)
+        # when the transfer should end if the engine takes a beat a cycle (dma_wait sleeps until then)
+        self._transfer_s = n_words * 8 / self.beat_bytes / self.clock_hz
+        self._expected_end = self.time() + self._transfer_s
 
     def dma_wait(self, timeout_s):
         end = self.time() + timeout_s
-        step = max(timeout_s / self.DMA_POLLS, 1e-6)
+        ahead = min(getattr(self, "_expected_end", 0.0), end) - self.time()
+        if ahead > 0:                           # not before it can have ended: one sleep
+            self.sleep(ahead)
+        # then short polls: 1/DMA_POLLS of the transfer's time (a stalling engine takes longer)
+        step = max(min(getattr(self, "_transfer_s", timeout_s), timeout_s) / self.DMA_POLLS, 1e-6)
         while True:
             sr = self.dma.mmio.read(axi_dma.DMASR)
             axi_dma.check(sr, f"{self.name}'s DMA")

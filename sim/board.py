@@ -96,6 +96,7 @@ class CocotbBoard(Board):
         self.throttle = throttle
         self.beat_bytes = self.word_bits // 8
         self._allocs, self._image = {}, None
+        self.peak_beats = 0                 # most board memory held at once (beats)
         self.mem_words = 1 << mem_words_log2
         from zipsgd.boards import DMA_LENGTH_WIDTH
         self.dma_max_bytes = min((1 << DMA_LENGTH_WIDTH) - 1, self.mem_words * self.word_bits // 8)
@@ -222,6 +223,7 @@ class CocotbBoard(Board):
             raise MemoryError(f"{nbytes} bytes do not fit the simulated board memory ({self.mem_words} beats of "
                               f"{self.beat_bytes} bytes, {sum(self._allocs.values())} in use)")
         self._allocs[start] = beats
+        self.peak_beats = max(self.peak_beats, self.allocated_beats)
         return _Space(MEM_BASE + start * self.beat_bytes)
 
     def free_bytes(self, physical_address):
@@ -396,7 +398,7 @@ def run_jobs(jobs, *, simulator: str = "verilator", params: c.EngineParams | Non
 
     Parameters
     ----------
-    jobs : list of (EngineConfig, list of streams, codebook or None[, options])
+    jobs : list of (EngineConfig, list of streams or the path of a .zsgd file, codebook or None[, options])
         ``options`` (a dict, optional): ``timeout_s`` and ``ring_bytes`` for
         :meth:`Engine.run`, ``fault`` and ``at`` for a :class:`FaultyBoard`.
     simulator : 'verilator' or 'icarus'
@@ -480,6 +482,10 @@ def board_test_entry():
             for job in spec["jobs"]:
                 cfg, streams, codebook = job[:3]
                 opts = job[3] if len(job) > 3 else {}
+                if isinstance(streams, (str, Path)):          # a packed file, memory-mapped here
+                    from zipsgd.packfile import open_packed
+                    streams = open_packed(streams).streams
+                board.peak_beats = board.allocated_beats
                 engine.board = (FaultyBoard(driven, opts["fault"], opts.get("at", 0), cfg.layout.host_words_per_beat)
                                 if "fault" in opts else driven)
                 t0 = time.perf_counter()
@@ -491,6 +497,7 @@ def board_test_entry():
                     continue
                 finally:
                     engine.board = driven
+                res.stats["_peak"] = board.peak_beats * board.beat_bytes
                 res.stats["sim_job_seconds"] = dt = time.perf_counter() - t0
                 res.stats["sim_cycles_per_second"] = res.stats["cycles"] / max(dt, 1e-9)
                 res.stats["sim_startup_seconds"] = startup
@@ -501,6 +508,7 @@ def board_test_entry():
         for r in results:
             if not isinstance(r, BaseException):
                 r.stats["board_beats_allocated"] = board.allocated_beats
+                r.stats["board_peak_bytes"] = r.stats.pop("_peak", 0)
                 r.stats["driver"] = "pynq" if spec.get("pynq") else "native"
         (workdir / "results.pkl").write_bytes(pickle.dumps(results))
 

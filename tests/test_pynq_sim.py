@@ -181,3 +181,28 @@ def test_info_reports_the_dma_limit_and_the_cma_budget(tmp_path, monkeypatch):
     meminfo = "MemTotal:  507000 kB\nCmaTotal:  131072 kB\nCmaFree:   120000 kB\n"
     assert info.cma_bytes(meminfo) == {"total": 131072 * 1024, "free": 120000 * 1024}
     assert info.cma_bytes("MemTotal: 1 kB\nCmaTotal: 0 kB\n") is None
+
+
+@pytest.mark.xdist_group("sim_verilator_board")
+def test_packed_file_ten_times_the_ring_streams_bit_exact_under_pynq(tmp_path):
+    """A packed file 10x (and more) the ring of DMA buffers, memory-mapped in the board's
+    process and streamed through two ring buffers under PYNQ's classes: exact against the
+    CPU reference on the same file, board memory never above the ring."""
+    from zipsgd import packfile
+    from zipsgd.job import job_from_packed
+    from zipsgd.sim.board import run_jobs
+
+    rng = np.random.default_rng(31)
+    X = rng.normal(size=(1500, 20))
+    y = X @ rng.normal(size=20)
+    pk = packfile.write(tmp_path / "big.zsgd", X, y, bits=4, copies=2, seed=2)
+    job = job_from_packed(pk, epochs=3, batch_size=4, step=2.0 ** -7)
+    ring = 6144
+    assert pk.nbytes >= 10 * ring
+    res = run_jobs([(job.config, str(pk.path), job.codebook, {"ring_bytes": ring})], pynq="pynq-z2")[0]
+    ref = reference.run(job.config, job.streams, job.codebook)
+    assert np.array_equal(res.model, ref.model) and res.loss_sums == ref.loss_sums
+    sample = job.layout.beats_per_sample * job.layout.host_words_per_beat * 8
+    per_transfer = (ring // 2) // sample
+    assert res.stats["ring"] and res.stats["transfers"] == 3 * -(-job.n_samples // per_transfer)
+    assert 0 < res.stats["board_peak_bytes"] <= ring and res.stats["board_beats_allocated"] == 0
