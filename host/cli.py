@@ -472,7 +472,7 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, NotImplementedError) as exc:
+    except (ValueError, OSError, NotImplementedError, MemoryError) as exc:
         if os.environ.get("ZIPSGD_DEBUG"):
             raise
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)

@@ -103,6 +103,20 @@ def cma_bytes(meminfo: str | None = None) -> dict:
     return out if out.get("total") else None
 
 
+def memory_available(meminfo: str | None = None) -> int | None:
+    """Bytes of memory the kernel says a new allocation can have (``MemAvailable``), or None."""
+    if meminfo is None:
+        try:
+            meminfo = Path("/proc/meminfo").read_text()
+        except OSError:
+            return None
+    for line in meminfo.splitlines():
+        key, _, rest = line.partition(":")
+        if key == "MemAvailable" and rest.split():
+            return int(rest.split()[0]) * 1024
+    return None
+
+
 def dma_largest_transfer(bitstream) -> tuple[int, str]:
     """The DMA's largest transfer in bytes (``2**c_sg_length_width - 1``) and where the
     width comes from: the bitstream's ``.hwh`` when there is one, else the board table."""

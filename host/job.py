@@ -91,6 +91,27 @@ def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, 
         out[at * words:(at + len(idx)) * words] = packed
 
 
+def memory_estimate(n: int, dim: int, copies: int, layout: c.Layout) -> int:
+    """Bytes an in-memory job holds at its peak: the scaled matrix (float64), the packed
+    copies, and one chunk's quantization temporaries (about 40 bytes per value)."""
+    packed = n * layout.beats_per_sample * layout.host_words_per_beat * 8
+    return n * dim * 8 + copies * packed + min(n, PACK_CHUNK_ROWS) * dim * 40
+
+
+def check_memory(n: int, dim: int, copies: int, layout: c.Layout, available: int | None = None) -> None:
+    """Refuse an in-memory job that would not fit the host's memory, before any work, with
+    the numbers and the remedy (``zipsgd pack``: chunked, to a memory-mapped file)."""
+    from .info import memory_available
+
+    available = memory_available() if available is None else available
+    need = memory_estimate(n, dim, copies, layout)
+    if available is not None and need > available:
+        raise MemoryError(f"this job needs about {need / 2**20:,.0f} MiB in memory ({n} x {dim} scaled values and "
+                          f"{copies} packed copies), {available / 2**20:,.0f} MiB are available: pack it to a file "
+                          "in chunks instead (`zipsgd pack DATA -o FILE.zsgd`, or zipsgd.packfile.write) and train "
+                          "from that file")
+
+
 def default_copies(epochs: int) -> int:
     """Packed copies when none are asked for: ``min(epochs, 4)``."""
     return max(1, min(int(epochs), DEFAULT_COPIES_MAX))
@@ -448,6 +469,8 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
     else:
         classes, ys = map_labels(y, loss_name)
 
+    if sink is None:
+        check_memory(n, dim, copies, c.Layout(word_bits, c.encoding_for(sampling, bits), bits, dim))
     scaler = quant.Scaler(mode=scale) if fit_intercept else MaxAbsScaler(mode=scale)
     scaler.fit(X)
 

@@ -125,3 +125,21 @@ def test_cli_packs_and_trains(tmp_path):
     assert main(["pack", str(tmp_path / "X.npy"), "-o", str(tmp_path / "e.zsgd")]) == 2     # no --labels
     assert main(["train", str(tmp_path / "X.npy.zsgd")]) == 2                               # no such file
     assert c.CONTRACT_VERSION == tuple(packfile.open_packed(out).header["contract_version"])
+
+
+def test_a_job_too_large_for_memory_is_refused_before_any_work(monkeypatch):
+    """In memory, a job that would not fit is refused with the numbers and the remedy;
+    packed to a file it needs no such room."""
+    from zipsgd import info, job
+
+    lay = c.Layout(64, c.encoding_for("double", 8), 8, 91)
+    need = job.memory_estimate(5_000_000, 91, 4, lay)
+    assert need > 2 << 30                       # 5 M x 90 at 8 bits: gigabytes of copies
+    with pytest.raises(MemoryError, match=r"needs about .* MiB .* 512 MiB are available: pack it .*zipsgd pack"):
+        job.check_memory(5_000_000, 91, 4, lay, available=512 << 20)
+    job.check_memory(1000, 91, 4, lay, available=512 << 20)
+    assert info.memory_available("MemTotal: 2 kB\nMemAvailable:  1000 kB\n") == 1000 * 1024
+    X, y = _data(n=40)
+    monkeypatch.setattr(info, "memory_available", lambda: 1000)
+    with pytest.raises(MemoryError, match="zipsgd pack"):
+        prepare_job(X, y, bits=4)
