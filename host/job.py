@@ -506,7 +506,10 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
     codebook = lv = None
     if bits != c.FULL_BITS:
         if given is None:
-            data = Xs if Xs is not None else scaled(np.sort(cb_rng.choice(n, min(n, CODEBOOK_ROWS), replace=False)))
+            if Xs is not None or n <= CODEBOOK_ROWS:
+                data = Xs if Xs is not None else scaled(slice(None))
+            else:
+                data = scaled(np.sort(cb_rng.choice(n, CODEBOOK_ROWS, replace=False)))
             lv = np.asarray(quant.make_codebook(levels, bits, data=data, rng=cb_rng), dtype=np.float64)
         else:
             lv = np.asarray(given, dtype=np.float64)

@@ -143,7 +143,10 @@ def test_notebook_runs_on_the_simulated_board(tmp_path, monkeypatch):
                                                    r"efficiency ([\d.]+); engine time", text)}
     assert set(eff) == {4, 32} and all(0.5 < e <= 1 for e in eff.values()), text
     assert eff[32] > eff[4]  # more beats per sample hide the batch-boundary stalls better
-    r2 = [float(x) for x in re.findall(r"R\^2 = ([\d.-]+)", text)]
+    r2 = [float(x) for x in re.findall(r"\d+-bit: R\^2 = ([\d.-]+)", text)]
     assert len(r2) == 2 and all(0.4 < v < 0.6 for v in r2), text
     assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), "no plot"
     assert "backend='sim' equals the cpu reference bit for bit" in _outputs_text(code[-1])
+    # the packed-file section: written beside the notebook, fitted on the board, equal to fit(X, y)
+    assert (tmp_path / "diabetes_4bit.zsgd").is_file()
+    assert re.search(r"fit\(packed\) on backend='sim' equals fit\(X, y\): R\^2 = 0\.\d+ \(transfers \d+\)", text), text
