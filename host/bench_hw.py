@@ -325,13 +325,17 @@ def format_report(data: dict) -> str:
     return "\n".join(out)
 
 
-def main(quick: bool = False, out: str = "results", quiet: bool = False) -> int:
-    data = run(quick)
-    text = format_report(data)
+def save_report(out, stem: str, text: str, data: dict, quiet: bool = False) -> int:
+    """Print a benchmark's report (unless ``quiet``) and write ``<stem>.md`` and ``<stem>.json`` in ``out``."""
     if not quiet:
         print(text)
     p = Path(out)
     p.mkdir(parents=True, exist_ok=True)
-    (p / "engine_efficiency.md").write_text("```\n" + text + "\n```\n")
-    (p / "engine_efficiency.json").write_text(json.dumps(data, indent=1, default=str))
+    (p / f"{stem}.md").write_text("```\n" + text + "\n```\n")
+    (p / f"{stem}.json").write_text(json.dumps(data, indent=1, default=str))
     return 0
+
+
+def main(quick: bool = False, out: str = "results", quiet: bool = False) -> int:
+    data = run(quick)
+    return save_report(out, "engine_efficiency", format_report(data), data, quiet)

@@ -17,7 +17,6 @@ cache flush adds to that); the figure to compare on a board is the same line pri
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -115,12 +114,7 @@ def format_report(data: dict) -> str:
 
 
 def main(quick: bool = False, out: str = "results", quiet: bool = False) -> int:
+    from .bench_hw import save_report
+
     data = run(quick)
-    text = format_report(data)
-    if not quiet:
-        print(text)
-    p = Path(out)
-    p.mkdir(parents=True, exist_ok=True)
-    (p / "streaming.md").write_text("```\n" + text + "\n```\n")
-    (p / "streaming.json").write_text(json.dumps(data, indent=1, default=str))
-    return 0
+    return save_report(out, "streaming", format_report(data), data, quiet)

@@ -136,6 +136,19 @@ def plot_curves(path: str | os.PathLike, curves: dict, title: str, ylabel: str =
 # --------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------
+def _quantization_args(p):
+    p.add_argument("--bits", type=int, default=8, help="1, 2, 4, 8 or 32 (default 8)")
+    p.add_argument("--sampling", default="double", help="double, single or nearest (default double)")
+    p.add_argument("--levels", default="uniform", help="uniform, optimal, log or weibull (default uniform)")
+
+
+def _data_side_args(p):
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--word-bits", type=int, default=64)
+    p.add_argument("--scale", default="feature", help="feature or global scaling into [-1, 1]")
+    p.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
+
+
 def _train_parser(sub):
     p = sub.add_parser("train", help="train a linear model on DATA and compare with float64 SGD",
                        description="Train on DATA: sklearn:NAME (diabetes, breast_cancer, digits, iris), "
@@ -147,20 +160,15 @@ def _train_parser(sub):
     p.add_argument("--target", default=None, help="CSV target column (name or index; default: last)")
     p.add_argument("--loss", default=None,
                    help="squared, logistic or hinge (default: by dataset; two-valued targets: logistic)")
-    p.add_argument("--bits", type=int, default=8, help="1, 2, 4, 8 or 32 (default 8)")
-    p.add_argument("--sampling", default="double", help="double, single or nearest (default double)")
-    p.add_argument("--levels", default="uniform", help="uniform, optimal, log or weibull (default uniform)")
+    _quantization_args(p)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--step", type=float, default=2.0 ** -6, help="learning rate (default 2**-6)")
     p.add_argument("--decay", type=int, default=0, help="halve the step every DECAY epochs (0: never)")
     p.add_argument("--alpha", type=float, default=0.0, help="L2 strength (default 0)")
     p.add_argument("--copies", type=int, default=None, help="quantized copies (default min(epochs, 4))")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", default="cpu", help="cpu (reference engine), sim or pynq")
-    p.add_argument("--word-bits", type=int, default=64)
-    p.add_argument("--scale", default="feature", help="feature or global scaling into [-1, 1]")
-    p.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
+    _data_side_args(p)
     p.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write results as JSON")
     p.add_argument("--plot", dest="plot_path", default=None, metavar="PATH", help="write a PNG of the curves")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
@@ -272,14 +280,9 @@ def _pack_parser(sub):
     p.add_argument("--labels", default=None, metavar="Y.npy", help="targets, when DATA is an X.npy")
     p.add_argument("--target", default=None, help="CSV target column (name or index; default: last)")
     p.add_argument("--loss", default=None, help="squared, logistic or hinge (default: by dataset)")
-    p.add_argument("--bits", type=int, default=8, help="1, 2, 4, 8 or 32 (default 8)")
-    p.add_argument("--sampling", default="double", help="double, single or nearest (default double)")
-    p.add_argument("--levels", default="uniform", help="uniform, optimal, log or weibull (default uniform)")
+    _quantization_args(p)
     p.add_argument("--copies", type=int, default=4, help="quantized copies (default 4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--word-bits", type=int, default=64)
-    p.add_argument("--scale", default="feature", help="feature or global scaling into [-1, 1]")
-    p.add_argument("--no-intercept", action="store_true", help="pack for a fit without an intercept")
+    _data_side_args(p)
     p.add_argument("--chunk-rows", type=int, default=None, help="rows packed at a time (default 65536)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pack)

@@ -210,24 +210,12 @@ class PynqBoard(Board):
             self.sleep(min(step, left))
 
     def dma_reset(self):
-        mmio = self.dma.mmio
-        mmio.write(axi_dma.DMACR, axi_dma.CR_RESET)
-        for _ in range(axi_dma.Mm2s.POLLS):
-            if not mmio.read(axi_dma.DMACR) & axi_dma.CR_RESET:
-                break
-        else:
-            raise axi_dma.DmaError(f"{self.name}: the DMA's soft reset did not complete (MM2S_DMACR.Reset stayed 1)")
-        sr = mmio.read(axi_dma.DMASR)
-        if not sr & axi_dma.SR_HALTED:
-            raise axi_dma.DmaError(f"{self.name}: the DMA is not halted after its reset (MM2S_DMASR 0x{sr:08X})")
-        # run it again: set RS and see Halted fall (bounded), then let PYNQ's channel start it
-        # too, which returns at once and sets its first-transfer flag (Idle is 0 after a reset)
-        mmio.write(axi_dma.DMACR, axi_dma.CR_RS)
-        for _ in range(axi_dma.Mm2s.POLLS):
-            if not mmio.read(axi_dma.DMASR) & axi_dma.SR_HALTED:
-                break
-        else:
-            raise axi_dma.DmaError(f"{self.name}: the DMA stayed halted after its reset and RS")
+        # PG021's reset through the DMA's registers (bounded; Halted checked), running again
+        # (RS set, Halted seen to fall), then PYNQ's channel started too: it returns at once
+        # and sets its first-transfer flag (Idle is 0 after a reset)
+        regs = axi_dma.Mm2s(self.dma.mmio.read, self.dma.mmio.write, self.dma_max_bytes)
+        regs.reset()
+        regs.start()
         self.channel.start()
 
     def sleep(self, seconds):
