@@ -33,13 +33,13 @@ import numpy as np
 
 #: Processing-system clock registers: (base address, size) per architecture, and the
 #: reset values PYNQ's ``Clocks`` reads the PL clock from (IO PLL 1000 MHz on Zynq-7000,
-#: 50 MHz reference x 20; 1500 MHz on Zynq UltraScale+, 33.333 MHz x 45; PL clock 0 = 100 MHz).
+#: 50 MHz reference x 20; 1500 MHz on Zynq UltraScale+, 33.333 MHz x 90 / 2; PL clock 0 = 100 MHz).
 PS_REGS = {
     "armv7l": {0xF800_0000 + 0x108: 20 << 12,                              # IO_PLL_CTRL: PLL_FDIV 20
                0xF800_0000 + 0x100: 40 << 12, 0xF800_0000 + 0x104: 32 << 12,
                0xF800_0000 + 0x120: (2 << 8) | (0 << 4),
                **{0xF800_0000 + 0x170 + 0x10 * i: (1 << 20) | (10 << 8) for i in range(4)}},
-    "aarch64": {0xFF5E_0000 + 0x20: 45 << 8 | 1 << 16,                      # IOPLL_CTRL: FBDIV 45, DIV2
+    "aarch64": {0xFF5E_0000 + 0x20: 90 << 8 | 1 << 16,                      # IOPLL_CTRL: FBDIV 90, DIV2
                 0xFF5E_0000 + 0x30: 45 << 8 | 1 << 16,
                 **{0xFF5E_0000 + 0xC0 + 4 * i: (1 << 24) | (1 << 16) | (15 << 8) for i in range(4)},
                 0xFD1A_0000 + 0x20: 72 << 8 | 1 << 16, 0xFD1A_0000 + 0x2C: 64 << 8 | 1 << 16,
@@ -81,6 +81,10 @@ def _device_class():
             self.board_clock = board        # PynqBoard waits on the board's time, not the host's
             self.dma_budget_bytes = getattr(board, "dma_budget_bytes", None)
             self.freed = []                 # physical addresses given back (tests read it)
+            # pynq.Clocks keeps the clock model of the first device it served for the whole
+            # process (a board has one); a new simulated board is a new processing system
+            if "_real_instance" in vars(pynq.Clocks):
+                del pynq.Clocks._real_instance
 
         # -- registers -------------------------------------------------------------------
         def _target(self, address):
