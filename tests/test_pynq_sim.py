@@ -21,6 +21,8 @@ from zipsgd.bench_hw import _job
 from zipsgd.boards import BOARDS, DMA_LENGTH_WIDTH, DMA_NAME, ENGINE_NAME, ENGINE_VLNV
 
 pytest.importorskip("pynq")
+# a warning from PYNQ (a clock it cannot set, an interrupt it cannot create...) is a failure
+pytestmark = pytest.mark.filterwarnings("error::UserWarning")
 
 
 class _RegisterFile:
