@@ -337,6 +337,9 @@ async def test_soft_reset(dut):
         st = await tb.status()
         assert st == {"busy": 0, "done": 0, "error": 0}, st
         assert int(dut.s_axis_tready.value) == 0
+        # the rest of the job's stream waits at TREADY = 0: the engine cannot tell it from
+        # the next job's, so whoever feeds it must drop it (on a board the driver resets the
+        # DMA before the soft reset: tests/test_pynq_sim.py, with no flush of its own)
         tb.flush_stream()
         await tb.cycles(5)
         await _good_job_after(tb, rng, f"soft reset at {when}")
