@@ -151,12 +151,15 @@ class Scalar(wiring.Component):
         MW = MODEL.width
         F = FEAT.frac
 
-        def reg(value, name, shape=None):
-            # data registers take no reset (valid bits, v0..v7, do): a small reset net
-            r = Signal(shape if shape is not None else value.shape(), name=name,
-                       reset_less=not name.startswith("v"))
+        def reg(value, name, shape=None, reset=False):
+            # Data registers take no reset, only the valid bits do (``reset=True``): a
+            # small reset net, and a reset never leaves a stale sample marked valid.
+            r = Signal(shape if shape is not None else value.shape(), name=name, reset_less=not reset)
             m.d.sync += r.eq(value)
             return r
+
+        def valid(value, name):
+            return reg(value, name, reset=True)
 
         # ---- stage 0: compares, adds and subtracts of z, in parallel from acc --------------
         # (the stage starts at the core's accumulator register, which may sit far away:
@@ -193,7 +196,8 @@ class Scalar(wiring.Component):
         # hinge: margin mg = z (y >= 0) or sat(-z); mg < one <=> z < one / z > -one
         zlt0 = reg(~ge_const(zr, one), "zlt0")
         zgt0 = reg(~le_const(zr, -one), "zgt0")
-        ls0, sm0, k0, v0 = reg(self.loss, "ls0"), reg(self.step_mult, "sm0"), reg(self.k, "k0"), reg(self.i_valid, "v0")
+        ls0, sm0, k0 = reg(self.loss, "ls0"), reg(self.step_mult, "sm0"), reg(self.k, "k0")
+        v0 = valid(self.i_valid, "v0")
 
         # ---- stage 1: z saturated, the residual candidates --------------------------------
         z1 = reg(Mux(ovf0, Mux(neg0, MODEL.min, MODEL.max), z0), "z1", signed(MW))
@@ -215,7 +219,7 @@ class Scalar(wiring.Component):
         llg1 = reg(ls0 == Loss.LOGISTIC, "llg1")
         sm1 = reg(sm0, "sm1")
         k1 = reg(k0, "k1")
-        v1 = reg(v0, "v1")
+        v1 = valid(v0, "v1")
 
         # ---- stage 2: r, softplus argument, hinge margin -----------------------------
         r_lg = sat(m, sig1 - y1, MODEL, "r_lg")
@@ -223,7 +227,7 @@ class Scalar(wiring.Component):
         r2 = reg(Mux(llg1, r_lg, rot1), "r2", signed(MW))
         t2 = reg(Mux(y1 == 0, z1, neg_z), "t2", signed(MW))        # softplus argument
         mg2 = reg(Mux(~y1[-1], z1, neg_z), "mg2", signed(MW))      # hinge margin
-        ls2, sm2, k2, v2 = reg(ls1, "ls2"), reg(sm1, "sm2"), reg(k1, "k2"), reg(v1, "v2")
+        ls2, sm2, k2, v2 = reg(ls1, "ls2"), reg(sm1, "sm2"), reg(k1, "k2"), valid(v1, "v2")
 
         # ---- stage 3: partial products (17 x 17 each), softplus index, hinge loss ------
         H = MW // 2
@@ -238,7 +242,7 @@ class Scalar(wiring.Component):
         tn3 = reg(-t2, "tn3", signed(MW + 1))                    # |t| = max(t, -t) next stage
         t3 = reg(t2, "t3")
         hg3 = reg(one - mg2, "hg3", signed(MW + 2))             # hinge loss max(0, one - mg) next
-        ls3, k3, v3 = reg(ls2, "ls3"), reg(k2, "k3"), reg(v2, "v3")
+        ls3, k3, v3 = reg(ls2, "ls3"), reg(k2, "k3"), valid(v2, "v3")
 
         # ---- stage 4: sums of partial products, softplus table ------------------------
         rm4 = reg((pm_hi << H) + pm_lo, "rm4", signed(MW + STEP_MULT.width + 1))
@@ -250,7 +254,7 @@ class Scalar(wiring.Component):
                    "idx4", unsigned(ib + 1))
         tp4 = reg(Mux(t3[-1], 0, t3), "tp4", signed(MW))                # max(t, 0)
         hg4 = reg(Mux(hg3[-1], 0, hg3), "hg4", signed(MW + 2))
-        ls4, k4, v4 = reg(ls3, "ls4"), reg(k3, "k4"), reg(v3, "v4")
+        ls4, k4, v4 = reg(ls3, "ls4"), reg(k3, "k4"), valid(v3, "v4")
 
         # ---- stage 5: barrel shift by k, squared loss rounded, softplus summed ---------
         # rshift_round(v, 15 + k) == ((v >> 14 >> k) + 1) >> 1 (arithmetic shifts)
@@ -261,7 +265,7 @@ class Scalar(wiring.Component):
         tab5 = reg(table[idx4], "tab5", unsigned(MW))
         tp5 = reg(tp4, "tp5")
         hg5 = reg(hg4, "hg5")
-        ls5, v5 = reg(ls4, "ls5"), reg(v4, "v5")
+        ls5, v5 = reg(ls4, "ls5"), valid(v4, "v5")
 
         # ---- stage 6: r' -------------------------------------------------------------------
         rp = sat(m, (hk5 + 1) >> 1, MODEL, "rp_next")
@@ -278,12 +282,12 @@ class Scalar(wiring.Component):
         tp6 = reg(tp5, "tp6")
         lsq6 = reg(lsq5, "lsq6")
         hg6 = reg(hg5, "hg6")
-        ls6, v6 = reg(ls5, "ls6"), reg(v5, "v6")
+        ls6, v6 = reg(ls5, "ls6"), valid(v5, "v6")
 
         # ---- stage 7: softplus summed ------------------------------------------------------
         sp7 = reg(tp6 + tab6, "sp7", signed(MW + 2))
         lsq7, hg7 = reg(lsq6, "lsq7"), reg(hg6, "hg7")
-        ls7, v7 = reg(ls6, "ls7"), reg(v6, "v7")
+        ls7, v7 = reg(ls6, "ls7"), valid(v6, "v7")
 
         # ---- stage 8: the sample loss selected and saturated ----------------------------
         lo = Mux(ls7 == Loss.SQUARED, lsq7, Mux(ls7 == Loss.LOGISTIC, sp7, hg7))
