@@ -61,7 +61,7 @@ SPEEDUP_TARGET = 0.95
 MODES = [(c.Encoding.FULL, 32), (c.Encoding.COMPACT, 8), (c.Encoding.COMPACT, 4), (c.Encoding.PAIR, 2),
          (c.Encoding.PAIR, 1)]
 #: Also in the efficiency table: single/nearest 1-bit, which the engine takes at half
-#: the beat rate (W features per beat, W/2 lanes; see README "The engine").
+#: the beat rate (W features per beat, W/2 lanes; see docs/design.md, "Lanes").
 TABLE_MODES = MODES + [(c.Encoding.SINGLE, 1)]
 
 
