@@ -37,7 +37,8 @@ from . import baseline
 from .contract import FEAT, LOSS_ACC, MODEL, STEP_MULT, Encoding
 from .job import Job, prepare_job
 from .packing import decode
-from .reference import Result, residual_and_loss, rshift_round
+from .reference import residual_and_loss, rshift_round
+from .result import Result
 
 BITS = (1, 2, 4, 8)
 SAMPLINGS = ("double", "single", "nearest")

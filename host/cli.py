@@ -180,7 +180,8 @@ def train(args) -> dict:
     """Run ``zipsgd train`` and return the results dict (what --json writes)."""
     from . import baseline
     from .datasets import load_data
-    from .job import check_backend, job_from_packed, prepare_job, run_job
+    from .backends import check_backend, run_job
+    from .job import job_from_packed, prepare_job
     from .packfile import SUFFIX, open_packed
 
     t0 = time.perf_counter()

@@ -22,7 +22,7 @@ from .boards import BOARDS
 
 def _sim_available() -> bool:
     try:
-        from .job import BACKENDS
+        from .backends import BACKENDS
         return "sim" in BACKENDS and BACKENDS["sim"] is not None and getattr(BACKENDS["sim"], "available", True)
     except ImportError:
         return False

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import contract as c
-from .reference import Result
+from .result import Result
 
 
 class DriverError(RuntimeError):

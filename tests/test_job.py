@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from zipsgd import contract as c
+from zipsgd import backends as B
 from zipsgd import job as J
 from zipsgd import packing, reference
 
@@ -233,7 +234,7 @@ def test_cpu_backend_is_the_reference_with_progress():
     X, y = _regression(n=50, d=3)
     job = J.prepare_job(X, y, bits=4, epochs=3, step=2 ** -4)
     seen = []
-    res = J.run_job(job, "cpu", progress=seen.append)
+    res = B.run_job(job, "cpu", progress=seen.append)
     ref = reference.run(job.config, job.streams, job.codebook)
     assert np.array_equal(res.model, ref.model) and res.loss_sums == ref.loss_sums
     assert seen == [0, 1, 2, 3]
@@ -244,24 +245,24 @@ def test_unavailable_backends_say_so(name):
     X, y = _regression(n=10, d=2)
     job = J.prepare_job(X, y, epochs=1)
     with pytest.raises(NotImplementedError, match=rf"backend='{name}' .*use backend='cpu'"):
-        J.run_job(job, name)
-    assert not J.backend_available(name)
+        B.run_job(job, name)
+    assert not B.backend_available(name)
 
 
 def test_unknown_backend_and_registry(monkeypatch):
     X, y = _regression(n=10, d=2)
     job = J.prepare_job(X, y, epochs=2)
     with pytest.raises(ValueError, match="unknown backend='gpu'"):
-        J.run_job(job, "gpu")
+        B.run_job(job, "gpu")
     calls = []
 
     def fake(j):  # a backend without progress support
         calls.append(j)
         return reference.Result(model=np.zeros(j.dim, dtype=np.int64), loss_sums=[0] * j.epochs)
 
-    monkeypatch.setitem(J.BACKENDS, "sim", fake)
+    monkeypatch.setitem(B.BACKENDS, "sim", fake)
     ticks = []
-    res = J.run_job(job, "sim", progress=ticks.append)
+    res = B.run_job(job, "sim", progress=ticks.append)
     assert calls == [job] and ticks == [2] and res.loss_sums == [0, 0]
 
 
@@ -294,9 +295,9 @@ def test_simulated_stats_are_projected_at_the_board_table_clock(monkeypatch):
 
     monkeypatch.delenv("ZIPSGD_BOARD", raising=False)
     for word_bits, name in ((64, "pynq-z2"), (128, "zcu104")):
-        st = J.on_board_clock(sim_result(), word_bits).stats
+        st = B.on_board_clock(sim_result(), word_bits).stats
         assert st["board"] == name and st["clock_mhz"] == BOARDS[name].clock_mhz
         assert st["projected_board_seconds"] == pytest.approx(1000 / (BOARDS[name].clock_mhz * 1e6))
     monkeypatch.setenv("ZIPSGD_BOARD", "zcu104")
-    assert J.on_board_clock(sim_result(), 64).stats["clock_mhz"] == BOARDS["zcu104"].clock_mhz
-    assert J.on_board_clock(reference.Result(model=np.zeros(1), loss_sums=[]), 64).stats == {}
+    assert B.on_board_clock(sim_result(), 64).stats["clock_mhz"] == BOARDS["zcu104"].clock_mhz
+    assert B.on_board_clock(reference.Result(model=np.zeros(1), loss_sums=[]), 64).stats == {}

@@ -72,7 +72,7 @@ def test_notebook_command_default_is_the_current_directory(tmp_path, monkeypatch
 
 
 def test_default_backend_follows_the_environment(monkeypatch):
-    from zipsgd.info import default_backend, select_backend
+    from zipsgd.backends import default_backend, select_backend
 
     monkeypatch.setenv("ZIPSGD_BACKEND", "cpu")
     assert select_backend() == ("cpu", "set by ZIPSGD_BACKEND")
@@ -81,12 +81,12 @@ def test_default_backend_follows_the_environment(monkeypatch):
         default_backend()
     monkeypatch.delenv("ZIPSGD_BACKEND")
     # no PYNQ board on a test machine: the simulated board (or the CPU without the sim extras)
-    from zipsgd.job import backend_available
+    from zipsgd.backends import backend_available
     assert default_backend() == ("sim" if backend_available("sim") else "cpu")
 
 
 def test_default_backend_is_the_board_when_it_has_a_bitstream(tmp_path, monkeypatch):
-    from zipsgd import info
+    from zipsgd import backends as info
 
     monkeypatch.delenv("ZIPSGD_BACKEND", raising=False)
     monkeypatch.delenv("ZIPSGD_BITSTREAMS", raising=False)
@@ -110,7 +110,7 @@ def test_notebook_runs_on_the_simulated_board(tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     pytest.importorskip("matplotlib")
-    from zipsgd.job import backend_available
+    from zipsgd.backends import backend_available
     if not backend_available("sim"):
         pytest.skip("the simulation extras are not installed")
 
