@@ -33,11 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import baseline
-from .contract import FEAT, LOSS_ACC, MODEL, STEP_MULT, Encoding
+from . import baseline, reference
 from .job import Job, prepare_job
-from .packing import decode
-from .reference import residual_and_loss, rshift_round
 from .result import Result
 
 BITS = (1, 2, 4, 8)
@@ -52,80 +49,29 @@ BIAS_MARGIN = 0.05
 # --------------------------------------------------------------------------------------
 # Batched engine
 # --------------------------------------------------------------------------------------
-def _group_key(job: Job):
-    cfg = job.config
-    return (cfg.n_samples, cfg.dim, int(cfg.loss), cfg.step_shift, cfg.step_mult, cfg.decay_epochs,
-            cfg.l2_shift, cfg.batch, cfg.epochs, len(job.streams))
-
-
 def run_batched(jobs: list[Job], mem_budget: int = 1 << 28) -> list[Result]:
-    """Run many jobs on a vectorised copy of the reference engine (same results, bit for bit).
+    """Run many jobs through :func:`zipsgd.reference.run_many` (the reference's own
+    arithmetic, vectorised over jobs; same results bit for bit).
 
-    Jobs sharing a schedule (n, dim, loss, step, decay, L2, batch, epochs, copies) step
-    together; the encoding and codebook may differ (every stream is decoded to the
-    FEAT values the engine multiplies). ``mem_budget`` bounds the decoded copies held
-    at once (bytes).
+    Jobs sharing a schedule (:func:`zipsgd.reference.schedule_key`, and their number of
+    copies) step together; the encoding and codebook may differ. ``mem_budget`` bounds
+    the decoded values held at once (bytes), by the number of jobs per group.
     """
     results: list[Result | None] = [None] * len(jobs)
     groups = defaultdict(list)
     for i, job in enumerate(jobs):
-        groups[_group_key(job)].append(i)
+        groups[(reference.schedule_key(job.config), len(job.streams))].append(i)
     for idx in groups.values():
         cfg = jobs[idx[0]].config
-        copies = len(jobs[idx[0]].streams)
-        per_job = copies * cfg.n_samples * cfg.dim * 4 * 2
+        per_job = min(cfg.n_samples, reference.CHUNK_SAMPLES) * cfg.dim * 8 * 2
         chunk = max(1, int(mem_budget // max(per_job, 1)))
         for s in range(0, len(idx), chunk):
-            part = idx[s:s + chunk]
-            for i, res in zip(part, _run_group([jobs[i] for i in part])):
+            part = [jobs[i] for i in idx[s:s + chunk]]
+            out = reference.run_many([j.config for j in part], [j.streams for j in part], [j.codebook for j in part],
+                                     params=part[0].params)
+            for i, res in zip(idx[s:s + chunk], out):
                 results[i] = res
     return results
-
-
-def _run_group(jobs: list[Job]) -> list[Result]:
-    cfg = jobs[0].config
-    layout_beats = [j.layout.beats_per_sample for j in jobs]
-    copies = len(jobs[0].streams)
-    K, n, d, b = len(jobs), cfg.n_samples, cfg.dim, cfg.batch
-    q1s = np.empty((copies, K, n, d), dtype=np.int32)
-    q2s = np.empty((copies, K, n, d), dtype=np.int32)
-    ys = np.empty((copies, K, n), dtype=np.int64)
-    for k, job in enumerate(jobs):
-        for c, stream in enumerate(job.streams):
-            q1, q2, y = decode(job.layout, stream, job.codebook)
-            q1s[c, k], q2s[c, k], ys[c, k] = q1, q2, y
-    x = np.zeros((K, d), dtype=np.int64)
-    m = int(cfg.step_mult)
-    loss_sums = [[] for _ in range(K)]
-    for epoch in range(cfg.epochs):
-        c = epoch % copies
-        Q1 = q1s[c].astype(np.int64)
-        Q2 = q2s[c].astype(np.int64)
-        Y = ys[c]
-        shift = STEP_MULT.frac + cfg.epoch_shift(epoch)
-        total = np.zeros(K, dtype=np.int64)
-        for start in range(0, n, b):
-            if b == 1:
-                q1, q2, yb = Q1[:, start, :], Q2[:, start, :], Y[:, start]
-                acc = np.einsum("kd,kd->k", q1, x)
-            else:
-                q1, q2, yb = Q1[:, start:start + b, :], Q2[:, start:start + b, :], Y[:, start:start + b]
-                acc = np.einsum("kbd,kd->kb", q1, x)
-            z = MODEL.saturate(rshift_round(acc, FEAT.frac))
-            r, lo = residual_and_loss(cfg.loss, z, yb)
-            rp = MODEL.saturate(rshift_round(r * m, shift))
-            if b == 1:
-                total += lo
-                g = rp[:, None] * q2
-            else:
-                total += lo.sum(axis=1)
-                g = np.einsum("kb,kbd->kd", rp, q2)
-            l2 = rshift_round(x, cfg.l2_shift) if cfg.l2_shift else 0
-            x = MODEL.saturate(x - rshift_round(g, FEAT.frac) - l2)
-        for k in range(K):
-            loss_sums[k].append(min(int(total[k]), LOSS_ACC.max))
-    return [Result(model=x[k].copy(), loss_sums=loss_sums[k], beats=cfg.epochs * n * layout_beats[k],
-                   samples=cfg.epochs * n) for k in range(K)]
 
 
 # --------------------------------------------------------------------------------------

@@ -75,6 +75,13 @@ def residual_and_loss(loss: Loss, z, y):
 CHUNK_SAMPLES = 1 << 14
 
 
+def schedule_key(cfg: EngineConfig) -> tuple:
+    """What jobs must share to step together in :func:`run_many` (the encoding, codebook
+    and data may differ)."""
+    return (cfg.n_samples, cfg.dim, int(cfg.loss), cfg.step_shift, cfg.step_mult, cfg.decay_epochs,
+            cfg.l2_shift, cfg.batch, cfg.epochs)
+
+
 def run(cfg: EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.ndarray],
         codebook=None, params: EngineParams | None = None, model0=None) -> Result:
     """Run a job on the reference engine.
@@ -92,39 +99,62 @@ def run(cfg: EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.nd
     model0 : array of MODEL integers, optional
         Initial model (the engine starts from zero).
     """
-    params = params or EngineParams(word_bits=cfg.word_bits)
-    err = check_config(cfg, params)
-    if err != Error.NONE:
-        raise ValueError(f"engine configuration rejected: {err.name}")
-    layout = cfg.layout
-    get = streams if callable(streams) else (lambda e: streams[e % len(streams)])
-    x = np.zeros(cfg.dim, dtype=np.int64) if model0 is None else np.asarray(model0, dtype=np.int64).copy()
-    loss_sums, beats, samples = [], 0, 0
+    return run_many([cfg], [streams], [codebook], params=params,
+                    model0=None if model0 is None else [model0])[0]
+
+
+def run_many(cfgs: Sequence[EngineConfig], streams: Sequence, codebooks: Sequence, params: EngineParams | None = None,
+             model0=None) -> list[Result]:
+    """Run K jobs that share a schedule (:func:`schedule_key`) in step, vectorised over K:
+    the engine's arithmetic, written once (``run`` is the case K = 1). Each job's result
+    equals its own run bit for bit. Streams are decoded in chunks of whole batches, so
+    memory stays bounded whatever n is (a memory-mapped packed file is read chunk by chunk).
+    """
+    cfg = cfgs[0]
+    for other in cfgs:
+        if schedule_key(other) != schedule_key(cfg):
+            raise ValueError("run_many: the jobs do not share a schedule (n, dim, loss, step, decay, L2, batch, "
+                             "epochs)")
+        err = check_config(other, params or EngineParams(word_bits=other.word_bits))
+        if err != Error.NONE:
+            raise ValueError(f"engine configuration rejected: {err.name}")
+    K, n, d, b = len(cfgs), cfg.n_samples, cfg.dim, cfg.batch
+    layouts = [c.layout for c in cfgs]
+    words = [lay.beats_per_sample * lay.host_words_per_beat for lay in layouts]
+    gets = [s if callable(s) else (lambda e, s=s: s[e % len(s)]) for s in streams]
+    x = np.zeros((K, d), dtype=np.int64) if model0 is None else np.array(model0, dtype=np.int64).reshape(K, d)
+    if K == 1:
+        x = x[0]
+    loss_sums = [[] for _ in range(K)]
     m = int(cfg.step_mult)
-    words = layout.beats_per_sample * layout.host_words_per_beat
-    # whole batches of about CHUNK_SAMPLES samples decoded at a time: memory stays bounded
-    # whatever n is (a memory-mapped packed file is read chunk by chunk)
-    chunk = max(1, CHUNK_SAMPLES // cfg.batch) * cfg.batch
+    chunk = max(1, CHUNK_SAMPLES // b) * b
     for epoch in range(cfg.epochs):
-        stream = get(epoch)
-        if len(stream) != cfg.n_samples * words:
-            raise ValueError(f"epoch {epoch}: stream holds {len(stream) / words:g} samples, config says "
-                             f"{cfg.n_samples}")
+        epoch_streams = [get(epoch) for get in gets]
+        for k, (stream, w) in enumerate(zip(epoch_streams, words)):
+            if len(stream) != n * w:
+                raise ValueError(f"epoch {epoch}: stream holds {len(stream) / w:g} samples, config says {n}"
+                                 + (f" (job {k})" if K > 1 else ""))
         shift = STEP_MULT.frac + cfg.epoch_shift(epoch)
-        total = 0
-        for at in range(0, cfg.n_samples, chunk):
-            q1, q2, y = decode(layout, np.asarray(stream[at * words:(at + chunk) * words]), codebook)
-            for start in range(0, q1.shape[0], cfg.batch):
-                sl = slice(start, start + cfg.batch)
-                acc = q1[sl] @ x
+        total = np.zeros(K, dtype=np.int64)
+        for at in range(0, n, chunk):
+            dec = [decode(lay, np.asarray(st[at * w:(at + chunk) * w]), cb)
+                   for lay, st, w, cb in zip(layouts, epoch_streams, words, codebooks)]
+            # (K, samples, d) and (K, samples); one job keeps no K axis (the same
+            # expressions below serve both shapes, and a single job runs faster)
+            Q1, Q2, Y = (np.stack(part) if K > 1 else part[0] for part in zip(*dec))
+            Q1, Q2 = Q1.astype(np.int64), Q2.astype(np.int64)
+            for start in range(0, Q1.shape[-2], b):
+                q1, q2, yb = Q1[..., start:start + b, :], Q2[..., start:start + b, :], Y[..., start:start + b]
+                acc = (q1 @ x[..., None])[..., 0]                           # ([K,] batch)
                 z = MODEL.saturate(rshift_round(acc, FEAT.frac))
-                r, lo = residual_and_loss(cfg.loss, z, y[sl])
-                total += int(lo.sum())
+                r, lo = residual_and_loss(cfg.loss, z, yb)
+                total += lo.sum(axis=-1)
                 rp = MODEL.saturate(rshift_round(r * m, shift))
-                g = rp @ q2[sl]
+                g = (rp[..., None, :] @ q2)[..., 0, :]                     # ([K,] d)
                 l2 = rshift_round(x, cfg.l2_shift) if cfg.l2_shift else 0
                 x = MODEL.saturate(x - rshift_round(g, FEAT.frac) - l2)
-        loss_sums.append(min(total, LOSS_ACC.max))
-        beats += cfg.n_samples * layout.beats_per_sample
-        samples += cfg.n_samples
-    return Result(model=x, loss_sums=loss_sums, beats=beats, samples=samples)
+        for k in range(K):
+            loss_sums[k].append(min(int(total[k]), LOSS_ACC.max))
+    x = x.reshape(K, d)
+    return [Result(model=x[k].copy(), loss_sums=loss_sums[k], beats=cfg.epochs * n * layouts[k].beats_per_sample,
+                   samples=cfg.epochs * n) for k in range(K)]
