@@ -36,7 +36,6 @@ import numpy as np
 
 from . import contract as c
 from .boards import BOARDS
-from .packing import pack
 
 #: Published figures the measurements are compared with (not measured here).
 PUBLISHED = {
@@ -66,20 +65,14 @@ TABLE_MODES = MODES + [(c.Encoding.SINGLE, 1)]
 
 
 def _job(rng, enc, bits, n, d, batch, epochs=2, word_bits=c.WORD_BITS_DEFAULT):
-    layout = c.Layout(word_bits, enc, bits, d)
-    if enc == c.Encoding.FULL:
-        job, cb = {"values": rng.integers(-c.FEAT.one // 4, c.FEAT.one // 4, (n, d))}, None
-    else:
-        top = (1 << bits) - 1
-        cb = c.FEAT.to_fixed(np.linspace(-1, 1, top + 1))
-        j = rng.integers(0, top, (n, d))
-        job = {"codes1": j + rng.integers(0, 2, (n, d))}
-        if enc != c.Encoding.SINGLE:
-            job["codes2"] = j + rng.integers(0, 2, (n, d))
-    y = rng.integers(-c.MODEL.one // 4, c.MODEL.one // 4, n)
+    """A job of ``n`` random samples (:mod:`zipsgd.testing`) in one mode, with a uniform
+    codebook and a small step."""
+    from .testing import job_for
+
     cfg = c.EngineConfig(n_samples=n, dim=d, bits=bits, encoding=enc, step_shift=12, batch=batch, epochs=epochs,
                          word_bits=word_bits)
-    return cfg, [pack(layout, y, **job)], cb
+    cb = None if enc == c.Encoding.FULL else c.FEAT.to_fixed(np.linspace(-1, 1, 1 << bits))
+    return job_for(rng, cfg, codebook=cb)
 
 
 def _mode(enc, bits) -> str:

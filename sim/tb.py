@@ -222,56 +222,15 @@ class TB:
 # ------------------------------------------------------------------------------------
 # Random jobs (generated in Python with a seed; compared with zipsgd.reference)
 # ------------------------------------------------------------------------------------
-def random_codebook(rng, bits: int) -> np.ndarray:
-    """Sorted random levels (FEAT integers within [-1, 1]); ends at +-1 half the time."""
-    lv = np.sort(rng.integers(-c.FEAT.one, c.FEAT.one + 1, size=1 << bits))
-    if rng.random() < 0.5:
-        lv[0], lv[-1] = -c.FEAT.one, c.FEAT.one
-    return lv
-
-
-def random_stream(rng, cfg: c.EngineConfig) -> np.ndarray:
-    """One packed epoch of random samples for ``cfg`` (labels by loss)."""
-    from zipsgd.packing import pack
-
-    one = c.MODEL.one
-    n, d, b, enc = cfg.n_samples, cfg.dim, cfg.bits, c.Encoding(cfg.encoding)
-    if cfg.loss == c.Loss.SQUARED:
-        y = rng.integers(-2 * one, 2 * one, size=n)
-    elif cfg.loss == c.Loss.LOGISTIC:
-        y = rng.integers(0, 2, size=n) * one
-    else:
-        y = rng.choice([-one, one], size=n)
-    lay = cfg.layout
-    if enc == c.Encoding.FULL:
-        return pack(lay, y, values=rng.integers(-c.FEAT.one, c.FEAT.one + 1, size=(n, d)))
-    if enc == c.Encoding.SINGLE:
-        return pack(lay, y, codes1=rng.integers(0, 1 << b, size=(n, d)))
-    if enc == c.Encoding.PAIR:
-        return pack(lay, y, codes1=rng.integers(0, 1 << b, size=(n, d)),
-                    codes2=rng.integers(0, 1 << b, size=(n, d)))
-    j = rng.integers(0, (1 << b) - 1, size=(n, d))
-    return pack(lay, y, codes1=j + rng.integers(0, 2, size=(n, d)), codes2=j + rng.integers(0, 2, size=(n, d)))
+from zipsgd.testing import random_codebook, random_config, random_stream  # noqa: E402,F401  (the one home)
 
 
 def random_job(rng, params: c.EngineParams, n_max: int = 40, d_max: int = 100, epochs_max: int = 3):
-    """A random valid job: (cfg, streams, codebook), small enough for RTL simulation."""
-    modes = c.valid_modes()
-    enc, bits = modes[int(rng.integers(len(modes)))]
-    n = int(rng.integers(1, n_max + 1))
-    d = int(rng.integers(1, min(d_max, params.dim_max) + 1))
-    batch = int(min(params.batch_max, rng.choice([1, 1, 2, 3, int(rng.integers(1, n + 3))])))
-    epochs = int(rng.integers(1, min(epochs_max, params.epochs_max) + 1))
-    cfg = c.EngineConfig(
-        n_samples=n, dim=d, bits=bits, encoding=enc, loss=c.Loss(int(rng.integers(len(c.Loss)))),
-        step_shift=int(rng.integers(0, 12)),
-        step_mult=int(c.STEP_MULT.one if rng.random() < 0.5 else rng.integers(1, c.STEP_MULT.max + 1)),
-        decay_epochs=int(rng.choice([0, 0, 1, 2])),
-        l2_shift=int(rng.choice([0, 0, int(rng.integers(1, c.L2_SHIFT_MAX + 1))])),
-        batch=batch, epochs=epochs, copies=int(rng.integers(1, 3)), word_bits=params.word_bits)
-    codebook = None if enc == c.Encoding.FULL else random_codebook(rng, bits)
-    streams = [random_stream(rng, cfg) for _ in range(cfg.copies)]
-    return cfg, streams, codebook
+    """A random valid job: (cfg, streams, codebook), small enough for RTL simulation
+    (:mod:`zipsgd.testing`: up to two copies, a codebook with forced ends half the time)."""
+    cfg = random_config(rng, params, n_max, d_max, epochs_max, copies_max=2)
+    codebook = None if cfg.encoding == c.Encoding.FULL else random_codebook(rng, cfg.bits)
+    return cfg, [random_stream(rng, cfg) for _ in range(cfg.copies)], codebook
 
 
 def describe(cfg: c.EngineConfig) -> str:

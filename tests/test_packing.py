@@ -6,6 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from zipsgd import contract as c
 from zipsgd import packing as p
+from zipsgd.testing import random_codes
 
 
 def slow_pack(layout, labels, fields):
@@ -23,19 +24,6 @@ def slow_pack(layout, labels, fields):
     return np.array(out, dtype=np.uint64)
 
 
-def random_job(rng, enc, bits, n, d):
-    top = (1 << bits) - 1
-    if enc == c.Encoding.FULL:
-        return {"values": rng.integers(-c.FEAT.one, c.FEAT.one + 1, (n, d))}
-    c1 = rng.integers(0, top + 1, (n, d))
-    if enc == c.Encoding.SINGLE:
-        return {"codes1": c1}
-    if enc == c.Encoding.COMPACT:
-        j = rng.integers(0, top, (n, d))
-        return {"codes1": j + rng.integers(0, 2, (n, d)), "codes2": j + rng.integers(0, 2, (n, d))}
-    return {"codes1": c1, "codes2": rng.integers(0, top + 1, (n, d))}
-
-
 modes = st.sampled_from(c.valid_modes() + [(c.Encoding.PAIR, 4), (c.Encoding.PAIR, 8),
                                            (c.Encoding.COMPACT, 1), (c.Encoding.COMPACT, 2)])
 
@@ -47,7 +35,7 @@ def test_round_trip_and_bit_placement(mode, W, n, d, seed):
     enc, bits = mode
     rng = np.random.default_rng(seed)
     layout = c.Layout(W, enc, bits, d)
-    job = random_job(rng, enc, bits, n, d)
+    job = random_codes(rng, enc, bits, n, d)
     labels = rng.integers(c.MODEL.min, c.MODEL.max + 1, n)
     stream = p.pack(layout, labels, **job)
     assert stream.dtype == np.uint64
@@ -76,7 +64,7 @@ def test_label_never_overlaps_features(W, mode):
 def test_decode_maps_codes_to_levels():
     layout = c.Layout(64, c.Encoding.COMPACT, 4, 13)
     rng = np.random.default_rng(1)
-    job = random_job(rng, c.Encoding.COMPACT, 4, 5, 13)
+    job = random_codes(rng, c.Encoding.COMPACT, 4, 5, 13)
     cb = np.sort(rng.integers(-c.FEAT.one, c.FEAT.one, 16))
     q1, q2, _ = p.decode(layout, p.pack(layout, np.zeros(5, dtype=np.int64), **job), cb)
     np.testing.assert_array_equal(q1, cb[job["codes1"]])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from zipsgd import contract as c
+from zipsgd import testing
 from zipsgd import packing as p
 from zipsgd import reference as ref
 
@@ -73,32 +74,9 @@ def slow_run(cfg, streams, codebook):
 
 
 def random_config(rng, W=64):
-    enc, bits = c.valid_modes()[rng.integers(len(c.valid_modes()))]
-    loss = c.Loss(int(rng.integers(3)))
-    n, d = int(rng.integers(1, 25)), int(rng.integers(1, 40))
-    layout = c.Layout(W, enc, bits, d)
-    if enc == c.Encoding.FULL:
-        cb, job = None, {"values": rng.integers(-c.FEAT.one, c.FEAT.one + 1, (n, d))}
-    else:
-        cb = np.sort(rng.choice(np.arange(-c.FEAT.one, c.FEAT.one + 1), 1 << bits, replace=False))
-        top = (1 << bits) - 1
-        j = rng.integers(0, top, (n, d))
-        job = {"codes1": j + rng.integers(0, 2, (n, d))}
-        if enc != c.Encoding.SINGLE:
-            job["codes2"] = j + rng.integers(0, 2, (n, d))
-    if loss == c.Loss.SQUARED:
-        y = rng.integers(-4 * ONE, 4 * ONE, n)
-    elif loss == c.Loss.LOGISTIC:
-        y = rng.integers(0, 2, n) * ONE
-    else:
-        y = (2 * rng.integers(0, 2, n) - 1) * ONE
-    copies = int(rng.integers(1, 3))
-    streams = [p.pack(layout, y, **job) for _ in range(copies)]
-    cfg = c.EngineConfig(n_samples=n, dim=d, bits=bits, encoding=enc, loss=loss,
-                         step_shift=int(rng.integers(0, 8)), step_mult=int(rng.integers(1, 1 << 16)),
-                         decay_epochs=int(rng.integers(0, 3)), l2_shift=int(rng.choice([0, 0, 3, 9])),
-                         batch=int(rng.integers(1, 6)), epochs=int(rng.integers(1, 4)), copies=copies, word_bits=W)
-    return cfg, streams, cb
+    """A random job of zipsgd.testing (up to two copies, random codebook)."""
+    params = c.EngineParams(word_bits=W)
+    return testing.job_for(rng, testing.random_config(rng, params, n_max=24, d_max=39, epochs_max=3, copies_max=2))
 
 
 @pytest.mark.parametrize("seed", range(40))
