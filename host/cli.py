@@ -356,25 +356,20 @@ def _bench_streaming(args) -> int:
     return bench_main(quick=args.quick, out=args.out, quiet=args.quiet)
 
 
-def _bench_script(name):
-    def run(args) -> int:
-        import runpy
-        from pathlib import Path
-        script = Path(__file__).resolve().parents[1] / "bench" / f"bench_{name}.py"
-        if not script.exists():
-            raise ValueError(f"bench/{script.name} is not here (it ships with the source tree)")
-        saved = sys.argv
-        sys.argv = [str(script)]
-        try:
-            runpy.run_path(str(script), run_name="__main__")
-        finally:
-            sys.argv = saved
-        return 0
-    return run
+def _bench_packing(args) -> int:
+    from .bench_packing import main as bench_main
+    bench_main(["--n", "20000"] if args.quick else [])
+    return 0
+
+
+def _bench_codebook(args) -> int:
+    from .bench_codebook import main as bench_main
+    bench_main(["--n", "100000"] if args.quick else [])
+    return 0
 
 
 #: Benchmark name -> callable(args) -> exit status. ``bench all`` runs them in order.
-BENCHES = {"packing": _bench_script("packing"), "codebook": _bench_script("codebook"),
+BENCHES = {"packing": _bench_packing, "codebook": _bench_codebook,
            "engine": _bench_engine, "streaming": _bench_streaming, "convergence": _bench_convergence}
 
 

@@ -1,6 +1,6 @@
 """Packing throughput: features per second on one core, for every mode (target >= 20 M/s).
 
-    python bench/bench_packing.py [--n 200000] [--d 100]
+    zipsgd bench packing   (python -m zipsgd.bench_packing [--n 200000] [--d 100])
 """
 
 from __future__ import annotations

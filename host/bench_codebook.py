@@ -1,6 +1,6 @@
 """Codebook placement time and stochastic-rounding variance of every codebook kind.
 
-    python bench/bench_codebook.py [--n 1000000]
+    zipsgd bench codebook   (python -m zipsgd.bench_codebook [--n 1000000])
 
 Prints the seconds ``make_codebook`` takes on ``n`` values (target: "optimal" under
 2 s for every b), then the mean rounding variance ``(a - l_j)(l_{j+1} - a)`` of each
