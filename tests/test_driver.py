@@ -213,8 +213,8 @@ class FakeBoard(Board):
             self.t_done = None if self.hang else self.t + self.job_seconds
         elif name == "CTRL" and value & SOFT_RESET:
             self.t_done = None
-        elif name == "MODEL_ADDR":
-            self.model_ptr = value
+        elif name == "MODEL_ADDR":            # any write rewinds (the contract)
+            self.model_ptr = 0
         elif name == "LOSS_ADDR":
             self.loss_addr = value
 
@@ -434,11 +434,11 @@ def test_engine_fault_at_start_aborts_before_streaming():
     def read_faulting(offset):
         if NAMES[offset] == "STATUS":
             board._log(("r", "STATUS"))
-            return c.field_bits(c.STATUS_FIELDS, done=1, error=int(c.Error.BUSY))
+            return c.field_bits(c.STATUS_FIELDS, done=1, error=int(c.Error.BAD_EPOCHS))
         return read(offset)
 
     board.read = read_faulting
-    with pytest.raises(EngineFault, match="BUSY"):
+    with pytest.raises(EngineFault, match="BAD_EPOCHS"):
         eng.run(cfg, streams, cb)
     assert not board.dma.lengths
     _assert_aborted(board)
@@ -567,9 +567,9 @@ def test_mismatched_build_is_refused(reg, value, match):
 
 def test_default_batch_runs_in_order():
     board = FakeBoard()
-    out = board.batch([("w", c.REG["MODEL_ADDR"], 3), ("r", c.REG["MODEL_DATA"]), ("r", c.REG["MODEL_DATA"]),
-                       ("r", c.REG["MAGIC"])])
-    assert out == [int(board.model[3]), int(board.model[4]), c.MAGIC]
+    out = board.batch([("r", c.REG["MODEL_DATA"]), ("r", c.REG["MODEL_DATA"]), ("w", c.REG["MODEL_ADDR"], 5),
+                       ("r", c.REG["MODEL_DATA"]), ("r", c.REG["MAGIC"])])
+    assert out == [int(board.model[0]), int(board.model[1]), int(board.model[0]), c.MAGIC]
     with pytest.raises(ValueError, match="unknown register operation"):
         board.batch([("x", 0)])
 

@@ -35,6 +35,14 @@ class Master:
         for _ in range(n):
             await self.ctx.tick()
 
+    async def until(self, name, *values, within=100, what="handshake"):
+        """Tick until ``name`` is high at a clock edge; returns ``values`` sampled at that edge."""
+        for _ in range(within):
+            _, _, hit, *got = await self.ctx.tick().sample(self.s(name), *map(self.s, values))
+            if hit:
+                return got
+        raise TimeoutError(f"{what}: no {name} in {within} cycles")
+
     async def write(self, addr, data, strb=0xF, order="together", bready_delay=0):
         """One write; ``order``: 'together', 'aw_first', 'w_first'. Returns BRESP."""
         ctx = self.ctx
@@ -73,33 +81,22 @@ class Master:
             raise TimeoutError("write address/data not accepted")
         await self._wait(bready_delay)
         ctx.set(self.s("bready"), 1)
-        for _ in range(100):
-            _, _, bv, resp = await ctx.tick().sample(self.s("bvalid"), self.s("bresp"))
-            if bv:
-                ctx.set(self.s("bready"), 0)
-                return resp
-        raise TimeoutError("no write response")
+        (resp,) = await self.until("bvalid", "bresp", what="write response")
+        ctx.set(self.s("bready"), 0)
+        return resp
 
     async def read(self, addr, rready_delay=0):
         """One read; returns (data, RRESP)."""
         ctx = self.ctx
         ctx.set(self.s("araddr"), addr)
         ctx.set(self.s("arvalid"), 1)
-        for _ in range(100):
-            _, _, arr = await ctx.tick().sample(self.s("arready"))
-            if arr:
-                ctx.set(self.s("arvalid"), 0)
-                break
-        else:
-            raise TimeoutError("read address not accepted")
+        await self.until("arready", what="read address")
+        ctx.set(self.s("arvalid"), 0)
         await self._wait(rready_delay)
         ctx.set(self.s("rready"), 1)
-        for _ in range(100):
-            _, _, rv, rd, rr = await ctx.tick().sample(self.s("rvalid"), self.s("rdata"), self.s("rresp"))
-            if rv:
-                ctx.set(self.s("rready"), 0)
-                return rd, rr
-        raise TimeoutError("no read data")
+        rd, rr = await self.until("rvalid", "rdata", "rresp", what="read data")
+        ctx.set(self.s("rready"), 0)
+        return rd, rr
 
 
 def _run(top, bench, *monitors):
@@ -243,7 +240,8 @@ def test_one_outstanding_and_pulses():
 
 
 def test_readback_holdoff_and_latches():
-    """MODEL_DATA steps the stub's word index with hold-off; LOSS_* follow LOSS_ADDR."""
+    """MODEL_DATA steps the stub's word index with hold-off; a MODEL_ADDR write of any
+    value rewinds it; LOSS_* follow LOSS_ADDR."""
     top = _top()
 
     async def bench(ctx):
@@ -253,7 +251,8 @@ def test_readback_holdoff_and_latches():
         words = [(await m.read(c.REG["MODEL_DATA"]))[0] for _ in range(6)]
         assert words == [STUB_MODEL_BASE + i for i in range(6)]
         assert (await m.read(c.REG["MODEL_ADDR"]))[0] == 6
-        await m.write(c.REG["MODEL_ADDR"], 0)
+        await m.write(c.REG["MODEL_ADDR"], 0x1234)           # a write of any value rewinds
+        assert (await m.read(c.REG["MODEL_ADDR"]))[0] == 0
         assert (await m.read(c.REG["MODEL_DATA"]))[0] == STUB_MODEL_BASE
         for e in (3, 0, 7):
             await m.write(c.REG["LOSS_ADDR"], e)
@@ -299,13 +298,7 @@ def test_slave_alone_wait_states():
             _, _, rv, stb, addr = await ctx.tick().sample(dut.rvalid, dut.r_stb, dut.bus_addr)
             assert not rv and stb and addr == 0x14
         ctx.set(dut.r_ack, 1)
-        for _ in range(3):
-            _, _, rv, rd = await ctx.tick().sample(dut.rvalid, dut.rdata)
-            if rv:
-                assert rd == 0xCAFE
-                break
-        else:
-            raise AssertionError("no read data after r_ack")
+        assert await m.until("rvalid", "rdata", within=3, what="read data after r_ack") == [0xCAFE]
         ctx.set(dut.rready, 0)
         # writes: one w_stb per transaction, word-aligned address, both channel orders
         for order in ("w_first", "aw_first", "together"):
@@ -347,3 +340,26 @@ def test_status_after_start_never_shows_the_last_job():
         assert c.field_value(c.STATUS_FIELDS, "busy", st) == 1
 
     _run(top, bench)
+
+
+def test_codebook_writes_reach_the_core():
+    """CODEBOOK_DATA writes reach the core's codebook port at CODEBOOK_ADDR, which then
+    increments (and reads back); the level is the low FEAT.width bits of the word."""
+    top = _top()
+    levels = [0, 1, -1, c.FEAT.max, c.FEAT.min, -12345]
+
+    async def bench(ctx):
+        ctx.set(top.aresetn, 1)
+        m = Master(ctx, top)
+        await m.write(c.REG["CODEBOOK_ADDR"], 3)
+        for v in levels:
+            await m.write(c.REG["CODEBOOK_DATA"], v & 0xFFFFFFFF)      # sign-extended FEAT
+        assert (await m.read(c.REG["CODEBOOK_ADDR"]))[0] == 3 + len(levels)
+        await m.write(c.REG["CODEBOOK_ADDR"], 0)
+        await m.write(c.REG["CODEBOOK_DATA"], 7)
+        await m._wait(2)
+        mask = (1 << c.FEAT.width) - 1
+        assert seen["cb"] == [(3 + i, v & mask) for i, v in enumerate(levels)] + [(0, 7)], seen["cb"]
+
+    seen = {}
+    _run(top, bench, pulse_counter(top.core.cb_we, seen, "cb", (top.core.cb_addr, top.core.cb_data)))

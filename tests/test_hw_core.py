@@ -13,10 +13,10 @@ from amaranth.sim import Simulator
 
 from zipsgd import reference
 from zipsgd.contract import (
-    FEAT, MODEL, STEP_MULT, EngineConfig, EngineParams, Encoding, Error, Loss,
+    CONFIG_FIELDS, FEAT, MODEL, STEP_MULT, EngineConfig, EngineParams, Encoding, Error, Loss,
     check_config, valid_modes,
 )
-from zipsgd.hw.core import CFG_FIELDS, COUNTERS, Engine
+from zipsgd.hw.core import COUNTERS, Engine
 from zipsgd.hw.decode import modes
 from zipsgd.sim.cases import beats_of
 from zipsgd.packing import pack
@@ -75,9 +75,8 @@ class Driver:
         self.ctx.set(sig, 0)
 
     async def set_cfg(self, cfg: EngineConfig):
-        for name in CFG_FIELDS:
-            v = getattr(cfg, "decay_epochs" if name == "decay_epochs" else name)
-            self.ctx.set(getattr(self.dut.cfg, name), int(v) & 0xFFFFFFFF)
+        for name in CONFIG_FIELDS:
+            self.ctx.set(getattr(self.dut.cfg, name), int(getattr(cfg, name)) & 0xFFFFFFFF)
         await self.ctx.tick().repeat(self.dut.CFG_SETTLE)     # the decoded configuration settles
 
     async def write_codebook(self, codebook):
