@@ -2,7 +2,7 @@
 #   vivado -mode batch -source bitstreams/build.tcl -tclargs <board_vars.tcl>
 # The board variables (part, board part, PS type, stream width, clock, module and
 # block-design names, addresses, DMA length width, sources, output folder) are written by
-# `python -m zipsgd.hw.bitstream --board <name>` from zipsgd.boards; nothing
+# `python -m zipsgd.flows bitstream --board <name>` from zipsgd.boards; nothing
 # board-specific is typed here.
 #
 # Block design $zipsgd_bd (not named like the engine's module $zipsgd_module: Vivado

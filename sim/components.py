@@ -33,7 +33,7 @@ def component_verilog(name: str, word_bits: int = c.WORD_BITS_DEFAULT) -> tuple[
     """(Verilog path, module name) of block ``name`` (see :data:`COMPONENTS`)."""
     from amaranth.back import verilog
 
-    from zipsgd.hw.build import BUILD_DIR, source_hash
+    from zipsgd.hw.verilog import BUILD_DIR, source_hash
 
     if name not in COMPONENTS:
         raise ValueError(f"unknown component {name!r}: choose one of {sorted(COMPONENTS)}")

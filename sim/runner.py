@@ -4,7 +4,7 @@ Builds go to ``build/sim/<simulator>_<toplevel>_<tag>_<key>/`` where ``tag`` nam
 the configuration (e.g. ``w64_engine``) and ``key`` hashes the Verilog sources, the
 top-level name, the HDL parameters and the build options; a build is skipped when
 its stamp matches, so every test of one configuration reuses it (the Verilog itself
-is cached by :mod:`zipsgd.hw.build`). A file lock serialises builds of the same key
+is cached by :mod:`zipsgd.hw.verilog`). A file lock serialises builds of the same key
 across parallel pytest workers; older builds of a tag are pruned.
 
 Verilator builds make only the top level's signals visible to cocotb (a control
@@ -49,7 +49,7 @@ def fst_available() -> bool:
 
 
 def _build_root() -> Path:
-    from zipsgd.hw.build import BUILD_DIR
+    from zipsgd.hw.verilog import BUILD_DIR
     return BUILD_DIR / "sim"
 
 
@@ -277,7 +277,7 @@ def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
 
 def top_sources(params: c.EngineParams, core: str = "engine") -> list:
     """Verilog sources of ``zipsgd_top`` for ``params`` (cached generation)."""
-    from zipsgd.hw.build import cached_verilog
+    from zipsgd.hw.verilog import cached_verilog
     return [cached_verilog(params, core)]
 
 

@@ -21,9 +21,9 @@ import pytest
 from zipsgd import contract as c
 from zipsgd.boards import (BD_DESIGN, BD_MODULE, BOARDS, DMA_LENGTH_WIDTH, DMA_NAME, DMA_RANGE, ENGINE_NAME,
                            ENGINE_RANGE, ENGINE_VLNV, VIVADO_VERSION)
-from zipsgd.hw import vivado
+from zipsgd.flows import vivado
+from zipsgd.hw.verilog import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TCL_PATH = ROOT / "bitstreams" / "build.tcl"
 TCL = TCL_PATH.read_text()
 
@@ -264,7 +264,7 @@ def _ports(verilog: str, module: str) -> dict:
 
 @pytest.mark.parametrize("W", c.WORD_BITS_ALLOWED)
 def test_wrapper_ports_match_the_engine_top(W, tmp_path):
-    from zipsgd.hw.build import write_verilog
+    from zipsgd.hw.verilog import write_verilog
 
     top = Path(write_verilog(c.EngineParams(word_bits=W, dim_max=256), tmp_path / "top.v")).read_text()
     top_ports = _ports(top, vivado.TOP)
@@ -276,7 +276,7 @@ def test_wrapper_ports_match_the_engine_top(W, tmp_path):
 
 def test_without_vivado_the_build_stops_with_a_clear_message(tmp_path):
     env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "zipsgd.hw.bitstream", "--board", "pynq-z2", "--out",
+    out = subprocess.run([sys.executable, "-m", "zipsgd.flows", "bitstream", "--board", "pynq-z2", "--out",
                           str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 2
     assert "no `vivado` on PATH" in out.stderr and VIVADO_VERSION in out.stderr
@@ -284,9 +284,23 @@ def test_without_vivado_the_build_stops_with_a_clear_message(tmp_path):
     assert not (tmp_path / "o").exists()      # nothing half-written
 
 
+def test_a_dry_run_writes_the_sources_and_the_board_variables(tmp_path):
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent))
+    out = subprocess.run([sys.executable, "-m", "zipsgd.flows", "bitstream", "--board", "pynq-z2", "--dry-run",
+                          "--dim-max", "256", "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    src = tmp_path / "o" / "src"
+    assert sorted(p.name for p in src.iterdir()) == sorted(["zipsgd_top.v", f"{BD_MODULE}.v", "board_vars.tcl"])
+    assert re.findall(r"^module (\w+)", (src / f"{BD_MODULE}.v").read_text(), re.M) == [BD_MODULE]
+    assert f"set zipsgd_out {{{(tmp_path / 'o').resolve()}}}" in (src / "board_vars.tcl").read_text()
+    assert not (tmp_path / "o" / "zipsgd.bit").exists()
+
+
 # ---- build.tcl run in tclsh with Vivado's commands stubbed -------------------------------------
 TCLSH = shutil.which("tclsh")
-needs_tclsh = pytest.mark.skipif(TCLSH is None, reason="tclsh is not installed")
+needs_tclsh = pytest.mark.skipif(TCLSH is None, reason="tclsh is not installed (Debian's `tcl`; "
+                                 "`make test` installs it)")
 
 #: Vivado's commands as recording stubs. Unknown commands are logged and return "";
 #: the few whose results the script branches on answer from environment variables.
