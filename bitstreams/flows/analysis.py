@@ -72,7 +72,7 @@ ECP5_WIRE_UNIT = 0.12
 
 def ebr_clk_q(cell: dict, pin: str, dl: dict) -> float:
     """Clock-to-out of a DP16KD output pin (``DOA*`` / ``DOB*``): with the port's output
-    register (``REGMODE = OUTREG``, see :func:`absorb_ebr_output_registers`) or without."""
+    register (``REGMODE = OUTREG``, see :func:`.ecp5.absorb_ebr_output_registers`) or without."""
     reg = str(cell["parameters"].get(f"REGMODE_{pin[2]}", "NOREG")).strip()
     return dl["ebr_outreg_clk_q"] if reg == "OUTREG" else dl["ebr_clk_q"]
 

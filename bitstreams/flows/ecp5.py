@@ -90,7 +90,7 @@ def absorb_ebr_output_registers(netlist: Path) -> dict:
 
     Vivado does this on the Zynq (the register after a block-RAM read becomes the RAM's
     output register); Yosys 0.23's ``synth_ecp5`` does not, which would charge every
-    block-RAM read the slow unregistered clock-to-out (``ECP5_DELAYS``: ``ebr_clk_q`` against
+    block-RAM read the slow unregistered clock-to-out (``analysis.ECP5_DELAYS``: ``ebr_clk_q`` against
     ``ebr_outreg_clk_q``, of an 8 ns period). A port is absorbed when each of its used outputs drives one
     flip-flop alone, on the same clock, without enable or reset. Returns ``ports`` and
     ``bits`` absorbed and ``ports_total`` (read ports seen).
