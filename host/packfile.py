@@ -20,7 +20,8 @@ data      ...     ``copies`` packed copies, each ``words_per_copy`` uint64 words
                   = the header's ``data_offset``, a multiple of 4096 (memory-mappable)
 ========= ======= ===================================================================
 
-Header keys: ``contract_version`` (the packer's; a file of another contract is refused),
+Header keys: ``contract_version`` (the packer's; a file of another major version, whose
+stream layout may differ, is refused),
 ``word_bits``, ``encoding``, ``bits``, ``dim``, ``n_samples``, ``copies``,
 ``words_per_copy``, ``data_offset``, ``codebook`` (FEAT integers, or null for 32-bit),
 how it was quantized (``sampling``, ``levels``, ``seed``, ``scale``, ``fit_intercept``,
@@ -183,8 +184,9 @@ def open_packed(path) -> PackedData:
             header = json.loads(f.read(size).decode())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PackFileError(f"{path} could not be read as a packed zipsgd file: {exc}") from None
-    if tuple(header.get("contract_version", ())) != c.CONTRACT_VERSION:
-        raise PackFileError(f"{path} was packed for contract {header.get('contract_version')}, this zipsgd speaks "
+    version = tuple(header.get("contract_version", ()))
+    if version[:1] != c.CONTRACT_VERSION[:1]:         # the stream layout changes only with the major version
+        raise PackFileError(f"{path} was packed for contract {list(version)}, this zipsgd speaks "
                             f"{list(c.CONTRACT_VERSION)}: pack it again with this version")
     copies, words, offset = header["copies"], header["words_per_copy"], header["data_offset"]
     if path.stat().st_size < offset + copies * words * 8:

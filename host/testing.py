@@ -105,6 +105,7 @@ def bad_configs(params: c.EngineParams):
         ("step_mult_big", dict(step_mult=c.STEP_MULT.max + 1)),
         ("step_shift", dict(step_shift=c.STEP_SHIFT_MAX + 1)),
         ("l2_shift", dict(l2_shift=c.L2_SHIFT_MAX + 1)),
+        ("several", dict(dim=0, n_samples=0, loss=7)),          # several faults: the first check wins
     ]
     for label, over in cases:
         yield label, c.EngineConfig(**{**base, **over})

@@ -23,6 +23,7 @@ from zipsgd import contract as c
 from zipsgd import reference
 from zipsgd.sim.runner import params_from_env
 from zipsgd.sim.tb import CLOCK_NS, TB, describe, random_codebook, random_job, random_stream
+from zipsgd.testing import bad_configs
 
 PARAMS = params_from_env()
 CORE = os.environ.get("ZIPSGD_CORE", "engine")
@@ -131,33 +132,6 @@ async def test_stub_readback(dut):
 # ------------------------------------------------------------------------------------
 # Bad configurations
 # ------------------------------------------------------------------------------------
-def bad_configs(params: c.EngineParams):
-    """(label, EngineConfig) pairs that check_config rejects, one or more per error code."""
-    W = params.word_bits
-    base = dict(n_samples=4, dim=3, bits=4, encoding=c.Encoding.SINGLE, word_bits=W)
-    cases = [
-        ("encoding", dict(encoding=len(c.Encoding))),
-        ("encoding_big", dict(encoding=0xFFFFFFFF)),
-        ("bits", dict(bits=3)),
-        ("full_bits", dict(encoding=c.Encoding.FULL, bits=8)),
-        ("dim0", dict(dim=0)),
-        ("dim_big", dict(dim=params.dim_max + 1)),
-        ("dim_huge", dict(dim=0xFFFFFFFF)),
-        ("n0", dict(n_samples=0)),
-        ("batch0", dict(batch=0)),
-        ("batch_big", dict(batch=params.batch_max + 1)),
-        ("loss", dict(loss=len(c.Loss))),
-        ("epochs0", dict(epochs=0)),
-        ("epochs_big", dict(epochs=params.epochs_max + 1)),
-        ("step_mult0", dict(step_mult=0)),
-        ("step_mult_big", dict(step_mult=c.STEP_MULT.max + 1)),
-        ("step_shift", dict(step_shift=c.STEP_SHIFT_MAX + 1)),
-        ("l2_shift", dict(l2_shift=c.L2_SHIFT_MAX + 1)),
-    ]
-    for label, over in cases:
-        yield label, c.EngineConfig(**{**base, **over})
-
-
 @cocotb.test()
 async def test_bad_config(dut):
     """Each invalid configuration ends at once with STATUS.error = check_config's code."""

@@ -19,6 +19,7 @@ from zipsgd.contract import (
 from zipsgd.hw.core import COUNTERS, Engine
 from zipsgd.hw.decode import modes
 from zipsgd.sim.cases import beats_of
+from zipsgd.testing import bad_configs, job_for
 from zipsgd.packing import pack
 
 ONE = MODEL.one
@@ -29,35 +30,11 @@ ONE = MODEL.one
 # ------------------------------------------------------------------------------------
 def make_job(rng, word_bits, enc, bits, dim, n, *, loss=Loss.SQUARED, batch=1, epochs=1,
              step_shift=4, step_mult=STEP_MULT.one, decay=0, l2=0, copies=1):
-    """Random job: (cfg, streams, codebook)."""
+    """Random job of this configuration: (cfg, streams, codebook) from zipsgd.testing."""
     cfg = EngineConfig(n_samples=n, dim=dim, bits=bits, encoding=enc, loss=loss,
                        step_shift=step_shift, step_mult=step_mult, decay_epochs=decay,
                        l2_shift=l2, batch=batch, epochs=epochs, copies=copies, word_bits=word_bits)
-    lay = cfg.layout
-    codebook = None
-    if enc != Encoding.FULL:
-        codebook = np.sort(rng.integers(-FEAT.one, FEAT.one + 1, size=1 << bits))
-    streams = []
-    for _ in range(copies):
-        if loss == Loss.SQUARED:
-            y = rng.integers(-2 * ONE, 2 * ONE, size=n)
-        elif loss == Loss.LOGISTIC:
-            y = rng.integers(0, 2, size=n) * ONE
-        else:
-            y = rng.choice([-ONE, ONE], size=n)
-        if enc == Encoding.FULL:
-            s = pack(lay, y, values=rng.integers(-FEAT.one, FEAT.one + 1, size=(n, dim)))
-        elif enc == Encoding.SINGLE:
-            s = pack(lay, y, codes1=rng.integers(0, 1 << bits, size=(n, dim)))
-        elif enc == Encoding.PAIR:
-            s = pack(lay, y, codes1=rng.integers(0, 1 << bits, size=(n, dim)),
-                     codes2=rng.integers(0, 1 << bits, size=(n, dim)))
-        else:
-            j = rng.integers(0, (1 << bits) - 1, size=(n, dim))
-            s = pack(lay, y, codes1=j + rng.integers(0, 2, size=(n, dim)),
-                     codes2=j + rng.integers(0, 2, size=(n, dim)))
-        streams.append(s)
-    return cfg, streams, codebook
+    return job_for(rng, cfg)
 
 
 # ------------------------------------------------------------------------------------
@@ -279,15 +256,7 @@ def test_bad_config_codes_then_good_job():
     params = P64
     rng = np.random.default_rng(7)
     good, streams, cb = make_job(rng, 64, Encoding.SINGLE, 2, 20, 4, batch=2)
-    bad = []
-    for change in (dict(encoding=5), dict(bits=3), dict(encoding=Encoding.FULL, bits=8),
-                   dict(dim=0), dict(dim=params.dim_max + 1), dict(n_samples=0),
-                   dict(batch=0), dict(batch=params.batch_max + 1), dict(loss=3),
-                   dict(epochs=0), dict(epochs=params.epochs_max + 1), dict(step_mult=0),
-                   dict(step_mult=STEP_MULT.max + 1), dict(step_shift=99), dict(l2_shift=32),
-                   dict(dim=0, n_samples=0, loss=7)):           # several faults: first one wins
-        c = EngineConfig(**{**good.__dict__, **change})
-        bad.append((c, check_config(c, params)))
+    bad = [(cfg, check_config(cfg, params)) for _, cfg in bad_configs(params)]
     assert all(code != Error.NONE for _, code in bad)
 
     async def body(drv):
