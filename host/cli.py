@@ -4,8 +4,9 @@ Subcommands
 -----------
 ``zipsgd train DATA [options]``
     Train a linear model on DATA (see :func:`zipsgd.datasets.load_data`) on a backend,
-    compare it with float64 SGD on the same schedule, print a summary, optionally
-    write ``--json`` results and a ``--plot`` PNG.
+    compare it with float64 SGD on the same schedule, print a summary (the training
+    accuracy or R^2 of both, the classes of a classifier), optionally write ``--json``
+    results and a ``--plot`` image (.png, .pdf or .svg).
 ``zipsgd bench convergence [--quick] [--out DIR]``
     The convergence benchmark (:mod:`zipsgd.bench_convergence`); ``bench all`` runs
     every registered benchmark.
@@ -15,17 +16,27 @@ Subcommands
     Copy the shipped Jupyter notebook(s) into DIR (default: the current directory), e.g.
     into the Jupyter folder of a PYNQ board; existing files are kept unless ``--force``.
 
-Every user error (bad data, unsupported mode, capacity, unreadable file, bad
-option) prints one line ``zipsgd: error: ...`` on stderr and exits with status 2;
-nothing is written on error (``--json``/``--plot`` go through a temporary file and
-an atomic rename at the very end).
+Every user error (bad data, unsupported mode, capacity, unreadable or damaged file,
+bad option or output path) prints one line ``zipsgd: error: ...`` on stderr and exits
+with status 2. ``--json``/``--plot`` paths are checked before any work; the files are
+written to temporary files beside them and renamed into place at the very end, all or
+none: on any error nothing is left behind (nor any directory made for them). They get
+the permissions of a normal new file (``0666`` less the umask; an existing file keeps
+its own). Warnings (``zipsgd: warning: ...``) go to stderr, also under ``--quiet``.
+
+Epochs are numbered from 1 everywhere (progress, table, plot); ``loss_curve[i]`` of the
+JSON is epoch ``i + 1``. A bare ``zipsgd`` prints the usage; every ``--help`` shows the
+defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -40,7 +51,23 @@ class UsageError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage dump
-        raise UsageError(message)
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except the uninformative ones (None, False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def _warn(message: str) -> None:
+    """A warning line on stderr (printed under --quiet too)."""
+    print(f"{PROG}: warning: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -65,14 +92,15 @@ class _Progress:
                 self.bar = None
 
     def __call__(self, epoch: int) -> None:
-        # called when epoch `epoch` starts (and with `total` at the end): epochs before it are done
+        # called with the number of epochs done (as epoch `epoch` + 1, counted from 1, starts; `total` at
+        # the end): shown as "epoch k/N done", the same numbering as the table and the plot
         done = min(int(epoch), self.total)
         if done <= self.done:
             return
         if self.bar is not None:
             self.bar.update(done - self.done)
         elif not self.quiet:
-            print(f"epoch {done}/{self.total}", file=sys.stderr, flush=True)
+            print(f"epoch {done}/{self.total} done", file=sys.stderr, flush=True)
         self.done = done
 
     def close(self):
@@ -81,111 +109,283 @@ class _Progress:
 
 
 # --------------------------------------------------------------------------------------
-# Atomic outputs
+# Outputs: checked first, written all or none
 # --------------------------------------------------------------------------------------
-def _temp_beside(path: Path, suffix: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+#: Image formats ``--plot`` writes, by the path's suffix.
+PLOT_FORMATS = ("png", "pdf", "svg")
 
 
-def write_json_atomic(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = _temp_beside(path, ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def check_output_path(path, option: str = "output") -> Path:
+    """Refuse (``UsageError`` naming ``option`` and ``path``) an output path that cannot
+    be written: a directory, a read-only file, under a file, or in a directory this user
+    cannot write. Missing parent directories are fine (they are made when writing)."""
+    p = Path(path)
+    if not str(path).strip():
+        raise UsageError(f"{option}: empty path")
+    if p.is_dir():
+        raise UsageError(f"{option} {path}: is a directory, not a file")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UsageError(f"{option} {path}: the file exists and is not writable")
+    anc = p.absolute().parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise UsageError(f"{option} {path}: {anc} is not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in {anc}")
+    return p
 
 
-def plot_curves(path: str | os.PathLike, curves: dict, title: str, ylabel: str = "mean training loss") -> Path:
-    """Render ``{label: per-epoch values}`` to a temporary PNG beside ``path``; returns the temp file."""
+def plot_format(path) -> str:
+    """The image format of ``--plot path`` from its suffix, or ``UsageError``."""
+    suffix = Path(path).suffix.lower()
+    if suffix.lstrip(".") not in PLOT_FORMATS:
+        what = f"'{suffix}' files" if suffix else "a name without a suffix"
+        raise UsageError(f"--plot {path}: cannot write an image as {what}: name it "
+                         + ", ".join(f".{f}" for f in PLOT_FORMATS[:-1]) + f" or .{PLOT_FORMATS[-1]}")
+    return suffix.lstrip(".")
+
+
+def _pyplot():
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise UsageError(f"--plot needs matplotlib (pip install 'zipsgd[plot]'): {exc}") from None
-    path = Path(path)
-    tmp = _temp_beside(path, ".png")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    styles = ["o-", "k--", "s-", "^-", "v-", "d-"]
-    positive = True
-    for (label, ys), st in zip(curves.items(), styles * 4):
-        ys = list(ys)
-        positive &= all(v > 0 for v in ys)
-        ax.plot(range(1, len(ys) + 1), ys, st, label=label, markersize=3)
-    if positive:
-        ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return tmp
+    return plt
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: Path) -> int:
+    """An existing file's permissions, else a new file's (0666 less the umask)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def write_outputs(files) -> None:
+    """Write ``files`` (``(option, path, write)``; ``write(tmp_path)`` writes the content)
+    all or none: each to a temporary file beside its path, then every one renamed into
+    place. On any error the temporary files, the files this call created and the
+    directories it made are removed, and the error names the user's path."""
+    made, temps, placed = [], [], []
+    option = path = None
+    try:
+        for option, path, write in files:
+            path = Path(path)
+            missing = []
+            d = path.absolute().parent
+            while not d.exists():
+                missing.append(d)
+                d = d.parent
+            for d in reversed(missing):
+                d.mkdir()
+                made.append(d)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.absolute().parent)
+            os.close(fd)
+            temps.append(Path(tmp))
+            write(Path(tmp))
+            os.chmod(tmp, _new_file_mode(path))
+        for (option, path, _), tmp in zip(files, temps):
+            path = Path(path)
+            existed = path.exists()
+            os.replace(tmp, path)
+            placed.append((path, existed))
+    except BaseException as exc:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        for p, existed in placed:
+            if not existed:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        if isinstance(exc, OSError):
+            raise OSError(f"cannot write {option} {path}: {exc.strerror or exc}") from None
+        raise
+
+
+def _finite(obj):
+    """``obj`` with every non-finite float replaced by None (strict JSON has no NaN/Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_writer(obj):
+    """``write(path)`` for :func:`write_outputs`: ``obj`` as strict JSON (no NaN/Infinity)."""
+    def write(path: Path):
+        with open(path, "w") as f:
+            json.dump(_finite(obj), f, indent=2, allow_nan=False)
+            f.write("\n")
+    return write
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` via a temporary file and ``os.replace``."""
+    write_outputs([("--json", path, json_writer(obj))])
+
+
+def plot_writer(curves: dict, title: str, fmt: str, ylabel: str = "mean training loss"):
+    """``write(path)`` for :func:`write_outputs`: ``{label: per-epoch values}`` as a
+    ``fmt`` image (epochs numbered from 1)."""
+    plt = _pyplot()
+
+    def write(path: Path):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        try:
+            styles = ["o-", "k--", "s-", "^-", "v-", "d-"]
+            positive = True
+            for (label, ys), st in zip(curves.items(), styles * 4):
+                ys = [v if v is not None and math.isfinite(v) else float("nan") for v in ys]
+                positive &= all(v > 0 for v in ys if v == v)
+                ax.plot(range(1, len(ys) + 1), ys, st, label=label, markersize=3)
+            if positive:
+                ax.set_yscale("log")
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title, fontsize=9)
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(path, dpi=110, format=fmt)
+        finally:
+            plt.close(fig)
+    return write
 
 
 # --------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------
 def _quantization_args(p):
-    p.add_argument("--bits", type=int, default=8, help="1, 2, 4, 8 or 32 (default 8)")
-    p.add_argument("--sampling", default="double", help="double, single or nearest (default double)")
-    p.add_argument("--levels", default="uniform", help="uniform, optimal, log or weibull (default uniform)")
+    p.add_argument("--bits", type=int, default=8, help="bits per feature: 1, 2, 4, 8 or 32 (32: full precision)")
+    p.add_argument("--sampling", default="double", help="double, single or nearest")
+    p.add_argument("--levels", default="uniform", help="uniform, optimal, log or weibull")
 
 
 def _data_side_args(p):
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--word-bits", type=int, default=64)
-    p.add_argument("--scale", default="feature", help="feature or global scaling into [-1, 1]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample orders, quantization and codebook")
+    p.add_argument("--word-bits", type=int, default=64, help="stream word width W of the engine: 64 or 128")
+    p.add_argument("--scale", default="feature",
+                   help="scaling into [-1, 1]: feature (each column's min..max), global (one map for all) or "
+                        "quantile (each column's 0.1..99.9 percentiles, beyond them clipped: for outliers)")
     p.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
 
 
 def _train_parser(sub):
     p = sub.add_parser("train", help="train a linear model on DATA and compare with float64 SGD",
-                       description="Train on DATA: sklearn:NAME (diabetes, breast_cancer, digits, iris), "
-                                   "a .csv/.tsv (target column --target, default last), a .npz with X and y, "
+                       formatter_class=_HelpFormatter, description="Train on DATA: sklearn:NAME (diabetes, breast_cancer, digits, iris), "
+                                   "a .csv/.tsv, also gzipped (target column --target, default last; numbers, "
+                                   "or text class labels in the target), a .npz with X and y, "
                                    "an svmlight/libsvm file, or a packed .zsgd file (zipsgd pack: its "
                                    "quantization is fixed, --bits/--sampling/--levels/--copies/--seed/--scale "
                                    "are not used, and there is no float64 baseline).")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("--target", default=None, help="CSV target column (name or index; default: last)")
+    p.add_argument("data", metavar="DATA", help="the training data (see above)")
+    p.add_argument("--target", default=None,
+                   help="CSV target column, a name or a number from 0 (default: the last column)")
     p.add_argument("--loss", default=None,
-                   help="squared, logistic or hinge (default: by dataset; two-valued targets: logistic)")
+                   help="squared, logistic or hinge (default: by dataset; two-valued or text targets: logistic, "
+                        "else squared)")
     _quantization_args(p)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--step", type=float, default=2.0 ** -6, help="learning rate (default 2**-6)")
+    p.add_argument("--epochs", type=int, default=10, help="passes over the data")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per model update")
+    p.add_argument("--step", type=float, default=2.0 ** -6, help="learning rate (2**-6)")
     p.add_argument("--decay", type=int, default=0, help="halve the step every DECAY epochs (0: never)")
-    p.add_argument("--alpha", type=float, default=0.0, help="L2 strength (default 0)")
-    p.add_argument("--copies", type=int, default=None, help="quantized copies (default min(epochs, 4))")
-    p.add_argument("--backend", default="cpu", help="cpu (reference engine), sim or pynq")
+    p.add_argument("--alpha", type=float, default=0.0, help="L2 strength")
+    p.add_argument("--copies", type=int, default=None, help="quantized copies (default: min(epochs, 4))")
+    p.add_argument("--backend", default=None,
+                   help="cpu (the bit-exact reference engine), sim (the engine's RTL in Verilator), pynq (a PYNQ "
+                        "board) or auto (what `zipsgd info` reports: pynq on a board with a bitstream, else sim "
+                        "when installed, else cpu) (default: $ZIPSGD_BACKEND if set, else cpu, as the "
+                        "estimators)")
     _data_side_args(p)
     p.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write results as JSON")
-    p.add_argument("--plot", dest="plot_path", default=None, metavar="PATH", help="write a PNG of the curves")
-    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument("--plot", dest="plot_path", default=None, metavar="PATH",
+                   help="write the loss curves as an image: PATH ends in .png, .pdf or .svg")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no summary (warnings still show)")
     p.set_defaults(func=cmd_train)
     return p
+
+
+#: What ``zipsgd train`` runs on without ``--backend`` (and without ``$ZIPSGD_BACKEND``):
+#: the bit-exact reference engine, as the estimators' ``backend="cpu"``.
+TRAIN_BACKEND = "cpu"
+
+
+def train_backend(choice: str | None = None) -> tuple[str, str]:
+    """(backend, why) ``zipsgd train --backend choice`` runs on: ``choice``; ``auto``:
+    :func:`zipsgd.backends.select_backend` (what ``zipsgd info`` reports); none:
+    ``$ZIPSGD_BACKEND`` when set, else :data:`TRAIN_BACKEND`."""
+    from .backends import select_backend
+
+    if choice == "auto":
+        return select_backend()
+    if choice:
+        return choice, "--backend"
+    env = os.environ.get("ZIPSGD_BACKEND", "").strip()
+    if env:
+        return env, "set by ZIPSGD_BACKEND"
+    return TRAIN_BACKEND, "the default of zipsgd train (--backend auto picks as zipsgd info reports)"
+
+
+def _scores(job, X, y, models: dict) -> dict | None:
+    """Training accuracy (classifiers) or R^2 (regression) of scaled models ``{name: w}``,
+    with the predictions mapped back to the user's units (the target's units; the class
+    labels): the model as trained, on the features as the engine saw them (scaled,
+    clipped to the fitted range)."""
+    import numpy as np
+
+    Xs = job.X_scaled
+    if Xs is None or X is None:
+        return None
+    out = {"metric": "r2" if job.loss == "squared" else "accuracy", "on": "training data"}
+    for name, w in models.items():
+        w = np.asarray(w, dtype=np.float64)
+        if w.ndim != 1 or w.shape[0] != Xs.shape[1]:
+            out[name] = None
+            continue
+        with np.errstate(all="ignore"):
+            z = Xs @ w
+            if job.loss == "squared":
+                yt = np.asarray(y, dtype=np.float64)
+                pred = job.y_center + job.y_scale * z
+                ss = float(np.sum((yt - yt.mean()) ** 2))
+                out[name] = 1.0 - float(np.sum((yt - pred) ** 2)) / ss if ss > 0 else None
+            else:
+                classes = job.classes
+                pred = np.where(z > 0, classes[1], classes[0])
+                out[name] = float(np.mean(pred == np.asarray(y)))
+    return out
+
+
+def _json_value(v):
+    """numpy scalars as plain Python values (class labels for JSON)."""
+    return v.item() if hasattr(v, "item") else v
 
 
 def train(args) -> dict:
     """Run ``zipsgd train`` and return the results dict (what --json writes)."""
     from . import baseline
     from .datasets import load_data
-    from .backends import check_backend, run_job
+    from .backends import BACKENDS, check_backend, run_job
     from .job import job_from_packed, prepare_job
     from .packfile import SUFFIX, open_packed
 
     t0 = time.perf_counter()
-    check_backend(args.backend)
+    backend, _ = train_backend(getattr(args, "backend", None))
+    check_backend(backend)
     packed = str(args.data).endswith(SUFFIX)
     if packed:
         data = open_packed(args.data)
@@ -194,41 +394,59 @@ def train(args) -> dict:
                              f"again with --loss {args.loss}")
         job = job_from_packed(data, epochs=args.epochs, batch_size=args.batch_size, step=args.step,
                               decay=args.decay, alpha=args.alpha)
-        name = str(args.data)
+        name, X, y = str(args.data), None, None
     else:
         ds = load_data(args.data, target=args.target)
         loss = args.loss or ds.default_loss
+        looks = ds.looks_like_classes() if loss == "squared" and not args.loss else None
+        if looks is not None:
+            shown = ", ".join(f"{v:g}" for v in looks[:6]) + (", ..." if looks.size > 6 else "")
+            _warn(f"the target of {ds.name} takes {looks.size} whole values ({shown}), which look like class "
+                  "labels: fitting a regression to them (squared loss); if they are classes, train a "
+                  "classifier with --loss logistic or --loss hinge")
+        X, y = ds.X, ds.y
         job = prepare_job(ds.X, ds.y, loss=loss, bits=args.bits, sampling=args.sampling, levels=args.levels,
                           epochs=args.epochs, batch_size=args.batch_size, step=args.step, decay=args.decay,
                           alpha=args.alpha, copies=args.copies, seed=args.seed, word_bits=args.word_bits,
                           scale=args.scale, fit_intercept=not args.no_intercept)
         name = ds.name
     t_prep = time.perf_counter()
+    note = getattr(BACKENDS[backend], "progress_note", None)
+    if note and not args.quiet:
+        print(f"{PROG}: backend {backend}: {note}", file=sys.stderr, flush=True)
     bar = _Progress(job.epochs, args.quiet)
     try:
-        res = run_job(job, args.backend, progress=bar)
+        res = run_job(job, backend, progress=bar)
     finally:
         bar.close()
     t_run = time.perf_counter()
     w = job.model_float(res.model)
     curve = [float(v) for v in res.loss_curve(job.n_samples)]
     if packed:        # a packed file holds no full-precision data: no exact objective, no baseline
-        final, base_final, base_curve = None, None, []
+        final, base_final, base_curve, base_w = None, None, [], None
     else:
         final = baseline.objective(job.loss, job.X_scaled, job.y_scaled, w)
         base = baseline.sgd(job)
-        base_final, base_curve = base.final_loss, [float(v) for v in base.loss_curve]
+        base_final, base_curve, base_w = base.final_loss, [float(v) for v in base.loss_curve], base.model
     coef, intercept = job.unscale(res.model)
+    scores = _scores(job, X, y, {"engine": w, "baseline_float64": base_w} if base_w is not None
+                     else {"engine": w})
     seconds = t_run - t0
     out = {
         "data": name, "loss": job.loss, "n_samples": job.n_samples, "n_features": job.n_features,
         "packed_file": packed,
+        "classes": None if job.classes is None else [_json_value(v) for v in job.classes],
+        "score": scores,
         "final_loss": final,
+        # per epoch, epoch i + 1 at index i: the mean loss the engine measured during the epoch, on the
+        # quantized data it streams (scaled units); the baseline's on the full-precision data
         "loss_curve": curve,
+        "loss_curve_measured_on": "quantized data",
         "baseline_float64_final_loss": base_final,
         "baseline_float64_loss_curve": base_curve,
         "ratio_to_float64": final / base_final if base_final else None,
-        "bits": job.bits, "sampling": job.sampling, "levels": job.levels, "backend": args.backend,
+        "bits": job.bits, "sampling": job.sampling, "levels": job.levels, "backend": backend,
+        "scale": job.scale,
         "bits_per_feature": job.bits_per_feature,
         "seconds": seconds, "prepare_seconds": t_prep - t0, "run_seconds": t_run - t_prep,
         "job": job.summary(),
@@ -237,6 +455,10 @@ def train(args) -> dict:
                      for k, v in (res.stats or {}).items()},
     }
     return out
+
+
+def _fmt(v, spec: str = ".6g") -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
 
 
 def _summary(out: dict) -> str:
@@ -249,17 +471,31 @@ def _summary(out: dict) -> str:
                      f"{j['step_eff']:.6g}/sample), decay {j['decay']}, alpha {j['alpha']:g}, copies {j['copies']}, "
                      f"seed {j['seed']}"),
         ("backend", f"{out['backend']}  ({out['seconds']:.2f} s)"),
+    ]
+    if out.get("classes") is not None:
+        neg, pos = out["classes"][:2]
+        rows.append(("classes", f"{neg} (negative), {pos} (positive)"))
+    sc = out.get("score")
+    if sc is not None:
+        label = "accuracy" if sc["metric"] == "accuracy" else "R^2"
+        where = ("on the training data, your labels" if sc["metric"] == "accuracy" else
+                 "on the training data, predictions in the target's units")
+        rows.append((label, f"{_fmt(sc.get('engine'), '.4f')}  {where} "
+                            f"(float64 SGD {_fmt(sc.get('baseline_float64'), '.4f')})"))
+    elif out.get("packed_file"):
+        rows.append(("accuracy" if out["loss"] != "squared" else "R^2",
+                     "n/a (a packed file holds only the quantized data)"))
+    rows += [
         ("final loss", "n/a (packed data: the engine's per-epoch loss below is on the quantized data)"
          if out["final_loss"] is None else
          f"{out['final_loss']:.6g}  (exact objective of the engine's model, scaled units)"),
-        ("float64 SGD", "n/a" if out["baseline_float64_final_loss"] is None else
-         f"{out['baseline_float64_final_loss']:.6g}"),
-        ("ratio", "n/a" if out["ratio_to_float64"] is None else f"{out['ratio_to_float64']:.4f}"),
+        ("float64 SGD", _fmt(out["baseline_float64_final_loss"])),
+        ("ratio", _fmt(out["ratio_to_float64"], ".4f")),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     lines.append("")
-    lines.append(f"{'epoch':>5}  {'engine loss':>12}  {'float64 loss':>12}")
+    lines.append(f"{'epoch':>5}  {'engine loss*':>12}  {'float64 loss':>12}")
     curve, bcurve = out["loss_curve"], out["baseline_float64_loss_curve"]
     idx = list(range(len(curve)))
     if len(idx) > 12:
@@ -267,40 +503,41 @@ def _summary(out: dict) -> str:
     for e in idx:
         b = f"{bcurve[e]:>12.6g}" if e is not None and e < len(bcurve) else f"{'-':>12}"
         lines.append("  ..." if e is None else f"{e + 1:>5}  {curve[e]:>12.6g}  {b}")
+    lines.append("* the mean loss of each epoch as the engine measured it, on the quantized data it streams; "
+                 "float64 SGD's on the full-precision data (both in scaled units)")
     return "\n".join(lines)
 
 
 def _pack_parser(sub):
     p = sub.add_parser("pack", help="quantize and pack DATA once into a .zsgd file to train from",
-                       description="Quantize and pack DATA into FILE.zsgd in chunks of rows (bounded memory): "
+                       formatter_class=_HelpFormatter, description="Quantize and pack DATA into FILE.zsgd in chunks of rows (bounded memory): "
                                    "done once on a workstation; copy the file to the board and run "
                                    "`zipsgd train FILE.zsgd` there. DATA as for `zipsgd train`, or X.npy "
                                    "(memory-mapped, never loaded whole) with --labels y.npy.")
-    p.add_argument("data", metavar="DATA")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.zsgd")
+    p.add_argument("data", metavar="DATA", help="the data (as for zipsgd train), or an X.npy")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.zsgd", help="the packed file to write")
     p.add_argument("--labels", default=None, metavar="Y.npy", help="targets, when DATA is an X.npy")
-    p.add_argument("--target", default=None, help="CSV target column (name or index; default: last)")
+    p.add_argument("--target", default=None,
+                   help="CSV target column, a name or a number from 0 (default: the last column)")
     p.add_argument("--loss", default=None, help="squared, logistic or hinge (default: by dataset)")
     _quantization_args(p)
-    p.add_argument("--copies", type=int, default=4, help="quantized copies (default 4)")
+    p.add_argument("--copies", type=int, default=4, help="quantized copies")
     _data_side_args(p)
-    p.add_argument("--chunk-rows", type=int, default=None, help="rows packed at a time (default 65536)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--chunk-rows", type=int, default=None, help="rows packed at a time (default: 65536)")
+    p.add_argument("--quiet", action="store_true", help="no summary line")
     p.set_defaults(func=cmd_pack)
     return p
 
 
 def cmd_pack(args) -> int:
-    import numpy as np
-
     from . import packfile
-    from .datasets import load_data
+    from .datasets import load_data, load_npy
 
     t0 = time.perf_counter()
     if str(args.data).endswith(".npy"):
         if not args.labels:
             raise ValueError("an X.npy needs its targets: --labels y.npy")
-        X, y = np.load(args.data, mmap_mode="r"), np.load(args.labels)
+        X, y = load_npy(args.data, mmap_mode="r"), load_npy(args.labels)
         name, loss = args.data, args.loss or "squared"
     else:
         ds = load_data(args.data, target=args.target)
@@ -316,23 +553,33 @@ def cmd_pack(args) -> int:
     return 0
 
 
+def _check_train_outputs(args) -> str | None:
+    """Check --json and --plot before any work; returns the plot's format."""
+    fmt = None
+    if args.json_path:
+        check_output_path(args.json_path, "--json")
+    if args.plot_path:
+        check_output_path(args.plot_path, "--plot")
+        fmt = plot_format(args.plot_path)
+        _pyplot()
+    if args.json_path and args.plot_path and \
+            Path(args.json_path).absolute().resolve() == Path(args.plot_path).absolute().resolve():
+        raise UsageError(f"--json and --plot name the same file {args.plot_path}")
+    return fmt
+
+
 def cmd_train(args) -> int:
+    fmt = _check_train_outputs(args)
     out = train(args)
-    tmp_png = None
-    try:
-        if args.plot_path:
-            tmp_png = plot_curves(args.plot_path, {
-                f"{out['bits']}-bit {out['sampling']} ({out['backend']})": out["loss_curve"],
-                "float64 SGD": out["baseline_float64_loss_curve"]},
-                title=f"{out['data']}: {out['loss']} loss, {out['levels']} levels")
-        if args.json_path:
-            write_json_atomic(args.json_path, out)
-        if tmp_png is not None:
-            os.replace(tmp_png, args.plot_path)
-            tmp_png = None
-    finally:
-        if tmp_png is not None and Path(tmp_png).exists():
-            Path(tmp_png).unlink()
+    files = []
+    if args.plot_path:
+        files.append(("--plot", args.plot_path, plot_writer({
+            f"{out['bits']}-bit {out['sampling']} ({out['backend']}, on the quantized data)": out["loss_curve"],
+            "float64 SGD": out["baseline_float64_loss_curve"]},
+            title=f"{out['data']}: {out['loss']} loss, {out['levels']} levels", fmt=fmt)))
+    if args.json_path:
+        files.append(("--json", args.json_path, json_writer(out)))
+    write_outputs(files)
     if not args.quiet:
         print(_summary(out))
     return 0
@@ -374,15 +621,16 @@ BENCHES = {"packing": _bench_packing, "codebook": _bench_codebook,
 
 
 def _bench_parser(sub):
-    p = sub.add_parser("bench", help="benchmarks")
+    p = sub.add_parser("bench", help="benchmarks", formatter_class=_HelpFormatter)
     bsub = p.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
     bsub.required = True
     for name in list(BENCHES) + ["all"]:
-        b = bsub.add_parser(name, help=("every benchmark" if name == "all" else f"the {name} benchmark"))
+        b = bsub.add_parser(name, help=("every benchmark" if name == "all" else f"the {name} benchmark"),
+                            formatter_class=_HelpFormatter)
         b.add_argument("--quick", action="store_true", help="a smaller, faster run")
-        b.add_argument("--out", default="results", help="output directory (default ./results)")
-        b.add_argument("--seeds", type=int, default=None, help="seeds per configuration")
-        b.add_argument("--quiet", action="store_true")
+        b.add_argument("--out", default="results", help="output directory")
+        b.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default: the benchmark's)")
+        b.add_argument("--quiet", action="store_true", help="less output")
         b.set_defaults(func=_cmd_bench)
     return p
 
@@ -398,7 +646,18 @@ def _cmd_bench(args) -> int:
 def _cmd_info(args) -> int:
     from . import info
     data = info.collect()
-    print(json.dumps(data, indent=2) if args.json else info.format_info(data))
+    name, why = train_backend(None)
+    data["train_backend"] = {"name": name, "detail": why}
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    lines = info.format_info(data).splitlines()
+    auto = data.get("default_backend", {}).get("name")
+    extra = (f"train:       {name} — zipsgd train and the estimators run on {name} unless told "
+             f"(--backend / backend=); --backend auto runs on {auto}, as the line above")
+    at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("backend:")), len(lines))
+    lines.insert(at, extra)
+    print("\n".join(lines))
     return 0
 
 
@@ -436,7 +695,9 @@ def _cmd_notebook(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Low-precision, double-sampled SGD for linear models on FPGAs.")
+    parser = _Parser(prog=PROG, description="Low-precision, double-sampled SGD for linear models on FPGAs.",
+                     epilog=f"'{PROG} COMMAND --help' shows a command's options and their defaults.",
+                     formatter_class=_HelpFormatter)
     from . import __version__
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -444,33 +705,45 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _pack_parser(sub)
     _bench_parser(sub)
-    p = sub.add_parser("info", help="board, bitstreams, simulators and tool versions")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("info", help="board, bitstreams, simulators, tool versions and the backends chosen",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("--json", action="store_true", help="as JSON")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("demo", help="train diabetes on the engine and show what it did")
-    p.add_argument("--backend", default=None)
-    p.add_argument("--out", default="results/demo.png")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("demo", help="train diabetes on the engine and show what it did",
+                       formatter_class=_HelpFormatter)
+    p.add_argument("--backend", default=None, help="cpu, sim or pynq (default: sim when installed, else cpu)")
+    p.add_argument("--out", default="results/demo.png", help="the plot to write")
+    p.add_argument("--epochs", type=int, default=12, help="passes over the data")
+    p.add_argument("--quiet", action="store_true", help="no output but errors")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("notebook", help="copy the zipsgd Jupyter notebook into DIR (default: here)",
+                       formatter_class=_HelpFormatter,
                        description="Copy the notebooks shipped with zipsgd into DIR (default: the current "
                                    "directory), e.g. the Jupyter folder of a PYNQ board.")
-    p.add_argument("dir", metavar="DIR", nargs="?", default=".")
+    p.add_argument("dir", metavar="DIR", nargs="?", default=".", help="where to copy them")
     p.add_argument("--force", action="store_true", help="overwrite existing files")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no output but errors")
     p.set_defaults(func=_cmd_notebook)
     return parser
 
 
 def main(argv=None) -> int:
     """Entry point; returns the exit status (0 ok, 2 user error)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        if not argv:                # a bare `zipsgd`: the usage and the commands
+            print(parser.format_help(), end="", file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:         # e.g. `zipsgd ... | head`: stop quietly
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, OSError, NotImplementedError, MemoryError) as exc:
         if os.environ.get("ZIPSGD_DEBUG"):
             raise

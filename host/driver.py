@@ -298,7 +298,7 @@ class Engine:
         return StreamPlan(resident=resident, per_epoch_words=per_epoch, slot_words=slot_words, chunks=chunks)
 
     def run(self, cfg: c.EngineConfig, streams, codebook=None, timeout_s: float | None = None,
-            ring_bytes: int | None = None) -> Result:
+            ring_bytes: int | None = None, progress=None) -> Result:
         """Run one job: configure, stream every epoch, wait, read the results back.
 
         ``streams`` holds the packed copies (epoch ``e`` streams copy ``e % K``): arrays of
@@ -308,6 +308,9 @@ class Engine:
         by the ring, whatever the data's size). Each epoch is one or more transfers ending
         on sample boundaries, each sent when the last has ended. Every wait is bounded by
         ``timeout_s`` of board time from START (default :meth:`default_timeout`).
+
+        ``progress`` (optional): called with the engine's EPOCHS_DONE after every transfer
+        and with ``cfg.epochs`` when the job is done (the CLI's progress bar).
 
         On any failure (timeout, engine fault, DMA error, Ctrl-C) the DMA channel is reset
         (nothing more of this job reaches the engine) and the engine soft-reset before the
@@ -358,6 +361,8 @@ class Engine:
                     if i + 1 < len(transfers):
                         prepared = place(i + 1)     # fill the next ring slot while this transfer streams
                     st = self._wait_transfer(cfg, deadline, slice_s, timeout_s, i, len(transfers))
+                    if progress is not None and st is None:
+                        progress(self._r("EPOCHS_DONE"))
                     if st is not None:
                         if not st["error"]:
                             raise EngineFault(f"the engine finished before its stream ended (transfer {i + 1} of "
@@ -371,6 +376,8 @@ class Engine:
                 cnt = self.counters()
                 model = self.read_model(cfg.dim)
                 losses = self.read_losses(cfg.epochs)
+                if progress is not None:
+                    progress(cfg.epochs)
             except BaseException:
                 stopped = self.abort()
                 raise

@@ -559,8 +559,12 @@ class Scaler:
 
     Parameters
     ----------
-    mode : {"feature", "global"}
-        One map per column, or one map for the whole matrix.
+    mode : {"feature", "global", "quantile"}
+        One map per column, or one map for the whole matrix; ``"quantile"``: one map per
+        column between its 0.1 and 99.9 percentiles instead of its min and max
+        (:func:`trimmed_range`), values beyond them clipped to -1 and 1, so that a few
+        outliers do not squeeze every other value of their column onto one
+        quantization level.
 
     Attributes
     ----------
@@ -569,7 +573,7 @@ class Scaler:
     n_features_in_ : int
     """
 
-    MODES = ("feature", "global")
+    MODES = ("feature", "global", "quantile")
 
     def __init__(self, mode: str = "feature"):
         if mode not in self.MODES:
@@ -590,8 +594,11 @@ class Scaler:
         X = self._check_X(X)
         if X.shape[0] == 0:
             raise ValueError("X has no rows")
-        axis = 0 if self.mode == "feature" else None
-        hi, lo = X.max(axis=axis), X.min(axis=axis)
+        if self.mode == "quantile":
+            lo, hi = trimmed_range(X)
+        else:
+            axis = 0 if self.mode == "feature" else None
+            hi, lo = X.max(axis=axis), X.min(axis=axis)
         center = np.broadcast_to((hi + lo) / 2, X.shape[1:]).astype(np.float64)
         half = np.broadcast_to((hi - lo) / 2, X.shape[1:]).astype(np.float64)
         self.center_, self.half_ = center.copy(), np.where(half > 0, half, 1.0)
@@ -642,3 +649,55 @@ class Scaler:
         coef = y_scale * ws
         intercept = y_center + y_scale * (float(intercept_scaled) - float(ws @ self.center_))
         return coef, float(intercept)
+
+
+#: ``scale="quantile"``: the fraction of each column's values left outside its range at
+#: each end (0.1 %: the 0.1 and 99.9 percentiles).
+QUANTILE_TRIM = 0.001
+
+
+def trim_count(n: int, trim: float = QUANTILE_TRIM) -> int:
+    """Values :func:`trimmed_range` leaves out at each end of a column of ``n``:
+    ``floor(trim * n)``, at least one once ``n >= 4`` (so that a single outlier among
+    fewer than 1000 rows is clipped too), none below."""
+    return 0 if n < 4 else max(1, int(trim * n))
+
+
+def trimmed_range(X, trim: float = QUANTILE_TRIM, block_values: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) per column of ``X``: its range once the ``t = trim_count(n)`` smallest and
+    the ``t`` largest values are left out (the ``trim`` and ``1 - trim`` quantiles
+    rounded inwards). A column whose trimmed range is empty (all but a few values equal,
+    e.g. a rare indicator) keeps its full min and max. Reads ``X`` a block of columns at
+    a time (about ``block_values`` values: bounded memory for a memory-mapped X)."""
+    n, d = X.shape
+    k = trim_count(n, trim)
+    lo, hi = np.empty(d), np.empty(d)
+    step = max(1, block_values // max(n, 1))
+    for j in range(0, d, step):
+        cols = np.array(X[:, j:j + step], dtype=np.float64)
+        full_lo, full_hi = cols.min(axis=0), cols.max(axis=0)
+        if k:
+            part = np.partition(cols, (k, n - 1 - k), axis=0)
+            t_lo, t_hi = part[k], part[n - 1 - k]
+            empty = t_hi <= t_lo
+            lo[j:j + step] = np.where(empty, full_lo, t_lo)
+            hi[j:j + step] = np.where(empty, full_hi, t_hi)
+        else:
+            lo[j:j + step], hi[j:j + step] = full_lo, full_hi
+    return lo, hi
+
+
+def trimmed_abs_max(X, trim: float = QUANTILE_TRIM) -> np.ndarray:
+    """Per column of ``X``: its largest ``|x|`` once the ``trim_count(n)`` largest are left
+    out (the full ``max|x|`` where that is 0). ``scale="quantile"`` without an intercept."""
+    n, d = X.shape
+    k = trim_count(n, trim)
+    out = np.empty(d)
+    step = max(1, (1 << 24) // max(n, 1))
+    for j in range(0, d, step):
+        a = np.abs(np.array(X[:, j:j + step], dtype=np.float64))
+        full = a.max(axis=0)
+        t = np.partition(a, n - 1 - k, axis=0)[n - 1 - k] if k else full
+        out[j:j + step] = np.where(t > 0, t, full)
+    return out
+

@@ -1,11 +1,14 @@
 """Build and run cocotb simulations of the generated Verilog (Verilator or Icarus).
 
-Builds go to ``build/sim/<simulator>_<toplevel>_<tag>_<key>/`` where ``tag`` names
+Builds go to ``build/sim/<simulator>_<toplevel>_<tag>_<key>/`` (a source checkout;
+``$ZIPSGD_BUILD_DIR/sim`` when set; an installed wheel uses ``~/.cache/zipsgd/sim`` or
+``$XDG_CACHE_HOME/zipsgd/sim``, :func:`_build_root`) where ``tag`` names
 the configuration (e.g. ``w64_engine``) and ``key`` hashes the Verilog sources, the
 top-level name, the HDL parameters and the build options; a build is skipped when
 its stamp matches, so every test of one configuration reuses it (the Verilog itself
 is cached by :mod:`zipsgd.hw.verilog`). A file lock serialises builds of the same key
-across parallel pytest workers; older builds of a tag are pruned.
+across parallel pytest workers; older builds of a tag are pruned. A build that is not
+cached says so first, on stderr (what, how long it took last time, where).
 
 Verilator builds make only the top level's signals visible to cocotb (a control
 file instead of the runner's ``--public-flat-rw``): the C++ builds about twice as
@@ -48,9 +51,50 @@ def fst_available() -> bool:
     return any(Path(d, "lz4.h").exists() for d in ("/usr/include", "/usr/local/include"))
 
 
+def source_checkout() -> bool:
+    """Is zipsgd running from its source tree (``pyproject.toml`` beside ``sim/``), not
+    from an installed wheel?"""
+    return (ROOT / "pyproject.toml").is_file() and (ROOT / "sim").is_dir()
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/zipsgd``, else ``~/.cache/zipsgd``."""
+    base = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(base) if base else Path.home() / ".cache") / "zipsgd"
+
+
 def _build_root() -> Path:
-    from zipsgd.hw.verilog import BUILD_DIR
-    return BUILD_DIR / "sim"
+    """Where simulator builds are cached: ``$ZIPSGD_BUILD_DIR/sim`` when set; else the
+    source tree's ``build/sim`` (a source checkout); else, for an installed wheel, the
+    user's cache directory (:func:`user_cache_dir`), never inside site-packages."""
+    if os.environ.get("ZIPSGD_BUILD_DIR") or source_checkout():
+        from zipsgd.hw.verilog import BUILD_DIR
+        return BUILD_DIR / "sim"
+    return user_cache_dir() / "sim"
+
+
+#: What a first build of the simulated board takes when no earlier build says (Verilator, -O3).
+BOARD_BUILD_SECONDS = "80-100 s"
+
+
+def _build_estimate(prefix: str, toplevel: str) -> str:
+    """How long a build of ``prefix`` took last time (an older design's), else a guess."""
+    times = []
+    for d in _build_root().glob(prefix + "*"):
+        try:
+            times.append((d.stat().st_mtime, float((d / "build_seconds.txt").read_text())))
+        except (OSError, ValueError):
+            pass
+    if times:
+        return f"about {max(times)[1]:.0f} s last time"
+    return BOARD_BUILD_SECONDS if toplevel == "zipsgd_sim_board" else "a minute or two"
+
+
+def _announce_build(simulator: str, toplevel: str, prefix: str, bdir: Path) -> None:
+    """One line on stderr before a build that is not cached: what, how long, where."""
+    what = "the simulated board" if toplevel == "zipsgd_sim_board" else toplevel
+    print(f"zipsgd: compiling {what} with {simulator} (once per engine design and build options, "
+          f"{_build_estimate(prefix, toplevel)}) into {bdir}", file=sys.stderr, flush=True)
 
 
 def waves_requested(waves=None) -> bool:
@@ -260,8 +304,10 @@ def build(simulator: str, sources, toplevel: str, parameters=None, waves=None,
         if reused:
             # The runner keeps its build settings on itself; replay them without building.
             runner._build_command = lambda: []
-        elif simulator == "verilator":
-            _limit_public(runner, bdir, public_modules, public_vars)
+        else:
+            _announce_build(simulator, toplevel, prefix, bdir)
+            if simulator == "verilator":
+                _limit_public(runner, bdir, public_modules, public_vars)
         t0 = time.perf_counter()
         with _sim_env(simulator, make_flags if not reused else ()):
             runner.build(sources=sources, hdl_toplevel=toplevel, parameters=parameters,

@@ -1,6 +1,10 @@
 """`zipsgd` command line: train, outputs, one-line errors with exit status 2."""
 
+import gzip
 import json
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +14,12 @@ from zipsgd.datasets import load_data
 
 KEYS = {"final_loss", "loss_curve", "baseline_float64_final_loss", "baseline_float64_loss_curve", "bits",
         "sampling", "levels", "backend", "bits_per_feature", "seconds"}
+
+
+@pytest.fixture(autouse=True)
+def _train_default_backend(monkeypatch):
+    """These tests run on the default backend of `zipsgd train`, whatever the environment says."""
+    monkeypatch.delenv("ZIPSGD_BACKEND", raising=False)
 
 
 def _run(argv, capsys):
@@ -128,7 +138,7 @@ def test_dimension_over_a_tiny_engine(monkeypatch, tmp_path, capsys):
 
 
 def test_usage_errors_are_one_line(capsys):
-    code, _, err = _run([], capsys)
+    code, _, err = _run(["bench"], capsys)
     _assert_one_line_error(code, err, "required")
     code, _, err = _run(["bench", "nosuch"], capsys)
     _assert_one_line_error(code, err, "invalid choice")
@@ -162,3 +172,320 @@ def test_bench_subcommand_wiring(monkeypatch, tmp_path, capsys):
     code, _, err = _run(["bench", "convergence", "--quick", "--out", str(tmp_path)], capsys)
     assert code == 0, err
     assert seen["quick"] is True and seen["out"] == str(tmp_path)
+
+
+# --------------------------------------------------------------------------------------
+# unreadable files: one line, exit status 2
+# --------------------------------------------------------------------------------------
+def _npz_bytes(tmp_path, compressed=False):
+    rng = np.random.default_rng(2)
+    f = tmp_path / "whole.npz"
+    (np.savez_compressed if compressed else np.savez)(f, X=rng.normal(size=(200, 4)), y=rng.normal(size=200))
+    data = f.read_bytes()
+    f.unlink()
+    return data
+
+
+@pytest.mark.parametrize("case", ["truncated_npz", "truncated_compressed_npz", "damaged_member_npz",
+                                  "binary_svm", "not_utf8_csv", "truncated_csv_gz", "empty_npz"])
+def test_unreadable_files_give_one_line(case, tmp_path, capsys):
+    f = tmp_path / {"binary_svm": "d.svm", "not_utf8_csv": "d.csv", "truncated_csv_gz": "d.csv.gz"}.get(case, "d.npz")
+    if case == "truncated_npz":
+        data = _npz_bytes(tmp_path)
+        f.write_bytes(data[:len(data) // 2])
+    elif case == "truncated_compressed_npz":
+        f.write_bytes(_npz_bytes(tmp_path, compressed=True)[:-100])
+    elif case == "damaged_member_npz":       # the zip's directory intact, a member's compressed bytes not
+        data = bytearray(_npz_bytes(tmp_path, compressed=True))
+        data[200:400] = bytes(200)
+        f.write_bytes(bytes(data))
+    elif case == "binary_svm":
+        f.write_bytes(bytes(range(256)) * 8)
+    elif case == "not_utf8_csv":
+        f.write_bytes(b"a,b\n1,\xff\xfe\n")
+    elif case == "truncated_csv_gz":
+        f.write_bytes(gzip.compress(b"a,b,y\n" + b"1,2,3\n" * 500)[:-40])
+    else:
+        f.write_bytes(b"")
+    code, out, err = _run(["train", str(f), "--epochs", "1"], capsys)
+    _assert_one_line_error(code, err, "cannot read")
+    assert str(f) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, match", [("X.npy", "zipsgd pack X.npy --labels y.npy"),
+                                         ("d.parquet", "Parquet"), ("d.xlsx", "spreadsheet"),
+                                         ("d.json", "JSON"), ("d.pkl", "pickles")])
+def test_other_formats_refused_by_name(name, match, tmp_path, capsys):
+    f = tmp_path / name
+    if name.endswith(".npy"):
+        np.save(f, np.ones((3, 2)))
+    else:
+        f.write_bytes(b"PAR1....")
+    code, _, err = _run(["train", str(f)], capsys)
+    _assert_one_line_error(code, err, match)
+
+
+# --------------------------------------------------------------------------------------
+# outputs: checked first, all or none, normal permissions, the user's path in errors
+# --------------------------------------------------------------------------------------
+def _no_training(monkeypatch):
+    from zipsgd import backends
+
+    def fail(*a, **k):
+        raise AssertionError("trained before checking the outputs")
+    monkeypatch.setattr(backends, "run_job", fail)
+
+
+@pytest.mark.parametrize("case", ["plot_is_dir", "json_is_dir", "plot_jpg", "plot_no_suffix", "under_a_file",
+                                  "same_file"])
+def test_output_paths_checked_before_training(case, tmp_path, monkeypatch, capsys):
+    _no_training(monkeypatch)
+    js, plot = tmp_path / "a.json", tmp_path / "p.png"
+    (tmp_path / "DIR").mkdir()
+    (tmp_path / "afile").write_text("x")
+    match = {"plot_is_dir": "is a directory", "json_is_dir": "is a directory", "plot_jpg": "'.jpg'",
+             "plot_no_suffix": "without a suffix", "under_a_file": "not a directory", "same_file": "same file"}[case]
+    if case == "plot_is_dir":
+        plot = tmp_path / "DIR"
+    elif case == "json_is_dir":
+        js = tmp_path / "DIR"
+    elif case == "plot_jpg":
+        plot = tmp_path / "p.jpg"
+    elif case == "plot_no_suffix":
+        plot = tmp_path / "curves"
+    elif case == "under_a_file":
+        js = tmp_path / "afile" / "a.json"
+    else:
+        js = plot = tmp_path / "both.svg"
+    code, _, err = _run(["train", "sklearn:diabetes", "--epochs", "1", "--json", str(js), "--plot", str(plot)],
+                        capsys)
+    _assert_one_line_error(code, err, match)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["DIR", "afile"]
+    assert list((tmp_path / "DIR").iterdir()) == []
+
+
+def test_a_failed_write_leaves_nothing_and_names_the_users_path(tmp_path, monkeypatch, capsys):
+    js, plot = tmp_path / "new" / "deeper" / "r.json", tmp_path / "new" / "r.png"
+
+    def broken_writer(*a, **k):
+        def write(path):
+            raise OSError(28, "No space left on device", str(path))
+        return write
+    monkeypatch.setattr(cli, "plot_writer", broken_writer)
+    code, _, err = _run(["train", "sklearn:diabetes", "--epochs", "1", "--json", str(js), "--plot", str(plot),
+                         "--quiet"], capsys)
+    _assert_one_line_error(code, err, f"cannot write --plot {plot}: No space left on device")
+    assert ".tmp" not in err
+    assert list(tmp_path.iterdir()) == []          # no file, no temporary, no directory made for them
+
+
+def test_outputs_get_normal_permissions_and_pdf(tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        js, pdf, svg = tmp_path / "r.json", tmp_path / "r.pdf", tmp_path / "r.svg"
+        code, _, err = _run(["train", "sklearn:diabetes", "--epochs", "2", "--json", str(js), "--plot", str(pdf),
+                             "--quiet"], capsys)
+        assert code == 0, err
+        code, _, err = _run(["train", "sklearn:diabetes", "--epochs", "2", "--plot", str(svg), "--quiet"], capsys)
+        assert code == 0, err
+    finally:
+        os.umask(old)
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    assert b"<svg" in svg.read_bytes()[:2000]
+    for f in (js, pdf, svg):
+        assert f.stat().st_mode & 0o777 == 0o644, oct(f.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.pdf", "r.svg"]
+    # an existing file keeps its own permissions
+    js.chmod(0o600)
+    assert cli.main(["train", "sklearn:diabetes", "--epochs", "1", "--json", str(js), "--quiet"]) == 0
+    assert js.stat().st_mode & 0o777 == 0o600
+
+
+def test_json_is_strict(tmp_path, capsys):
+    out = {"a": float("inf"), "b": [1.0, float("nan")], "c": {"d": -float("inf")}}
+    cli.write_json_atomic(tmp_path / "s.json", out)
+    text = (tmp_path / "s.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}}
+
+
+# --------------------------------------------------------------------------------------
+# what the output says
+# --------------------------------------------------------------------------------------
+def test_regression_on_class_like_labels_warns(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(60, 3))
+    np.savez(tmp_path / "k.npz", X=X, y=np.arange(60) % 3)
+    code, out, err = _run(["train", str(tmp_path / "k.npz"), "--epochs", "1", "--quiet"], capsys)
+    assert code == 0, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("zipsgd: warning:"), err
+    assert "3 whole values (0, 1, 2)" in lines[0] and "--loss logistic" in lines[0]
+    # a real-valued target, or one the user chose squared for, gets none
+    np.savez(tmp_path / "r.npz", X=X, y=X @ [1.0, 2.0, 3.0])
+    code, _, err = _run(["train", str(tmp_path / "r.npz"), "--epochs", "1", "--quiet"], capsys)
+    assert code == 0 and err == ""
+    code, _, err = _run(["train", str(tmp_path / "k.npz"), "--epochs", "1", "--quiet", "--loss", "squared"],
+                        capsys)
+    assert code == 0 and err == ""
+
+
+def test_scores_in_the_users_units_and_the_classes(tmp_path, capsys):
+    from sklearn.metrics import accuracy_score, r2_score
+
+    js = tmp_path / "c.json"
+    code, out, err = _run(["train", "sklearn:breast_cancer", "--epochs", "3", "--json", str(js)], capsys)
+    assert code == 0, err
+    res = json.loads(js.read_text())
+    assert res["classes"] == [0, 1]
+    ds = load_data("sklearn:breast_cancer")
+    pred = (ds.X @ res["coef"] + res["intercept"] > 0).astype(int)
+    assert res["score"]["metric"] == "accuracy"
+    assert res["score"]["engine"] == pytest.approx(accuracy_score(ds.y, pred), abs=0.01)
+    assert 0.9 < res["score"]["engine"] <= 1 and 0.9 < res["score"]["baseline_float64"] <= 1
+    assert "classes      0 (negative), 1 (positive)" in out
+    assert "accuracy     " in out
+    assert "engine loss*" in out and "on the quantized data" in out
+    assert res["loss_curve_measured_on"] == "quantized data"
+
+    code, out, err = _run(["train", "sklearn:diabetes", "--epochs", "4", "--step", "0.25", "--json", str(js)],
+                          capsys)
+    assert code == 0, err
+    res = json.loads(js.read_text())
+    ds = load_data("sklearn:diabetes")
+    assert res["classes"] is None and res["score"]["metric"] == "r2"
+    r2 = r2_score(ds.y, ds.X @ res["coef"] + res["intercept"])
+    assert res["score"]["engine"] == pytest.approx(r2, abs=1e-6) and 0.3 < r2 < 0.6
+    assert "R^2" in out
+
+
+def test_text_class_labels_are_reported(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(80, 2))
+    labels = np.where(X[:, 0] + X[:, 1] > 0, "spam", "ham")
+    f = tmp_path / "mail.csv"
+    f.write_text("a,b,kind\n" + "".join(f"{a},{b},{k}\n" for (a, b), k in zip(X, labels)))
+    js = tmp_path / "m.json"
+    code, out, err = _run(["train", str(f), "--epochs", "4", "--step", "0.25", "--json", str(js)], capsys)
+    assert code == 0, err
+    res = json.loads(js.read_text())
+    assert res["loss"] == "logistic" and res["classes"] == ["ham", "spam"]
+    assert res["score"]["engine"] > 0.9
+    assert "ham (negative), spam (positive)" in out
+
+
+def test_epochs_are_numbered_from_one_everywhere(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)          # the plain progress lines
+    js = tmp_path / "e.json"
+    code, out, err = _run(["train", "sklearn:diabetes", "--epochs", "3", "--json", str(js)], capsys)
+    assert code == 0, err
+    assert [ln for ln in err.splitlines() if ln.startswith("epoch")] == \
+        ["epoch 1/3 done", "epoch 2/3 done", "epoch 3/3 done"]
+    table = [ln.split()[0] for ln in out.splitlines() if ln[:5].strip().isdigit()]
+    assert table == ["1", "2", "3"]
+    assert len(json.loads(js.read_text())["loss_curve"]) == 3
+
+
+# --------------------------------------------------------------------------------------
+# CSV
+# --------------------------------------------------------------------------------------
+def test_csv_bom_gzip_and_line_numbers(tmp_path, capsys):
+    rows = "".join(f"{i},{2 * i},{i % 2}\n" for i in range(20))
+    f = tmp_path / "bom.csv"
+    f.write_bytes("\ufeffprice,b,label\n".encode() + rows.encode())
+    ds = load_data(str(f), target="price")
+    assert list(ds.y[:3]) == [0, 1, 2] and ds.X.shape == (20, 2)
+    g = tmp_path / "d.csv.gz"
+    g.write_bytes(gzip.compress(b"a,b,label\n" + rows.encode()))
+    ds = load_data(str(g))
+    assert ds.X.shape == (20, 2) and set(ds.y) == {0, 1} and ds.default_loss == "logistic"
+    t = tmp_path / "d.tsv.gz"
+    t.write_bytes(gzip.compress(rows.replace(",", "\t").encode()))
+    assert load_data(str(t)).X.shape == (20, 2)
+    # 1-based line numbers of the file, blank lines counted
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,y\n1,2,3\n\n4,x,6\n")
+    with pytest.raises(ValueError, match=r"bad.csv line 4, column 2 \('b'\): not a number: 'x'"):
+        load_data(str(bad))
+    bad.write_text("a,b,y\n1,2,3\n\n\n4,,6\n")
+    with pytest.raises(ValueError, match=r"line 5, column 2 \('b'\): missing value"):
+        load_data(str(bad))
+    bad.write_text("1,2,3\n\n4,5\n")
+    with pytest.raises(ValueError, match=r"line 3: 2 columns, expected 3 \(as line 1\)"):
+        load_data(str(bad))
+    bad.write_text("a,b,y\n1,2,3\n4,5,\n")
+    with pytest.raises(ValueError, match=r"line 3, column 3 \('y'\) \(the target\): missing value"):
+        load_data(str(bad))
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("semi.csv", "a;b;y\n1;2;3\n4;5;6\n", "separated by semicolons (';'), not commas"),
+    ("euro.csv", "1,5;2,5;3\n4,1;5,2;6\n", "separated by semicolons"),
+    ("tabs.csv", "a\tb\ty\n1\t2\t3\n", "separated by tabs ('\\t'), not commas: name it .tsv"),
+    ("commas.tsv", "a,b,y\n1,2,3\n", "separated by commas (','), not tabs: name it .csv"),
+])
+def test_csv_delimiter_hint(name, text, match, tmp_path, capsys):
+    f = tmp_path / name
+    f.write_text(text)
+    code, _, err = _run(["train", str(f), "--epochs", "1"], capsys)
+    _assert_one_line_error(code, err, match)
+
+
+# --------------------------------------------------------------------------------------
+# help, usage, the default backend
+# --------------------------------------------------------------------------------------
+def test_help_shows_defaults(capsys):
+    for argv in (["train", "--help"], ["pack", "--help"], ["bench", "convergence", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(argv)
+        assert exc.value.code == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert "(default: " in out, argv
+        if argv[0] == "train":
+            for text in ("(default: 8)", "(default: double)", "(default: uniform)", "(default: 10)",
+                         "(default: feature)", "(default: $ZIPSGD_BACKEND if set, else cpu"):
+                assert text in out, text
+            assert "(default: None)" not in out and "(default: False)" not in out
+
+
+def test_bare_zipsgd_shows_usage(capsys):
+    code, out, err = _run([], capsys)
+    assert code == 2
+    assert err.startswith("usage: zipsgd") and "train" in err and "info" in err and "--help" in err
+
+
+def test_info_and_train_agree_on_the_backend(monkeypatch, tmp_path, capsys):
+    from zipsgd import backends
+
+    js = tmp_path / "r.json"
+    for env in (None, "cpu"):
+        if env:
+            monkeypatch.setenv("ZIPSGD_BACKEND", env)
+        assert cli.main(["info", "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert cli.main(["train", "sklearn:diabetes", "--epochs", "1", "--quiet", "--json", str(js)]) == 0
+        assert json.loads(js.read_text())["backend"] == info["train_backend"]["name"] == (env or cli.TRAIN_BACKEND)
+        assert cli.main(["info"]) == 0
+        text = capsys.readouterr().out
+        assert f"train:       {info['train_backend']['name']} — zipsgd train" in text
+    # --backend auto: what `zipsgd info` calls the backend (select_backend)
+    assert cli.train_backend("auto") == backends.select_backend()
+
+
+# --------------------------------------------------------------------------------------
+# robust scaling
+# --------------------------------------------------------------------------------------
+def test_quantile_scaling_survives_an_outlier(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1000, 5))
+    y = X @ [1.0, -2.0, 0.5, 1.5, -1.0] + 0.3 * rng.normal(size=1000)
+    X[0, 0] = 1e6
+    np.savez(tmp_path / "o.npz", X=X, y=y)
+    r2 = {}
+    for scale in ("feature", "quantile"):
+        js = tmp_path / f"{scale}.json"
+        code, _, err = _run(["train", str(tmp_path / "o.npz"), "--epochs", "10", "--step", "0.0625", "--scale",
+                             scale, "--json", str(js), "--quiet"], capsys)
+        assert code == 0, err
+        r2[scale] = json.loads(js.read_text())["score"]["engine"]
+    assert r2["feature"] < 0.9 < 0.98 < r2["quantile"], r2
