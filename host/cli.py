@@ -269,6 +269,14 @@ def plot_writer(curves: dict, title: str, fmt: str, ylabel: str = "mean training
 # --------------------------------------------------------------------------------------
 # train
 # --------------------------------------------------------------------------------------
+def _float_or_auto(text: str):
+    return text if text == "auto" else float(text)
+
+
+def _int_or_auto(text: str):
+    return text if text == "auto" else int(text)
+
+
 def _quantization_args(p):
     p.add_argument("--bits", type=int, default=8, help="bits per feature: 1, 2, 4, 8 or 32 (32: full precision)")
     p.add_argument("--sampling", default="double", help="double, single or nearest")
@@ -301,8 +309,10 @@ def _train_parser(sub):
     _quantization_args(p)
     p.add_argument("--epochs", type=int, default=10, help="passes over the data")
     p.add_argument("--batch-size", type=int, default=1, help="samples per model update")
-    p.add_argument("--step", type=float, default=2.0 ** -6, help="learning rate (2**-6)")
-    p.add_argument("--decay", type=int, default=0, help="halve the step every DECAY epochs (0: never)")
+    p.add_argument("--step", type=_float_or_auto, default="auto",
+                   help="learning rate, or auto: chosen from the quantized data, the loss and the batch size")
+    p.add_argument("--decay", type=_int_or_auto, default="auto",
+                   help="halve the step every DECAY epochs (0: never); auto: every 2 for squared loss, never else")
     p.add_argument("--alpha", type=float, default=0.0, help="L2 strength")
     p.add_argument("--copies", type=int, default=None, help="quantized copies (default: min(epochs, 4))")
     p.add_argument("--backend", default=None,

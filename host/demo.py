@@ -49,7 +49,8 @@ def run(backend: str | None = None, out: str | Path = "results/demo.png", epochs
         ref = SGDRegressor(bits=bits, sampling="double", backend="cpu", **common).fit(X, y)
         same = np.array_equal(est.loss_curve_, ref.loss_curve_) and np.array_equal(est.coef_, ref.coef_)
         runs[bits] = (est, ref, same, wall)
-    job = runs[32][0].job_
+    from .job import prepare_job
+    job = prepare_job(X, y, bits=32, sampling="double", **common)       # the job with its data (estimators keep none)
     t = time.perf_counter()
     base = baseline.sgd(job)
     numpy_seconds = time.perf_counter() - t
@@ -64,7 +65,8 @@ def run(backend: str | None = None, out: str | Path = "results/demo.png", epochs
     for bits in (4, 32):
         est, ref, same, wall = runs[bits]
         st = est.hw_stats_ or {}
-        stream_bytes = sum(s.nbytes for s in est.job_.streams[:1]) * epochs
+        lay = est.job_.layout
+        stream_bytes = est.job_.n_samples * lay.beats_per_sample * lay.word_bits // 8 * epochs
         line = (f"{bits:>2}-bit: engine == reference: {'yes' if same else 'NO'}; R^2 {est.score(X, y):.4f}; "
                 f"{est.bits_per_feature_:.2f} stream bits/feature; {stream_bytes / 1e3:.1f} kB streamed")
         if st:

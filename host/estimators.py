@@ -17,14 +17,17 @@ feature incl. padding), ``hw_stats_`` (backend counters; empty on the CPU),
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backends import run_job
-from .job import prepare_job
+from .job import diagnose, prepare_job
 from .packfile import PackedData
 
 
@@ -36,7 +39,7 @@ def _estimator_init(default_loss: str):
     two estimators differ only in the default loss, so each takes one made here.
     """
     def __init__(self, loss=default_loss, *, bits=8, sampling="double", levels="uniform", epochs=10,
-                 batch_size=1, step=2.0 ** -6, decay=0, alpha=0.0, copies=None, seed=0, backend="cpu",
+                 batch_size=1, step="auto", decay="auto", alpha=0.0, copies=None, seed=0, backend="cpu",
                  word_bits=64, scale="feature", fit_intercept=True, engine_params=None):
         self.loss = loss
         self.bits = bits
@@ -75,7 +78,10 @@ class _ZipSGD(BaseEstimator):
     def _fit_job(self, X, y, job=None):
         job = job or prepare_job(X, y, **self._job_kwargs())
         res = run_job(job, self.backend)
-        self.job_ = job
+        for problem in diagnose(job, res):
+            warnings.warn(f"{type(self).__name__}: {problem}", ConvergenceWarning, stacklevel=3)
+        self.step_, self.decay_ = job.step, job.decay
+        self.job_ = job.slim()               # what maps results back; none of the training data
         self.engine_result_ = res
         self.loss_curve_ = [float(v) for v in res.loss_curve(job.n_samples)]
         self.n_iter_ = job.epochs
@@ -123,11 +129,15 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
     levels : {"uniform", "optimal", "log", "weibull"}
         Codebook placement (:func:`zipsgd.quant.make_codebook`).
     epochs, batch_size : int
-    step : float
+    step : float or "auto"
         Learning rate of the batch-mean gradient (the engine sums the batch and applies
-        ``step / batch_size``).
-    decay : int
-        The step halves every ``decay`` epochs (0: constant).
+        ``step / batch_size``). "auto" (default): chosen from the quantized data the engine
+        will see, the loss and the batch size, as SAG-style solvers do
+        (:func:`zipsgd.job.auto_step`: ``f / (s L_b)``, ``L_b`` the batch-mean gradient's
+        smoothness); the step taken is ``step_``.
+    decay : int or "auto"
+        The step halves every ``decay`` epochs (0: constant). "auto" (default): every 2
+        epochs for the squared loss, constant for the classification losses.
     alpha : float
         L2 strength (applied as a power-of-two shrink per batch).
     copies : int or None

@@ -55,7 +55,7 @@ from . import packing
 LOSSES = {"squared": c.Loss.SQUARED, "logistic": c.Loss.LOGISTIC, "hinge": c.Loss.HINGE}
 LEVELS = ("uniform", "optimal", "log", "weibull")
 BITS_CHOICES = c.BITS_ALLOWED + (c.FULL_BITS,)
-SCALE_MODES = ("feature", "global")
+SCALE_MODES = ("feature", "global", "quantile")
 DEFAULT_COPIES_MAX = 4
 
 
@@ -65,29 +65,126 @@ PACK_CHUNK_ROWS = 1 << 16
 CODEBOOK_ROWS = 1 << 17
 
 
-def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, rng, chunk_rows: int) -> None:
+def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, rng, chunk_rows: int) -> dict:
     """Pack one copy (samples in ``perm`` order) into ``out``, ``chunk_rows`` samples at a time.
 
     ``rows(idx)``: the scaled feature rows ``idx`` (intercept column included); ``levels``:
     the codebook as floats (None for 32-bit FULL); ``rng``: the quantization generator,
     drawn from chunk by chunk (one chunk when n <= chunk_rows).
+
+    Returns what the automatic step needs of the data the engine will see (the quantized
+    values, :func:`data_smoothness`): ``l_max``, the largest ``|q1_i| |q2_i|`` over the
+    copy's samples, and ``lam``, the top eigenvalue of the mean ``q1 q2^T`` over its first
+    chunk (a uniform sample: the copy is shuffled).
     """
     from . import quant
 
     words = layout.beats_per_sample * layout.host_words_per_beat
+    l_max, lam = 0.0, 0.0
     for at in range(0, len(perm), chunk_rows):
         idx = perm[at:at + chunk_rows]
         Xs, y = rows(idx), labels[idx]
         if levels is None:
-            packed = packing.pack(layout, y, values=c.FEAT.to_fixed(Xs))
+            values = c.FEAT.to_fixed(Xs)
+            packed = packing.pack(layout, y, values=values)
+            q1 = q2 = c.FEAT.to_float(values)
         elif sampling == "double":
             c1, c2 = quant.double_sample(Xs, levels, rng)
             packed = packing.pack(layout, y, codes1=c1, codes2=c2)
-        elif sampling == "single":
-            packed = packing.pack(layout, y, codes1=quant.stochastic_round(Xs, levels, rng))
+            q1, q2 = levels[c1], levels[c2]
         else:
-            packed = packing.pack(layout, y, codes1=quant.nearest_round(Xs, levels))
+            c1 = quant.stochastic_round(Xs, levels, rng) if sampling == "single" else quant.nearest_round(Xs, levels)
+            packed = packing.pack(layout, y, codes1=c1)
+            q1 = q2 = levels[c1]
         out[at * words:(at + len(idx)) * words] = packed
+        l_max = max(l_max, float(np.max(np.linalg.norm(q1, axis=1) * np.linalg.norm(q2, axis=1))))
+        if at == 0:
+            lam = _top_eigenvalue(q1, q2)
+    return {"l_max": l_max, "lam": lam}
+
+
+def _top_eigenvalue(q1, q2, iters: int = 30) -> float:
+    """Largest eigenvalue of the symmetric part of ``q1^T q2 / m`` (power iteration)."""
+    m = q1.shape[0]
+    v = np.ones(q1.shape[1]) / math.sqrt(q1.shape[1])
+    lam = 0.0
+    for _ in range(iters):
+        w = (q1.T @ (q2 @ v) + q2.T @ (q1 @ v)) / (2 * m)
+        norm = float(np.linalg.norm(w))
+        if norm == 0:
+            return 0.0
+        lam, v = norm, w / norm
+    return lam
+
+
+#: The loss's curvature bound in the residual: squared 1, logistic 1/4 (sigmoid' <= 1/4),
+#: hinge 1 (a subgradient step of the same size as squared's).
+LOSS_SMOOTHNESS = {"squared": 1.0, "logistic": 0.25, "hinge": 1.0}
+
+
+def data_smoothness(l_max: float, lam: float, n: int, batch: int) -> float:
+    """Smoothness of a batch-mean gradient of ``batch`` of ``n`` samples, from the largest
+    per-sample curvature ``l_max`` and the mean curvature ``lam`` (expected smoothness of
+    minibatch SGD without replacement): ``L_b = (n-b)/(b(n-1)) l_max + n(b-1)/(b(n-1)) lam``."""
+    if n <= 1:
+        return l_max
+    b = min(batch, n)
+    return (n - b) / (b * (n - 1)) * l_max + n * (b - 1) / (b * (n - 1)) * lam
+
+
+#: ``step="auto"`` takes this fraction of ``1 / (s L_b)`` per loss: the squared loss's
+#: gradient grows with the residual (its noise at the optimum is the data's), the
+#: classification losses' is bounded by the sample (|r| <= 1).
+AUTO_STEP_FRACTION = {"squared": 0.5, "logistic": 1.0, "hinge": 1.0}
+#: ``decay="auto"``: epochs per halving of the step, per loss (0: constant).
+AUTO_DECAY = {"squared": 2, "logistic": 0, "hinge": 0}
+
+
+def auto_step(stats: dict, loss: str, n: int, batch: int) -> float:
+    """``step="auto"``: ``f / (s L_b)``, with ``s`` the loss's smoothness factor
+    (:data:`LOSS_SMOOTHNESS`), ``L_b`` the batch-mean gradient's smoothness on the quantized
+    data (:func:`data_smoothness`) and ``f`` :data:`AUTO_STEP_FRACTION` — the step SAG-style
+    solvers take, for the batch size the engine runs (a larger batch averages the
+    per-sample curvature down towards the data's mean curvature, and earns a larger step);
+    at most the engine's largest step."""
+    lb = data_smoothness(stats["l_max"], stats["lam"], n, batch) * LOSS_SMOOTHNESS[loss]
+    return min(AUTO_STEP_FRACTION[loss] / max(lb, 1e-12), _engine_step_cap(batch))
+
+
+def diagnose(job: "Job", res) -> list:
+    """What went wrong in a finished job, each as one sentence with its remedy (empty when
+    nothing did): a loss curve that ends above where it started or rose far from its
+    minimum, a model at the engine's saturation limit, a model that is not finite. (Ten
+    per cent of rise is noise, not divergence: an epoch's loss is measured while training.)"""
+    out = []
+    curve = [float(v) for v in res.loss_curve(job.n_samples)] if res.loss_sums else []
+    remedy = (f"lower the step (it was {job.step:.3g}{' (auto)' if job.extras.get('step_auto') else ''}), "
+              "use more bits or a larger batch")
+    if curve and not all(math.isfinite(v) for v in curve):
+        out.append(f"the loss is not finite: training diverged; {remedy}")
+    elif len(curve) > 1 and curve[-1] > 1.1 * curve[0]:
+        out.append(f"the loss grew from {curve[0]:.4g} (epoch 1) to {curve[-1]:.4g} (epoch {len(curve)}): "
+                   f"training diverged; {remedy}")
+    elif len(curve) > 2 and curve[-1] > 1.5 * min(curve):
+        out.append(f"the loss rose to {curve[-1]:.4g} from its minimum {min(curve):.4g}: the step is too large "
+                   f"for the end of training; {remedy}, or set decay")
+    model = np.asarray(res.model, dtype=np.int64)
+    sat = int(np.count_nonzero((model >= c.MODEL.max) | (model <= c.MODEL.min)))
+    if sat:
+        out.append(f"{sat} of {model.size} weights sit at the engine's limit (+-{c.MODEL.to_float(c.MODEL.max):.4g} "
+                   f"in scaled units): the model saturated; {remedy}")
+    w = job.model_float(model)
+    coef, icpt = job.unscale_float(w)
+    if not (np.all(np.isfinite(coef)) and math.isfinite(icpt)):
+        out.append("the model is not finite in the data's units (the scaling overflows): rescale X or y")
+    return out
+
+
+def auto_decay(loss: str) -> int:
+    """``decay="auto"``: :data:`AUTO_DECAY` for ``loss``."""
+    if loss not in AUTO_DECAY:
+        raise ValueError(f"unsupported loss={loss!r}: choose one of {tuple(AUTO_DECAY)}")
+    return AUTO_DECAY[loss]
 
 
 def memory_estimate(n: int, dim: int, copies: int, layout: c.Layout) -> int:
@@ -221,6 +318,12 @@ class Job:
         coef_s, icpt_s = (w[:-1], float(w[-1])) if self.fit_intercept else (w, 0.0)
         coef, icpt = self.scaler.unscale_coef(coef_s, icpt_s, y_center=self.y_center, y_scale=self.y_scale)
         return np.asarray(coef, dtype=np.float64), float(icpt)
+
+    def slim(self) -> "Job":
+        """The job without its data (packed copies, sample orders, scaled matrix, labels):
+        what maps a result back to the user's units, and the settings. Fitted estimators
+        keep this."""
+        return dataclasses.replace(self, streams=[], perms=None, X_scaled=None, y_scaled=None)
 
     def with_step(self, step: float) -> "Job":
         """The same job (same streams) with another step; the L2 shift is recomputed."""
@@ -370,7 +473,11 @@ class MaxAbsScaler:
 
     def fit(self, X):
         X = np.asarray(X, dtype=np.float64)
-        m = np.abs(X).max(axis=0) if self.mode == "feature" else np.full(X.shape[1], np.abs(X).max())
+        if self.mode == "quantile":
+            from .quant import trimmed_abs_max
+            m = trimmed_abs_max(X)
+        else:
+            m = np.abs(X).max(axis=0) if self.mode == "feature" else np.full(X.shape[1], np.abs(X).max())
         self.half_ = np.where(m > 0, m, 1.0)
         self.center_ = np.zeros_like(self.half_)
         self.n_features_in_ = X.shape[1]
@@ -435,8 +542,10 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
     if batch_size > params.batch_max:
         raise ValueError(f"batch_size={batch_size} is over the engine's capacity "
                          f"(batch_max={params.batch_max})")
-    decay = _as_int("decay", decay, lo=0)
-    step = _as_float("step", step)
+    decay = auto_decay(loss.name.lower() if isinstance(loss, c.Loss) else loss) if decay == "auto" \
+        else _as_int("decay", decay, lo=0)
+    auto = isinstance(step, str) and step == "auto"
+    step = 1.0 if auto else _as_float("step", step)       # the automatic step is set after packing
     if step <= 0:
         raise ValueError(f"step must be positive, not {step!r}")
     alpha = _as_float("alpha", alpha)
@@ -524,19 +633,32 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
     rows = (lambda idx: Xs[idx]) if Xs is not None else scaled
     words = n * layout.beats_per_sample * layout.host_words_per_beat
     streams = []
+    stats = {"l_max": 0.0, "lam": 0.0}
     for k, perm in enumerate(perms):
         out = np.empty(words, dtype=np.uint64) if sink is None else sink(k, words)
-        pack_copy(out, layout, labels, rows, perm, sampling, lv, q_rng, chunk_rows)
+        got = pack_copy(out, layout, labels, rows, perm, sampling, lv, q_rng, chunk_rows)
+        stats = {"l_max": max(stats["l_max"], got["l_max"]), "lam": stats["lam"] or got["lam"]}
         streams.append(out)
 
-    return Job(config=cfg, params=params, codebook=codebook, streams=streams, perms=perms, X_scaled=Xs,
+    job = Job(config=cfg, params=params, codebook=codebook, streams=streams, perms=perms, X_scaled=Xs,
                y_scaled=ys, loss=loss_name, bits=bits, sampling=sampling, levels=levels, epochs=epochs,
                batch_size=batch_size, step=step, decay=decay, alpha=alpha, seed=seed, scale=scale,
                fit_intercept=fit_intercept, scaler=scaler, y_center=y_center, y_scale=y_scale,
                classes=classes, n_features=n_features)
+    job.extras["data_stats"] = stats
+    if not auto:
+        return job
+    job = job.with_step(auto_step(stats, loss_name, n, batch_size))
+    job.extras["step_auto"] = True
+    return job
 
 
-def job_from_packed(packed, *, epochs: int = 10, batch_size: int = 1, step: float = 2.0 ** -6, decay: int = 0,
+def _engine_step_cap(batch_size: int) -> float:
+    """The largest batch-mean step the engine applies (its per-sample step register's range)."""
+    return c.STEP_MULT.max / c.STEP_MULT.one * batch_size * 0.999
+
+
+def job_from_packed(packed, *, epochs: int = 10, batch_size: int = 1, step="auto", decay="auto",
                     alpha: float = 0.0, params: c.EngineParams | None = None) -> Job:
     """A training job on a packed file (:func:`zipsgd.packfile.open_packed`): the file's
     copies (memory-mapped), codebook and scaling, and this call's training settings.
@@ -546,8 +668,12 @@ def job_from_packed(packed, *, epochs: int = 10, batch_size: int = 1, step: floa
     params = params or c.EngineParams(word_bits=word_bits)
     if params.word_bits != word_bits:
         raise ValueError(f"{packed.path} is packed for W={word_bits}, the engine streams W={params.word_bits}")
-    epochs, batch_size, decay = _as_int("epochs", epochs), _as_int("batch_size", batch_size), \
-        _as_int("decay", decay, lo=0)
+    epochs, batch_size = _as_int("epochs", epochs), _as_int("batch_size", batch_size)
+    decay = auto_decay(h["loss"]) if decay == "auto" else _as_int("decay", decay, lo=0)
+    if isinstance(step, str) and step == "auto":
+        if "data_stats" not in h:
+            raise ValueError(f"{packed.path} holds no data statistics for step='auto': pack it again, or give a step")
+        step = auto_step(h["data_stats"], h["loss"], h["n_samples"], batch_size)
     step, alpha = _as_float("step", step), _as_float("alpha", alpha)
     if step <= 0 or alpha < 0:
         raise ValueError(f"step must be positive and alpha >= 0 (got step={step}, alpha={alpha})")
@@ -565,4 +691,4 @@ def job_from_packed(packed, *, epochs: int = 10, batch_size: int = 1, step: floa
                epochs=epochs, batch_size=batch_size, step=step, decay=decay, alpha=alpha, seed=h["seed"],
                scale=h["scale"], fit_intercept=h["fit_intercept"], scaler=packed.scaler(), y_center=h["y_center"],
                y_scale=h["y_scale"], classes=packed.classes, n_features=h["n_features"],
-               extras={"packed_file": str(packed.path)})
+               extras={"packed_file": str(packed.path), "data_stats": h.get("data_stats")})

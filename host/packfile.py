@@ -25,7 +25,8 @@ stream layout may differ, is refused),
 ``word_bits``, ``encoding``, ``bits``, ``dim``, ``n_samples``, ``copies``,
 ``words_per_copy``, ``data_offset``, ``codebook`` (FEAT integers, or null for 32-bit),
 how it was quantized (``sampling``, ``levels``, ``seed``, ``scale``, ``fit_intercept``,
-``loss``), and what maps a model back to the user's units (``scaler``: its class, mode,
+``loss``), ``data_stats`` (what ``step="auto"`` reads: the largest per-sample curvature
+and the mean curvature of the quantized data), and what maps a model back to the user's units (``scaler``: its class, mode,
 ``center``/``half`` per feature; ``y_center``, ``y_scale``, ``classes``, ``n_features``).
 """
 
@@ -122,6 +123,7 @@ def write(path, X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
             "fit_intercept": job.fit_intercept, "loss": job.loss, "scaler": _scaler_state(job.scaler),
             "y_center": job.y_center, "y_scale": job.y_scale, "n_features": job.n_features,
             "classes": None if job.classes is None else np.asarray(job.classes).tolist(),
+            "data_stats": job.extras["data_stats"],
         }
         text = json.dumps(header).encode()
         if 16 + len(text) > data_offset:          # pragma: no cover - header_room is generous

@@ -8,6 +8,7 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from zipsgd import baseline
+from zipsgd.job import prepare_job
 from zipsgd.estimators import SGDClassifier, SGDRegressor
 
 
@@ -24,13 +25,18 @@ def _ls(n=400, d=8, seed=0, noise=0.3):
     return X, y
 
 
-def _final_loss(est):
-    job, res = est.job_, est.engine_result_
+def _job(est, X, y):
+    """The estimator's job with its data (a fitted estimator keeps none): the same seed, the same job."""
+    return prepare_job(X, y, **est._job_kwargs())
+
+
+def _final_loss(est, X, y):
+    job, res = _job(est, X, y), est.engine_result_
     return baseline.objective(job.loss, job.X_scaled, job.y_scaled, job.model_float(res.model))
 
 
-def _float64_loss(est):
-    return baseline.sgd(est.job_).final_loss
+def _float64_loss(est, X, y):
+    return baseline.sgd(_job(est, X, y)).final_loss
 
 
 def test_coef_and_intercept_in_user_units():
@@ -38,7 +44,7 @@ def test_coef_and_intercept_in_user_units():
     est = SGDRegressor(bits=8, epochs=3, step=2 ** -4).fit(X, y)
     assert est.coef_.shape == (8,) and isinstance(est.intercept_, float)
     # the engine's own output on the scaled data, mapped back, equals predict on raw data
-    job = est.job_
+    job = _job(est, X, y)
     engine_out = job.X_scaled @ job.model_float(est.engine_result_.model) * job.y_scale + job.y_center
     assert np.allclose(est.predict(X), engine_out, rtol=1e-9, atol=1e-9)
     assert np.allclose(est.predict(X), X @ est.coef_ + est.intercept_)
@@ -55,7 +61,7 @@ def test_classifier_units_and_proba():
     assert list(clf.classes_) == ["hi", "lo"]
     d = clf.decision_function(X)
     assert np.allclose(d, X @ clf.coef_[0] + clf.intercept_[0])
-    job = clf.job_
+    job = _job(clf, X, labels)
     assert np.allclose(d, job.X_scaled @ job.model_float(clf.engine_result_.model), rtol=1e-9, atol=1e-9)
     proba = clf.predict_proba(X)
     assert np.allclose(proba.sum(1), 1) and np.all(clf.predict(X) == clf.classes_[(proba[:, 1] > 0.5).astype(int)])
@@ -69,12 +75,12 @@ def test_classifier_units_and_proba():
 def test_reaches_float64_loss(bits):
     X, y = _ls()
     est = SGDRegressor(bits=bits, sampling="double", epochs=8, step=2 ** -4, decay=2).fit(X, y)
-    ratio = _final_loss(est) / _float64_loss(est)
+    ratio = _final_loss(est, X, y) / _float64_loss(est, X, y)
     assert 0.97 < ratio < 1.02, ratio
     # and float64 SGD itself is near the least-squares optimum of the scaled problem
-    job = est.job_
+    job = _job(est, X, y)
     w_opt, *_ = np.linalg.lstsq(job.X_scaled, job.y_scaled, rcond=None)
-    assert _float64_loss(est) < 1.05 * baseline.objective("squared", job.X_scaled, job.y_scaled, w_opt)
+    assert _float64_loss(est, X, y) < 1.05 * baseline.objective("squared", job.X_scaled, job.y_scaled, w_opt)
 
 
 def test_double_sampling_unbiased_single_and_nearest_biased():
@@ -86,7 +92,7 @@ def test_double_sampling_unbiased_single_and_nearest_biased():
         for sampling in ratios:
             est = SGDRegressor(bits=2, sampling=sampling, levels="uniform", epochs=10, step=2 ** -7, decay=2,
                                seed=seed).fit(X, y)
-            ratios[sampling].append(_final_loss(est) / _float64_loss(est))
+            ratios[sampling].append(_final_loss(est, X, y) / _float64_loss(est, X, y))
     med = {k: float(np.median(v)) for k, v in ratios.items()}
     assert med["double"] < 1.15, med
     assert med["single"] > med["double"] + 0.5, med
@@ -150,3 +156,24 @@ def test_without_intercept_passes_through_origin():
     assert est.intercept_ == 0.0 and est.job_.dim == 3
     assert np.allclose(est.predict(np.zeros((1, 3))), 0.0)
     assert est.score(X, y) > 0.95
+
+
+def test_divergence_warns_and_auto_step_does_not_diverge():
+    """A step far too large warns with a ConvergenceWarning that names what happened; the
+    automatic step on the same data does not; fitted estimators keep no training data."""
+    import pickle
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    rng = np.random.default_rng(0)
+    X = (rng.random((600, 60)) < 0.5).astype(float)
+    y = X @ rng.normal(size=60) + 0.1 * rng.normal(size=600)
+    with pytest.warns(ConvergenceWarning, match="diverged|saturated"):
+        SGDRegressor(step=1.0, decay=0, epochs=4).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        est = SGDRegressor(epochs=6).fit(X, y)             # step="auto", decay="auto"
+    assert est.score(X, y) > 0.95 and 0 < est.step_ < 1 and est.decay_ == 2
+    assert est.job_.streams == [] and est.job_.X_scaled is None
+    assert len(pickle.dumps(est)) < 20_000                 # not the data: 600 x 61 floats alone are 290 kB

@@ -32,7 +32,7 @@ def test_packed_file_holds_the_in_memory_job(tmp_path, bits, sampling, chunk):
     pk = packfile.write(tmp_path / "a.zsgd", Xm, y, bits=bits, sampling=sampling, copies=3, seed=4, chunk_rows=chunk)
     assert all(isinstance(s, np.memmap) for s in pk.streams)
     mem = prepare_job(X, y, bits=bits, sampling=sampling, copies=3, seed=4, epochs=5, chunk_rows=chunk)
-    job = job_from_packed(pk, epochs=5)
+    job = job_from_packed(pk, epochs=5, step=2.0 ** -6, decay=0)       # prepare_job's defaults
     assert len(job.streams) == 3 and all(np.array_equal(a, b) for a, b in zip(mem.streams, job.streams))
     assert job.config == mem.config
     r_mem = reference.run(mem.config, mem.streams, mem.codebook)
