@@ -78,6 +78,10 @@ class _ZipSGD(BaseEstimator):
     def _fit_job(self, X, y, job=None):
         job = job or prepare_job(X, y, **self._job_kwargs())
         res = run_job(job, self.backend)
+        coef, intercept = job.unscale(res.model)
+        if not (np.all(np.isfinite(coef)) and np.isfinite(intercept)):
+            raise ValueError(f"{type(self).__name__}: the model in the units of X and y overflows float64 (values "
+                             f"near the float64 limit): rescale X or y, e.g. divide by 1e300")
         for problem in diagnose(job, res):
             warnings.warn(f"{type(self).__name__}: {problem}", ConvergenceWarning, stacklevel=3)
         self.step_, self.decay_ = job.step, job.decay
@@ -87,7 +91,7 @@ class _ZipSGD(BaseEstimator):
         self.n_iter_ = job.epochs
         self.bits_per_feature_ = float(job.bits_per_feature)
         self.hw_stats_ = dict(res.stats or {})
-        return job.unscale(res.model)
+        return coef, intercept
 
     def _fit_packed(self, packed, y):
         """Train on a packed file (:func:`zipsgd.packfile.open_packed`): its labels, copies,

@@ -569,11 +569,17 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
     classes = None
     y_center, y_scale = 0.0, 1.0
     if loss_name == "squared":
+        from .quant import safe_affine
+
+        big = float(np.max(np.abs(y)))            # means and spans in units of max|y|: no overflow
+        big = big if big > 0 else 1.0
         if fit_intercept:
-            y_center = float(np.mean(y))
-        span = float(np.max(np.abs(y - y_center)))
+            y_center = float(np.mean(y / big)) * big
+        span = float(np.max(np.abs(y / big - y_center / big))) * big
+        if not math.isfinite(span):
+            raise ValueError(f"y spans more than float64 holds (max |y| = {big:.3g}): rescale y")
         y_scale = span if span > 0 else 1.0
-        ys = (y - y_center) / y_scale
+        ys = np.clip(safe_affine(y, y_center, y_scale), -1.0, 1.0)
     else:
         classes, ys = map_labels(y, loss_name)
 

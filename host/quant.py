@@ -551,6 +551,17 @@ def rounding_variance(a, levels) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # Scaling
 # --------------------------------------------------------------------------------------
+def safe_affine(v, center, half):
+    """``(v - center) / half`` without overflow: where ``v - center`` leaves float64 (values
+    near 1.8e308 of opposite signs), ``v / half - center / half`` instead."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (v - center) / half
+        bad = ~np.isfinite(out)
+        if np.any(bad):
+            out = np.where(bad, v / half - center / half, out)
+    return out
+
+
 class Scaler:
     """Affine map of features onto [-1, 1].
 
@@ -599,8 +610,9 @@ class Scaler:
         else:
             axis = 0 if self.mode == "feature" else None
             hi, lo = X.max(axis=axis), X.min(axis=axis)
-        center = np.broadcast_to((hi + lo) / 2, X.shape[1:]).astype(np.float64)
-        half = np.broadcast_to((hi - lo) / 2, X.shape[1:]).astype(np.float64)
+        # halves first: (hi + lo) and (hi - lo) overflow for values near the float64 limit
+        center = np.broadcast_to(hi / 2 + lo / 2, X.shape[1:]).astype(np.float64)
+        half = np.broadcast_to(hi / 2 - lo / 2, X.shape[1:]).astype(np.float64)
         self.center_, self.half_ = center.copy(), np.where(half > 0, half, 1.0)
         self.n_features_in_ = X.shape[1]
         return self
@@ -615,7 +627,7 @@ class Scaler:
         X = self._check_X(X)
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {X.shape[1]} features, the Scaler was fitted on {self.n_features_in_}")
-        return np.clip((X - self.center_) / self.half_, -1.0, 1.0)
+        return np.clip(safe_affine(X, self.center_, self.half_), -1.0, 1.0)
 
     def fit_transform(self, X) -> np.ndarray:
         """``fit(X).transform(X)``."""

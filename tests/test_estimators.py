@@ -177,3 +177,18 @@ def test_divergence_warns_and_auto_step_does_not_diverge():
     assert est.score(X, y) > 0.95 and 0 < est.step_ < 1 and est.decay_ == 2
     assert est.job_.streams == [] and est.job_.X_scaled is None
     assert len(pickle.dumps(est)) < 20_000                 # not the data: 600 x 61 floats alone are 290 kB
+
+
+def test_values_near_the_float64_limit():
+    """Scaling near 1.8e308 does not overflow: a column of huge values gets a finite model,
+    a column spanning +-1.7e308 is not flattened to zeros, and a target whose model cannot
+    be written in float64 is refused in one sentence."""
+    X = np.array([[1.7e308], [1.6e308], [1.5e308]])
+    m = SGDRegressor(epochs=3).fit(X, np.array([1.0, 2.0, 3.0]))
+    assert np.isfinite(m.intercept_) and np.all(np.isfinite(m.predict(X)))
+    X2 = np.array([[1.7e308], [-1.7e308], [0.0], [1e308]])
+    m2 = SGDRegressor(epochs=8).fit(X2, np.array([1.0, -1.0, 0.0, 0.6]))
+    assert m2.job_.scaler.half_[0] == 1.7e308
+    assert np.corrcoef(m2.predict(X2), [1.0, -1.0, 0.0, 0.6])[0, 1] > 0.9      # the column was not zeroed
+    with pytest.raises(ValueError, match="overflows float64.*rescale"):
+        SGDRegressor(epochs=3).fit(np.array([[1.0], [2.0], [3.0]]), np.array([1.7e308, 1.7e308, 1.0]))
