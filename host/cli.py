@@ -387,10 +387,12 @@ def _json_value(v):
 
 def train(args) -> dict:
     """Run ``zipsgd train`` and return the results dict (what --json writes)."""
+    import numpy as np
+
     from . import baseline
     from .datasets import load_data
     from .backends import BACKENDS, check_backend, run_job
-    from .job import job_from_packed, prepare_job
+    from .job import diagnose, job_from_packed, prepare_job
     from .packfile import SUFFIX, open_packed
 
     t0 = time.perf_counter()
@@ -435,10 +437,17 @@ def train(args) -> dict:
     if packed:        # a packed file holds no full-precision data: no exact objective, no baseline
         final, base_final, base_curve, base_w = None, None, [], None
     else:
-        final = baseline.objective(job.loss, job.X_scaled, job.y_scaled, w)
-        base = baseline.sgd(job)
+        with np.errstate(all="ignore"):     # a diverging run is reported below, in one line each
+            final = baseline.objective(job.loss, job.X_scaled, job.y_scaled, w)
+            base = baseline.sgd(job)
         base_final, base_curve, base_w = base.final_loss, [float(v) for v in base.loss_curve], base.model
     coef, intercept = job.unscale(res.model)
+    problems = diagnose(job, res)
+    for problem in problems:
+        _warn(problem)
+    base_ok = base_final is not None and math.isfinite(base_final) and base_final > 0
+    if base_final is not None and not math.isfinite(base_final):
+        _warn("float64 SGD on the same schedule diverged too: no ratio to it is reported")
     scores = _scores(job, X, y, {"engine": w, "baseline_float64": base_w} if base_w is not None
                      else {"engine": w})
     seconds = t_run - t0
@@ -454,7 +463,8 @@ def train(args) -> dict:
         "loss_curve_measured_on": "quantized data",
         "baseline_float64_final_loss": base_final,
         "baseline_float64_loss_curve": base_curve,
-        "ratio_to_float64": final / base_final if base_final else None,
+        "ratio_to_float64": final / base_final if base_ok and final is not None else None,
+        "diverged": bool(problems), "warnings": problems,
         "bits": job.bits, "sampling": job.sampling, "levels": job.levels, "backend": backend,
         "scale": job.scale,
         "bits_per_feature": job.bits_per_feature,

@@ -489,3 +489,21 @@ def test_quantile_scaling_survives_an_outlier(tmp_path, capsys):
         assert code == 0, err
         r2[scale] = json.loads(js.read_text())["score"]["engine"]
     assert r2["feature"] < 0.9 < 0.98 < r2["quantile"], r2
+
+
+def test_a_diverged_run_warns_and_its_json_says_so(tmp_path, capsys):
+    """A step far too large: a warning line naming what happened (under --quiet too), no
+    numpy noise, "diverged": true in strict JSON, and no ratio to a diverged baseline."""
+    import json as _json
+
+    out = tmp_path / "r.json"
+    assert cli.main(["train", "sklearn:diabetes", "--step", "1.9", "--decay", "0", "--bits", "1", "--quiet",
+                     "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "saturated" in err and "RuntimeWarning" not in err
+    text = out.read_text()
+    data = _json.loads(text)
+    assert data["diverged"] is True and data["warnings"] and data["ratio_to_float64"] is None
+    assert "NaN" not in text and "Infinity" not in text
+    assert cli.main(["train", "sklearn:diabetes", "--quiet", "--json", str(out)]) == 0       # step="auto"
+    assert _json.loads(out.read_text())["diverged"] is False
