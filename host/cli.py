@@ -284,7 +284,8 @@ def _quantization_args(p):
 
 
 def _data_side_args(p):
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample orders, quantization and codebook")
+    p.add_argument("--random-state", "--seed", dest="seed", type=int, default=0,
+                   help="seed of the sample orders, quantization and codebook")
     p.add_argument("--word-bits", type=int, default=64, help="stream word width W of the engine: 64 or 128")
     p.add_argument("--scale", default="feature",
                    help="scaling into [-1, 1]: feature (each column's min..max), global (one map for all) or "
@@ -304,10 +305,10 @@ def _train_parser(sub):
     p.add_argument("--target", default=None,
                    help="CSV target column, a name or a number from 0 (default: the last column)")
     p.add_argument("--loss", default=None,
-                   help="squared, logistic or hinge (default: by dataset; two-valued or text targets: logistic, "
-                        "else squared)")
+                   help="squared_error (or squared), log_loss (or logistic) or hinge (default: by dataset; "
+                        "two-valued or text targets: log_loss, else squared_error)")
     _quantization_args(p)
-    p.add_argument("--epochs", type=int, default=10, help="passes over the data")
+    p.add_argument("--max-iter", "--epochs", dest="epochs", type=int, default=10, help="passes over the data (epochs)")
     p.add_argument("--batch-size", type=int, default=1, help="samples per model update")
     p.add_argument("--step", type=_float_or_auto, default="auto",
                    help="learning rate, or auto: chosen from the quantized data, the loss and the batch size")
@@ -392,7 +393,7 @@ def train(args) -> dict:
     from . import baseline
     from .datasets import load_data
     from .backends import BACKENDS, check_backend, run_job
-    from .job import diagnose, job_from_packed, prepare_job
+    from .job import LOSS_ALIASES, diagnose, job_from_packed, prepare_job
     from .packfile import SUFFIX, open_packed
 
     t0 = time.perf_counter()
@@ -401,7 +402,7 @@ def train(args) -> dict:
     packed = str(args.data).endswith(SUFFIX)
     if packed:
         data = open_packed(args.data)
-        if args.loss and args.loss != data.header["loss"]:
+        if args.loss and LOSS_ALIASES.get(args.loss, args.loss) != data.header["loss"]:
             raise ValueError(f"{args.data} was packed for loss={data.header['loss']!r}, not {args.loss!r}: pack it "
                              f"again with --loss {args.loss}")
         job = job_from_packed(data, epochs=args.epochs, batch_size=args.batch_size, step=args.step,
@@ -409,7 +410,7 @@ def train(args) -> dict:
         name, X, y = str(args.data), None, None
     else:
         ds = load_data(args.data, target=args.target)
-        loss = args.loss or ds.default_loss
+        loss = LOSS_ALIASES.get(args.loss, args.loss) or ds.default_loss
         looks = ds.looks_like_classes() if loss == "squared" and not args.loss else None
         if looks is not None:
             shown = ", ".join(f"{v:g}" for v in looks[:6]) + (", ..." if looks.size > 6 else "")
@@ -558,7 +559,7 @@ def cmd_pack(args) -> int:
         if not args.labels:
             raise ValueError("an X.npy needs its targets: --labels y.npy")
         X, y = load_npy(args.data, mmap_mode="r"), load_npy(args.labels)
-        name, loss = args.data, args.loss or "squared"
+        name, loss = args.data, args.loss or "squared"      # (packfile.write takes scikit-learn's names too)
     else:
         ds = load_data(args.data, target=args.target)
         X, y, name, loss = ds.X, ds.y, ds.name, args.loss or ds.default_loss
@@ -635,9 +636,15 @@ def _bench_codebook(args) -> int:
     return 0
 
 
+def _bench_cpu(args) -> int:
+    from .bench_cpu import main as bench_main
+    return bench_main(quick=args.quick, out=args.out, quiet=args.quiet)
+
+
 #: Benchmark name -> callable(args) -> exit status. ``bench all`` runs them in order.
 BENCHES = {"packing": _bench_packing, "codebook": _bench_codebook,
-           "engine": _bench_engine, "streaming": _bench_streaming, "convergence": _bench_convergence}
+           "engine": _bench_engine, "streaming": _bench_streaming, "convergence": _bench_convergence,
+           "cpu": _bench_cpu}
 
 
 def _bench_parser(sub):

@@ -38,7 +38,7 @@ def run(backend: str | None = None, out: str | Path = "results/demo.png", epochs
     X, y = load_diabetes(return_X_y=True)
     backend = backend or ("sim" if _sim_available() else "cpu")
     board = BOARDS["pynq-z2"]
-    common = dict(epochs=epochs, step=2**-4, decay=4, batch_size=16, seed=0, levels="optimal")
+    common = dict(max_iter=epochs, step=2**-4, decay=4, batch_size=16, random_state=0, levels="optimal")
     say(f"zipsgd demo: diabetes ({X.shape[0]} x {X.shape[1]}), least squares, {epochs} epochs, "
         f"backend={backend!r}")
     runs = {}
@@ -49,8 +49,7 @@ def run(backend: str | None = None, out: str | Path = "results/demo.png", epochs
         ref = SGDRegressor(bits=bits, sampling="double", backend="cpu", **common).fit(X, y)
         same = np.array_equal(est.loss_curve_, ref.loss_curve_) and np.array_equal(est.coef_, ref.coef_)
         runs[bits] = (est, ref, same, wall)
-    from .job import prepare_job
-    job = prepare_job(X, y, bits=32, sampling="double", **common)       # the job with its data (estimators keep none)
+    job = runs[32][0].make_job(X, y)       # the job with its data (a fitted estimator keeps none)
     t = time.perf_counter()
     base = baseline.sgd(job)
     numpy_seconds = time.perf_counter() - t

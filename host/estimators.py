@@ -27,7 +27,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .backends import run_job
-from .job import diagnose, prepare_job
+from .job import LOSS_ALIASES, diagnose, prepare_job
 from .packfile import PackedData
 
 
@@ -38,26 +38,40 @@ def _estimator_init(default_loss: str):
     the signature of its own ``__init__``, which must store every argument unchanged; the
     two estimators differ only in the default loss, so each takes one made here.
     """
-    def __init__(self, loss=default_loss, *, bits=8, sampling="double", levels="uniform", epochs=10,
-                 batch_size=1, step="auto", decay="auto", alpha=0.0, copies=None, seed=0, backend="cpu",
-                 word_bits=64, scale="feature", fit_intercept=True, engine_params=None):
+    def __init__(self, loss=default_loss, *, bits=8, sampling="double", levels="uniform", max_iter=10,
+                 batch_size=1, step="auto", decay="auto", alpha=0.0, copies=None, random_state=0, backend="cpu",
+                 word_bits=64, scale="feature", fit_intercept=True, engine_params=None, verbose=0):
         self.loss = loss
         self.bits = bits
         self.sampling = sampling
         self.levels = levels
-        self.epochs = epochs
+        self.max_iter = max_iter
         self.batch_size = batch_size
         self.step = step
         self.decay = decay
         self.alpha = alpha
         self.copies = copies
-        self.seed = seed
+        self.random_state = random_state
         self.backend = backend
         self.word_bits = word_bits
         self.scale = scale
         self.fit_intercept = fit_intercept
         self.engine_params = engine_params
+        self.verbose = verbose
     return __init__
+
+
+
+
+def _seed(random_state) -> int | None:
+    """An int seed from scikit-learn's ``random_state`` (int, None, or a numpy generator)."""
+    if random_state is None or isinstance(random_state, (int, np.integer)):
+        return random_state
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**63 - 1))
+    raise ValueError(f"random_state must be an int, None, a numpy RandomState or Generator, not {random_state!r}")
 
 
 class _ZipSGD(BaseEstimator):
@@ -66,14 +80,22 @@ class _ZipSGD(BaseEstimator):
     _losses: tuple = ()
 
     def _job_kwargs(self) -> dict:
-        return dict(loss=self.loss, bits=self.bits, sampling=self.sampling, levels=self.levels,
-                    epochs=self.epochs, batch_size=self.batch_size, step=self.step, decay=self.decay,
-                    alpha=self.alpha, copies=self.copies, seed=self.seed, word_bits=self.word_bits,
+        return dict(loss=self._engine_loss(), bits=self.bits, sampling=self.sampling, levels=self.levels,
+                    epochs=self.max_iter, batch_size=self.batch_size, step=self.step, decay=self.decay,
+                    alpha=self.alpha, copies=self.copies, seed=_seed(self.random_state), word_bits=self.word_bits,
                     scale=self.scale, fit_intercept=self.fit_intercept, params=self.engine_params)
+
+    def make_job(self, X, y):
+        """The job ``fit(X, y)`` runs, with its data (scaled matrix, sample orders, packed
+        copies): for baselines and diagnostics, since a fitted estimator keeps none of it."""
+        return prepare_job(X, y, **self._job_kwargs())
 
     def _check_loss(self):
         if self.loss not in self._losses:
             raise ValueError(f"{type(self).__name__} supports loss in {self._losses}, not {self.loss!r}")
+
+    def _engine_loss(self) -> str:
+        return LOSS_ALIASES.get(self.loss, self.loss)
 
     def _fit_job(self, X, y, job=None):
         job = job or prepare_job(X, y, **self._job_kwargs())
@@ -91,11 +113,15 @@ class _ZipSGD(BaseEstimator):
         self.n_iter_ = job.epochs
         self.bits_per_feature_ = float(job.bits_per_feature)
         self.hw_stats_ = dict(res.stats or {})
+        if self.verbose:
+            for e, v in enumerate(self.loss_curve_, 1):
+                print(f"-- Epoch {e}, mean loss {v:.6g} (engine, quantized data), step {job.epoch_step(e - 1):.4g}"
+                      f"/sample")
         return coef, intercept
 
     def _fit_packed(self, packed, y):
         """Train on a packed file (:func:`zipsgd.packfile.open_packed`): its labels, copies,
-        codebook and scaling; this estimator's training settings (epochs, batch_size, step,
+        codebook and scaling; this estimator's training settings (max_iter, batch_size, step,
         decay, alpha, backend). The file's quantization (bits, sampling, levels, copies,
         seed, scale, fit_intercept) replaces the estimator's; ``packed_settings_`` says which."""
         from .job import job_from_packed
@@ -103,10 +129,10 @@ class _ZipSGD(BaseEstimator):
         if y is not None:
             raise ValueError("a packed file holds its labels: call fit(packed) without y")
         h = packed.header
-        if h["loss"] != self.loss:
+        if h["loss"] != self._engine_loss():
             raise ValueError(f"{packed.path} was packed for loss={h['loss']!r}; {type(self).__name__}(loss="
                              f"{self.loss!r}) needs a file packed with that loss (zipsgd pack --loss {self.loss})")
-        job = job_from_packed(packed, epochs=self.epochs, batch_size=self.batch_size, step=self.step,
+        job = job_from_packed(packed, epochs=self.max_iter, batch_size=self.batch_size, step=self.step,
                               decay=self.decay, alpha=self.alpha, params=self.engine_params)
         self.packed_settings_ = {k: h[k] for k in ("bits", "sampling", "levels", "copies", "seed", "scale",
                                                    "fit_intercept")}
@@ -124,7 +150,8 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
 
     Parameters
     ----------
-    loss : {"squared"}
+    loss : {"squared_error"}
+        ("squared" is accepted too.)
     bits : {1, 2, 4, 8, 32}
         Codebook bits per feature; 32 streams full-precision FEAT values.
     sampling : {"double", "single", "nearest"}
@@ -132,7 +159,9 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
         one stochastic rounding used twice, or deterministic nearest rounding.
     levels : {"uniform", "optimal", "log", "weibull"}
         Codebook placement (:func:`zipsgd.quant.make_codebook`).
-    epochs, batch_size : int
+    max_iter : int
+        Epochs (passes over the data), as scikit-learn's ``max_iter``; ``n_iter_`` reports them.
+    batch_size : int
     step : float or "auto"
         Learning rate of the batch-mean gradient (the engine sums the batch and applies
         ``step / batch_size``). "auto" (default): chosen from the quantized data the engine
@@ -146,7 +175,7 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
         L2 strength (applied as a power-of-two shrink per batch).
     copies : int or None
         Independent quantized copies streamed in turn (None: ``min(epochs, 4)``).
-    seed : int or None
+    random_state : int, numpy RandomState/Generator or None
         Seed of the shuffles, the quantization and the codebook.
     backend : {"cpu", "sim", "pynq"}
         Where the job runs; "cpu" is the bit-exact reference engine.
@@ -156,11 +185,13 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
     fit_intercept : bool
     engine_params : EngineParams or None
         Engine build limits to check the job against (None: the default build).
+    verbose : int
+        Print the loss of each epoch after fitting (as scikit-learn's SGD estimators do).
     """
 
-    _losses = ("squared",)
+    _losses = ("squared_error", "squared")
 
-    __init__ = _estimator_init(default_loss="squared")
+    __init__ = _estimator_init(default_loss="squared_error")
 
     def fit(self, X, y=None):
         """Train on ``X`` (n, d) and real targets ``y`` (n,), or on a packed file
@@ -186,14 +217,15 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
 class SGDClassifier(ClassifierMixin, _ZipSGD):
     """Binary linear classification (logistic or hinge loss) by low-precision SGD.
 
-    Same parameters as :class:`SGDRegressor`, with ``loss`` in {"logistic", "hinge"}.
+    Same parameters as :class:`SGDRegressor`, with ``loss`` in {"log_loss", "hinge"}
+    ("logistic" is accepted for "log_loss").
     ``classes_[1]`` is the positive class (logistic label 1, hinge label +1);
     ``predict_proba`` exists for the logistic loss.
     """
 
-    _losses = ("logistic", "hinge")
+    _losses = ("log_loss", "logistic", "hinge")
 
-    __init__ = _estimator_init(default_loss="logistic")
+    __init__ = _estimator_init(default_loss="log_loss")
 
     def fit(self, X, y=None):
         """Train on ``X`` (n, d) and labels ``y`` of exactly two classes, or on a packed
@@ -227,7 +259,7 @@ class SGDClassifier(ClassifierMixin, _ZipSGD):
         return self.classes_[(d > 0).astype(int)]
 
     def _is_logistic(self):
-        return self.loss == "logistic"
+        return self._engine_loss() == "logistic"
 
     @available_if(_is_logistic)
     def predict_proba(self, X):

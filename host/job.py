@@ -53,6 +53,8 @@ from . import contract as c
 from . import packing
 
 LOSSES = {"squared": c.Loss.SQUARED, "logistic": c.Loss.LOGISTIC, "hinge": c.Loss.HINGE}
+#: scikit-learn's names of the same losses.
+LOSS_ALIASES = {"squared_error": "squared", "log_loss": "logistic"}
 LEVELS = ("uniform", "optimal", "log", "weibull")
 BITS_CHOICES = c.BITS_ALLOWED + (c.FULL_BITS,)
 SCALE_MODES = ("feature", "global", "quantile")
@@ -518,7 +520,7 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
     from . import quant
 
     # ---- options ---------------------------------------------------------------------
-    loss_name = loss.name.lower() if isinstance(loss, c.Loss) else loss
+    loss_name = loss.name.lower() if isinstance(loss, c.Loss) else LOSS_ALIASES.get(loss, loss)
     if loss_name not in LOSSES:
         raise ValueError(f"unsupported loss={loss!r}: choose one of {tuple(LOSSES)}")
     if isinstance(bits, bool) or bits not in BITS_CHOICES:

@@ -8,7 +8,6 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from zipsgd import baseline
-from zipsgd.job import prepare_job
 from zipsgd.estimators import SGDClassifier, SGDRegressor
 
 
@@ -27,7 +26,7 @@ def _ls(n=400, d=8, seed=0, noise=0.3):
 
 def _job(est, X, y):
     """The estimator's job with its data (a fitted estimator keeps none): the same seed, the same job."""
-    return prepare_job(X, y, **est._job_kwargs())
+    return est.make_job(X, y)
 
 
 def _final_loss(est, X, y):
@@ -41,7 +40,7 @@ def _float64_loss(est, X, y):
 
 def test_coef_and_intercept_in_user_units():
     X, y = _ls()
-    est = SGDRegressor(bits=8, epochs=3, step=2 ** -4).fit(X, y)
+    est = SGDRegressor(bits=8, max_iter=3, step=2 ** -4).fit(X, y)
     assert est.coef_.shape == (8,) and isinstance(est.intercept_, float)
     # the engine's own output on the scaled data, mapped back, equals predict on raw data
     job = _job(est, X, y)
@@ -57,7 +56,7 @@ def test_coef_and_intercept_in_user_units():
 def test_classifier_units_and_proba():
     X, y = _ls()
     labels = np.where(y > np.median(y), "hi", "lo")
-    clf = SGDClassifier(epochs=4, step=2 ** -3).fit(X, labels)
+    clf = SGDClassifier(max_iter=4, step=2 ** -3).fit(X, labels)
     assert list(clf.classes_) == ["hi", "lo"]
     d = clf.decision_function(X)
     assert np.allclose(d, X @ clf.coef_[0] + clf.intercept_[0])
@@ -66,7 +65,7 @@ def test_classifier_units_and_proba():
     proba = clf.predict_proba(X)
     assert np.allclose(proba.sum(1), 1) and np.all(clf.predict(X) == clf.classes_[(proba[:, 1] > 0.5).astype(int)])
     assert clf.score(X, labels) > 0.85
-    hinge = SGDClassifier(loss="hinge", epochs=4, step=2 ** -3).fit(X, labels)
+    hinge = SGDClassifier(loss="hinge", max_iter=4, step=2 ** -3).fit(X, labels)
     assert not hasattr(hinge, "predict_proba")
     assert hinge.score(X, labels) > 0.85
 
@@ -74,7 +73,7 @@ def test_classifier_units_and_proba():
 @pytest.mark.parametrize("bits", [32, 8])
 def test_reaches_float64_loss(bits):
     X, y = _ls()
-    est = SGDRegressor(bits=bits, sampling="double", epochs=8, step=2 ** -4, decay=2).fit(X, y)
+    est = SGDRegressor(bits=bits, sampling="double", max_iter=8, step=2 ** -4, decay=2).fit(X, y)
     ratio = _final_loss(est, X, y) / _float64_loss(est, X, y)
     assert 0.97 < ratio < 1.02, ratio
     # and float64 SGD itself is near the least-squares optimum of the scaled problem
@@ -90,8 +89,8 @@ def test_double_sampling_unbiased_single_and_nearest_biased():
     for seed in range(3):
         X, y = _ls(seed=seed)
         for sampling in ratios:
-            est = SGDRegressor(bits=2, sampling=sampling, levels="uniform", epochs=10, step=2 ** -7, decay=2,
-                               seed=seed).fit(X, y)
+            est = SGDRegressor(bits=2, sampling=sampling, levels="uniform", max_iter=10, step=2 ** -7, decay=2,
+                               random_state=seed).fit(X, y)
             ratios[sampling].append(_final_loss(est, X, y) / _float64_loss(est, X, y))
     med = {k: float(np.median(v)) for k, v in ratios.items()}
     assert med["double"] < 1.15, med
@@ -101,9 +100,9 @@ def test_double_sampling_unbiased_single_and_nearest_biased():
 
 def test_seeds():
     X, y = _ls(n=150)
-    a = SGDRegressor(bits=4, epochs=3, seed=7).fit(X, y)
-    b = SGDRegressor(bits=4, epochs=3, seed=7).fit(X, y)
-    c = SGDRegressor(bits=4, epochs=3, seed=8).fit(X, y)
+    a = SGDRegressor(bits=4, max_iter=3, random_state=7).fit(X, y)
+    b = SGDRegressor(bits=4, max_iter=3, random_state=7).fit(X, y)
+    c = SGDRegressor(bits=4, max_iter=3, random_state=8).fit(X, y)
     assert np.array_equal(a.coef_, b.coef_) and a.intercept_ == b.intercept_
     assert not np.array_equal(a.coef_, c.coef_)
 
@@ -111,13 +110,13 @@ def test_seeds():
 def test_pynq_backend_without_board_explains_deployment():
     X, y = _ls(n=20)
     with pytest.raises(NotImplementedError, match="backend='pynq' needs a PYNQ board.*make bitstream"):
-        SGDRegressor(backend="pynq", epochs=1).fit(X, y)
+        SGDRegressor(backend="pynq", max_iter=1).fit(X, y)
 
 
 @pytest.mark.xdist_group("verilator")
 def test_sim_backend_matches_reference_exactly():
     X, y = _ls(n=60)
-    kw = dict(bits=4, epochs=3, batch_size=4, seed=3)
+    kw = dict(bits=4, max_iter=3, batch_size=4, random_state=3)
     sim = SGDRegressor(backend="sim", **kw).fit(X, y)
     cpu = SGDRegressor(backend="cpu", **kw).fit(X, y)
     assert np.array_equal(sim.coef_, cpu.coef_) and sim.intercept_ == cpu.intercept_
@@ -137,7 +136,7 @@ def test_fit_errors():
         SGDClassifier().fit(X, np.arange(30) % 3)
     from zipsgd.contract import EngineParams
     with pytest.raises(ValueError, match="capacity"):
-        SGDRegressor(engine_params=EngineParams(dim_max=8), epochs=1).fit(X, y)
+        SGDRegressor(engine_params=EngineParams(dim_max=8), max_iter=1).fit(X, y)
 
 
 def test_package_exports_are_lazy():
@@ -152,7 +151,7 @@ def test_without_intercept_passes_through_origin():
     rng = np.random.default_rng(3)
     X = rng.normal(size=(200, 3)) * [1.0, 5.0, 0.2]
     y = X @ [2.0, -0.5, 4.0] + 0.05 * rng.normal(size=200)
-    est = SGDRegressor(bits=8, epochs=6, step=2 ** -3, decay=2, fit_intercept=False).fit(X, y)
+    est = SGDRegressor(bits=8, max_iter=6, step=2 ** -3, decay=2, fit_intercept=False).fit(X, y)
     assert est.intercept_ == 0.0 and est.job_.dim == 3
     assert np.allclose(est.predict(np.zeros((1, 3))), 0.0)
     assert est.score(X, y) > 0.95
@@ -170,10 +169,10 @@ def test_divergence_warns_and_auto_step_does_not_diverge():
     X = (rng.random((600, 60)) < 0.5).astype(float)
     y = X @ rng.normal(size=60) + 0.1 * rng.normal(size=600)
     with pytest.warns(ConvergenceWarning, match="diverged|saturated"):
-        SGDRegressor(step=1.0, decay=0, epochs=4).fit(X, y)
+        SGDRegressor(step=1.0, decay=0, max_iter=4).fit(X, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        est = SGDRegressor(epochs=6).fit(X, y)             # step="auto", decay="auto"
+        est = SGDRegressor(max_iter=6).fit(X, y)             # step="auto", decay="auto"
     assert est.score(X, y) > 0.95 and 0 < est.step_ < 1 and est.decay_ == 2
     assert est.job_.streams == [] and est.job_.X_scaled is None
     assert len(pickle.dumps(est)) < 20_000                 # not the data: 600 x 61 floats alone are 290 kB
@@ -184,11 +183,31 @@ def test_values_near_the_float64_limit():
     a column spanning +-1.7e308 is not flattened to zeros, and a target whose model cannot
     be written in float64 is refused in one sentence."""
     X = np.array([[1.7e308], [1.6e308], [1.5e308]])
-    m = SGDRegressor(epochs=3).fit(X, np.array([1.0, 2.0, 3.0]))
+    m = SGDRegressor(max_iter=3).fit(X, np.array([1.0, 2.0, 3.0]))
     assert np.isfinite(m.intercept_) and np.all(np.isfinite(m.predict(X)))
     X2 = np.array([[1.7e308], [-1.7e308], [0.0], [1e308]])
-    m2 = SGDRegressor(epochs=8).fit(X2, np.array([1.0, -1.0, 0.0, 0.6]))
+    m2 = SGDRegressor(max_iter=8).fit(X2, np.array([1.0, -1.0, 0.0, 0.6]))
     assert m2.job_.scaler.half_[0] == 1.7e308
     assert np.corrcoef(m2.predict(X2), [1.0, -1.0, 0.0, 0.6])[0, 1] > 0.9      # the column was not zeroed
     with pytest.raises(ValueError, match="overflows float64.*rescale"):
-        SGDRegressor(epochs=3).fit(np.array([[1.0], [2.0], [3.0]]), np.array([1.7e308, 1.7e308, 1.0]))
+        SGDRegressor(max_iter=3).fit(np.array([[1.0], [2.0], [3.0]]), np.array([1.7e308, 1.7e308, 1.0]))
+
+
+def test_scikit_learn_names(capsys):
+    """scikit-learn's parameter and loss names: max_iter, random_state (an int or a numpy
+    generator), loss="squared_error"/"log_loss", verbose; the engine's names still work."""
+    X, y = _ls(n=120)
+    a = SGDRegressor(loss="squared_error", max_iter=3, random_state=5).fit(X, y)
+    b = SGDRegressor(loss="squared", max_iter=3, random_state=5).fit(X, y)
+    assert np.array_equal(a.coef_, b.coef_) and a.n_iter_ == 3
+    assert SGDRegressor().get_params()["loss"] == "squared_error"
+    assert SGDClassifier().get_params()["loss"] == "log_loss"
+    c = SGDRegressor(max_iter=2, random_state=np.random.RandomState(0)).fit(X, y)
+    assert c.n_iter_ == 2
+    labels = (y > np.median(y)).astype(int)
+    p = SGDClassifier(loss="log_loss", max_iter=2).fit(X, labels).predict_proba(X)
+    assert p.shape == (len(X), 2)
+    SGDRegressor(max_iter=2, verbose=1).fit(X, y)
+    assert capsys.readouterr().out.count("-- Epoch") == 2
+    with pytest.raises(ValueError, match="supports loss"):
+        SGDRegressor(loss="log_loss").fit(X, y)

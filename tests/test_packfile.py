@@ -56,8 +56,8 @@ def test_estimators_fit_a_packed_file(tmp_path):
 
     X, y = _data()
     pk = packfile.write(tmp_path / "r.zsgd", X, y, bits=4, copies=2, seed=3)
-    a = SGDRegressor(bits=4, copies=2, seed=3, epochs=4).fit(X, y)
-    b = SGDRegressor(epochs=4).fit(pk)
+    a = SGDRegressor(bits=4, copies=2, random_state=3, max_iter=4).fit(X, y)
+    b = SGDRegressor(max_iter=4).fit(pk)
     assert np.array_equal(a.coef_, b.coef_) and a.intercept_ == b.intercept_
     assert b.packed_settings_["bits"] == 4 and b.n_features_in_ == X.shape[1]
     assert b.predict(X[:5]).shape == (5,)
@@ -66,7 +66,7 @@ def test_estimators_fit_a_packed_file(tmp_path):
         SGDRegressor().fit(pk, y)
     yc = (y > 0).astype(int) + 3
     pc = packfile.write(tmp_path / "c.zsgd", X, yc, loss="logistic", bits=8, copies=2)
-    clf = SGDClassifier(epochs=3).fit(pc)
+    clf = SGDClassifier(max_iter=3).fit(pc)
     assert list(clf.classes_) == [3, 4] and clf.coef_.shape == (1, X.shape[1])
     assert set(clf.predict(X[:20])) <= {3, 4}
     with pytest.raises(ValueError, match="packed for loss='logistic'"):
