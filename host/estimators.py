@@ -215,12 +215,16 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
 
 
 class SGDClassifier(ClassifierMixin, _ZipSGD):
-    """Binary linear classification (logistic or hinge loss) by low-precision SGD.
+    """Linear classification (logistic or hinge loss) by low-precision SGD; several
+    classes one-vs-rest, as scikit-learn's ``SGDClassifier``.
 
     Same parameters as :class:`SGDRegressor`, with ``loss`` in {"log_loss", "hinge"}
-    ("logistic" is accepted for "log_loss").
-    ``classes_[1]`` is the positive class (logistic label 1, hinge label +1);
-    ``predict_proba`` exists for the logistic loss.
+    ("logistic" is accepted for "log_loss"). Two classes: one model, ``classes_[1]`` the
+    positive class (logistic label 1, hinge label +1). K > 2 classes: K binary jobs, class
+    k against the rest, on any backend; ``coef_`` has shape (K, d), ``decision_function``
+    (n, K), ``predict`` the class of the largest score, ``predict_proba`` (logistic loss)
+    each class's sigmoid normalised over the K classes, as scikit-learn's one-vs-rest.
+    ``loss_curve_`` is the one job's curve (binary) or a list of K curves.
     """
 
     _losses = ("log_loss", "logistic", "hinge")
@@ -228,8 +232,8 @@ class SGDClassifier(ClassifierMixin, _ZipSGD):
     __init__ = _estimator_init(default_loss="log_loss")
 
     def fit(self, X, y=None):
-        """Train on ``X`` (n, d) and labels ``y`` of exactly two classes, or on a packed
-        file (:class:`zipsgd.packfile.PackedData`, its labels inside)."""
+        """Train on ``X`` (n, d) and class labels ``y``, or on a packed file
+        (:class:`zipsgd.packfile.PackedData`, two classes, its labels inside)."""
         self._check_loss()
         if isinstance(X, PackedData):
             coef, intercept = self._fit_packed(X, y)
@@ -238,46 +242,67 @@ class SGDClassifier(ClassifierMixin, _ZipSGD):
             return self
         X, y = validate_data(self, X, y, accept_sparse=("csr", "csc", "coo"), dtype=np.float64)
         check_classification_targets(y)
-        y_type = type_of_target(y, input_name="y")
-        if y_type != "binary":
-            raise ValueError(f"Only binary classification is supported. The type of the target is {y_type} "
-                             f"({np.unique(y).size} classes; the engine trains one linear model).")
-        coef, intercept = self._fit_job(_dense(X), y)
-        self.classes_ = self.job_.classes
-        self.coef_ = coef.reshape(1, -1)
-        self.intercept_ = np.array([intercept])
+        X = _dense(X)
+        classes = np.unique(y)
+        if classes.size < 2:
+            raise ValueError(f"the target has {classes.size} class: a classifier needs at least two")
+        if classes.size == 2:
+            coef, intercept = self._fit_job(X, y)
+            self.classes_ = self.job_.classes
+            self.coef_, self.intercept_ = coef.reshape(1, -1), np.array([intercept])
+            return self
+        # one-vs-rest: class k against the rest, one binary job each (labels False/True)
+        fits = []
+        for cls in classes:
+            coef, intercept = self._fit_job(X, y == cls)
+            fits.append((coef, intercept, self.loss_curve_, self.step_, self.engine_result_, self.hw_stats_))
+        self.classes_ = classes
+        self.coef_ = np.vstack([f[0] for f in fits])
+        self.intercept_ = np.array([f[1] for f in fits])
+        self.loss_curve_ = [f[2] for f in fits]
+        self.step_ = [f[3] for f in fits]
+        self.engine_result_ = [f[4] for f in fits]
+        self.hw_stats_ = [f[5] for f in fits]
         return self
 
     def decision_function(self, X):
-        """Signed score of the positive class ``classes_[1]`` (shape (n,))."""
+        """Scores: of the positive class ``classes_[1]`` (shape (n,)) for two classes, of
+        each class against the rest (n, K) for more."""
         check_is_fitted(self)
         X = validate_data(self, X, accept_sparse=("csr", "csc", "coo"), reset=False, dtype=np.float64)
-        return np.asarray(_dense(X) @ self.coef_[0] + self.intercept_[0], dtype=np.float64)
+        d = np.asarray(_dense(X) @ self.coef_.T + self.intercept_, dtype=np.float64)
+        return d[:, 0] if d.shape[1] == 1 else d
 
     def predict(self, X):
         d = self.decision_function(X)
-        return self.classes_[(d > 0).astype(int)]
+        return self.classes_[(d > 0).astype(int) if d.ndim == 1 else d.argmax(axis=1)]
 
     def _is_logistic(self):
         return self._engine_loss() == "logistic"
 
     @available_if(_is_logistic)
     def predict_proba(self, X):
-        """Class probabilities (logistic loss): columns follow ``classes_``."""
+        """Class probabilities (logistic loss), columns following ``classes_``; one-vs-rest
+        sigmoids normalised over the classes when there are more than two."""
         d = self.decision_function(X)
-        e = np.exp(-np.abs(d))
-        p = np.where(d >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        return np.column_stack([1.0 - p, p])
+        p = _sigmoid(d)
+        if d.ndim == 1:
+            return np.column_stack([1.0 - p, p])
+        total = p.sum(axis=1, keepdims=True)
+        return np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / p.shape[1])
 
     @available_if(_is_logistic)
     def predict_log_proba(self, X):
         d = self.decision_function(X)
-        return np.column_stack([-np.logaddexp(0.0, d), -np.logaddexp(0.0, -d)])
+        if d.ndim == 1:
+            return np.column_stack([-np.logaddexp(0.0, d), -np.logaddexp(0.0, -d)])
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False  # binary only: one linear model on the engine
-        return tags
+
+def _sigmoid(d):
+    e = np.exp(-np.abs(d))
+    return np.where(d >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def _dense(X):

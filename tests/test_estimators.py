@@ -132,8 +132,8 @@ def test_fit_errors():
         SGDRegressor(bits=3).fit(X, y)
     with pytest.raises(ValueError, match="supports loss"):
         SGDRegressor(loss="logistic").fit(X, y)
-    with pytest.raises(ValueError, match="Only binary"):
-        SGDClassifier().fit(X, np.arange(30) % 3)
+    with pytest.raises(ValueError, match="at least two"):
+        SGDClassifier().fit(X, np.zeros(30))
     from zipsgd.contract import EngineParams
     with pytest.raises(ValueError, match="capacity"):
         SGDRegressor(engine_params=EngineParams(dim_max=8), max_iter=1).fit(X, y)
@@ -211,3 +211,24 @@ def test_scikit_learn_names(capsys):
     assert capsys.readouterr().out.count("-- Epoch") == 2
     with pytest.raises(ValueError, match="supports loss"):
         SGDRegressor(loss="log_loss").fit(X, y)
+
+
+def test_multiclass_one_vs_rest():
+    """Several classes: one binary job per class against the rest, scikit-learn's shapes
+    and normalised probabilities; each row of coef_ is the binary fit of its class."""
+    from sklearn.datasets import load_iris
+
+    X, y = load_iris(return_X_y=True)
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    clf = SGDClassifier(max_iter=10, random_state=1).fit(X, names)
+    assert list(clf.classes_) == ["setosa", "versicolor", "virginica"]
+    assert clf.coef_.shape == (3, 4) and clf.intercept_.shape == (3,)
+    d = clf.decision_function(X)
+    assert d.shape == (150, 3) and np.allclose(d, X @ clf.coef_.T + clf.intercept_)
+    p = clf.predict_proba(X)
+    assert p.shape == (150, 3) and np.allclose(p.sum(axis=1), 1.0)
+    assert np.array_equal(clf.predict(X), clf.classes_[p.argmax(axis=1)])
+    assert clf.score(X, names) > 0.85
+    one = SGDClassifier(max_iter=10, random_state=1).fit(X, names == "virginica")
+    assert np.array_equal(one.coef_[0], clf.coef_[2]) and one.intercept_[0] == clf.intercept_[2]
+    assert len(clf.loss_curve_) == 3 and SGDClassifier(loss="hinge", max_iter=3).fit(X, y).coef_.shape == (3, 4)
