@@ -79,26 +79,32 @@ def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, 
     copy's samples, and ``lam``, the top eigenvalue of the mean ``q1 q2^T`` over its first
     chunk (a uniform sample: the copy is shuffled).
     """
-    from . import quant
+    from . import fastref, quant
 
     words = layout.beats_per_sample * layout.host_words_per_beat
+    # compiled where numba imports (zipsgd.fastref): the same words and generator state
+    fast = fastref.pack_copy(out, layout, labels, rows, perm, sampling, levels, rng, chunk_rows)
     l_max, lam = 0.0, 0.0
     for at in range(0, len(perm), chunk_rows):
         idx = perm[at:at + chunk_rows]
-        Xs, y = rows(idx), labels[idx]
-        if levels is None:
-            values = c.FEAT.to_fixed(Xs)
-            packed = packing.pack(layout, y, values=values)
-            q1 = q2 = c.FEAT.to_float(values)
-        elif sampling == "double":
-            c1, c2 = quant.double_sample(Xs, levels, rng)
-            packed = packing.pack(layout, y, codes1=c1, codes2=c2)
-            q1, q2 = levels[c1], levels[c2]
+        if fast:  # packed already: the quantized values, read back from the words
+            q1, q2 = fastref.quantized(layout, out[at * words:(at + len(idx)) * words], levels)
         else:
-            c1 = quant.stochastic_round(Xs, levels, rng) if sampling == "single" else quant.nearest_round(Xs, levels)
-            packed = packing.pack(layout, y, codes1=c1)
-            q1 = q2 = levels[c1]
-        out[at * words:(at + len(idx)) * words] = packed
+            Xs, y = rows(idx), labels[idx]
+            if levels is None:
+                values = c.FEAT.to_fixed(Xs)
+                packed = packing.pack(layout, y, values=values)
+                q1 = q2 = c.FEAT.to_float(values)
+            elif sampling == "double":
+                c1, c2 = quant.double_sample(Xs, levels, rng)
+                packed = packing.pack(layout, y, codes1=c1, codes2=c2)
+                q1, q2 = levels[c1], levels[c2]
+            else:
+                c1 = quant.stochastic_round(Xs, levels, rng) if sampling == "single" \
+                    else quant.nearest_round(Xs, levels)
+                packed = packing.pack(layout, y, codes1=c1)
+                q1 = q2 = levels[c1]
+            out[at * words:(at + len(idx)) * words] = packed
         l_max = max(l_max, float(np.max(np.linalg.norm(q1, axis=1) * np.linalg.norm(q2, axis=1))))
         if at == 0:
             lam = _top_eigenvalue(q1, q2)
