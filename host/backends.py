@@ -39,15 +39,16 @@ def pynq_board_present() -> tuple[bool, str]:
 
 
 def _run_cpu(job: Job, progress: Callable[[int], None] | None = None) -> Result:
-    """The bit-exact reference engine (numpy)."""
-    from . import reference
+    """The bit-exact reference engine: compiled (:mod:`zipsgd.fastref`, numba) where numba
+    imports, else the numpy specification (:func:`zipsgd.reference.run`)."""
+    from . import fastref
 
     streams = job.streams
     if progress is not None:
         def streams(epoch, _s=job.streams):  # noqa: F811  (called once per epoch, in order)
             progress(epoch)
             return _s[epoch % len(_s)]
-    res = reference.run(job.config, streams, job.codebook, params=job.params)
+    res = fastref.run(job.config, streams, job.codebook, params=job.params)
     if progress is not None:
         progress(job.epochs)
     return res
