@@ -218,13 +218,21 @@ def _last_lt(arr, a):
 
 
 @_inline
-def _interval(lv, lvp, a):
+def _interval(lv, lvp, guess, inv, a):
     """The codebook interval of ``a`` as :func:`zipsgd.quant._interval` finds it: ``a`` clipped
     to [lv[0], lv[-1]]; ``j`` = (how many levels are <= a) - 1, at most len(lv) - 2; the
-    upper probability ``p``. ``lvp``: ``lv`` padded for :func:`_last_le`."""
+    upper probability ``p``. ``lvp``: ``lv`` padded with +inf; ``guess[g]``: a level index
+    near bucket ``g`` of ``len(guess)`` equal buckets over [lv[0], lv[-1]] (``inv``: buckets
+    per unit), walked to the exact index (one step at most for an even codebook)."""
     s = lv.shape[0]
     ac = lv[0] if a < lv[0] else (lv[s - 1] if a > lv[s - 1] else a)
-    j = _last_le(lvp, ac)
+    g = np.int64((ac - lv[0]) * inv)
+    nb = guess.shape[0]
+    j = guess[0 if g < 0 else (nb - 1 if g >= nb else g)]
+    while lvp[j + 1] <= ac:
+        j += 1
+    while j > 0 and lv[j] > ac:
+        j -= 1
     if j > s - 2:
         j = s - 2
     lo = lv[j]
@@ -232,14 +240,14 @@ def _interval(lv, lvp, a):
 
 
 @_jit
-def quantize_pack(xs, labels, u1, u2, lv, lvp, mids, mode, lay, feat_one, out):
+def quantize_pack(xs, labels, u1, u2, lv, lvp, guess, inv, mids, mode, lay, feat_one, out):
     """Quantize rows ``xs`` (r, d) float64 and pack them with their ``labels`` (MODEL ints)
     into ``out`` (r samples of host words), as :func:`zipsgd.job.pack_copy` does with
     :mod:`zipsgd.quant` and :func:`zipsgd.packing.pack`: ``mode`` 0 FULL (FEAT.to_fixed),
     1 double sampling (codes1 from uniforms ``u1``, codes2 from ``u2``), 2 single
     (``u1``), 3 nearest (``mids``: -inf, the midpoints of ``lv``, +inf up to
-    :data:`SEARCH_SIZE`; a code is how many midpoints lie below the value); ``lvp``: ``lv``
-    padded with +inf to :data:`SEARCH_SIZE`. ``u1``/``u2`` are flat
+    :data:`SEARCH_SIZE`; a code is how many midpoints lie below the value); ``lvp``,
+    ``guess``, ``inv``: ``lv`` padded with +inf, and the bucket guesses of :func:`_interval`. ``u1``/``u2`` are flat
     (r * d), row-major, as ``rng.random((r, d))`` draws them. Returns 0, or 1 when a value is not finite, 2 when a FULL value lies outside
     [-1, 1] (the caller then raises the numpy path's error)."""
     enc, bits, d, fb, F, B, hw = lay[0], lay[1], lay[2], lay[3], lay[4], lay[5], lay[6]
@@ -283,17 +291,17 @@ def quantize_pack(xs, labels, u1, u2, lv, lvp, mids, mode, lay, feat_one, out):
                 fields[i] = _last_lt(mids, xs[row, i])
         elif mode == 2:
             for i in range(d):
-                j, p = _interval(lv, lvp, xs[row, i])
+                j, p = _interval(lv, lvp, guess, inv, xs[row, i])
                 fields[i] = j + (1 if u1[row * d + i] < p else 0)
         elif enc == PAIR:
             for i in range(d):
-                j, p = _interval(lv, lvp, xs[row, i])
+                j, p = _interval(lv, lvp, guess, inv, xs[row, i])
                 c1 = j + (1 if u1[row * d + i] < p else 0)
                 c2 = j + (1 if u2[row * d + i] < p else 0)
                 fields[i] = c1 | (c2 << bits)
         else:
             for i in range(d):
-                j, p = _interval(lv, lvp, xs[row, i])
+                j, p = _interval(lv, lvp, guess, inv, xs[row, i])
                 c1 = j + (1 if u1[row * d + i] < p else 0)
                 c2 = j + (1 if u2[row * d + i] < p else 0)
                 jj = min(min(c1, c2), top - 1)

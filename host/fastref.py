@@ -154,6 +154,17 @@ def run(cfg: c.EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.
 PACK_BLOCK_VALUES = 1 << 17
 
 _MODES = {"double": 1, "single": 2, "nearest": 3}
+#: Buckets of the quantizer's first guess of a value's codebook interval.
+GUESS_BUCKETS = 1 << 10
+
+
+def _buckets(lv: np.ndarray) -> tuple[np.ndarray, float]:
+    """(guess, inv): for ``GUESS_BUCKETS`` equal buckets over [lv[0], lv[-1]] (``inv``
+    buckets per unit), the last level at or below each bucket's lower edge. Only a first
+    guess: the kernel walks from it to the exact interval."""
+    inv = GUESS_BUCKETS / (lv[-1] - lv[0])
+    edges = lv[0] + np.arange(GUESS_BUCKETS) / inv
+    return np.maximum(np.searchsorted(lv, edges, side="right") - 1, 0).astype(np.int64), float(inv)
 
 
 def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, rng, chunk_rows: int) -> bool:
@@ -184,7 +195,8 @@ def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, 
     size = k.SEARCH_SIZE
     if lv.size > size:
         return False
-    lvp = np.concatenate((lv, np.full(size - lv.size, np.inf)))
+    lvp = np.concatenate((lv, [np.inf]))
+    guess, inv = (np.zeros(1, dtype=np.int64), 0.0) if full else _buckets(lv)
     # quant.nearest_round's midpoints, after -inf, padded
     mids = np.concatenate(([-np.inf], (lv[:-1] + lv[1:]) / 2, np.full(size - lv.size, np.inf)))
     labels = np.asarray(labels, dtype=np.int64)
@@ -209,8 +221,8 @@ def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, 
             if mode == 1:
                 second.random(out=u2[:r * d])
             start = (at + sub) * words
-            err = k.quantize_pack(xs, labels[part], u1, u2, lv, lvp, mids, mode, layv, c.FEAT.one,
-                                  o[start:start + r * words])
+            err = k.quantize_pack(xs, labels[part], u1, u2, lv, lvp, guess, inv, mids, mode, layv,
+                                  c.FEAT.one, o[start:start + r * words])
             if err:  # raise the numpy path's own error
                 if full:
                     packing.pack(layout, labels[part], values=c.FEAT.to_fixed(xs))
@@ -228,11 +240,23 @@ def quantized(layout: c.Layout, words, levels) -> tuple[np.ndarray, np.ndarray]:
     """The quantized values (Q1, Q2 as floats) of packed samples, read back from their
     words: ``levels[codes]`` (``levels``: the codebook as floats), or the FEAT values in
     FULL encoding. They equal what :func:`zipsgd.job.pack_copy`'s numpy path quantizes
-    (``levels[c1]``, ``levels[c2]``; ``FEAT.to_float(values)``)."""
+    (``levels[c1]``, ``levels[c2]``; ``FEAT.to_float(values)``); SINGLE encoding returns
+    one array twice."""
+    k = kernels()
     if levels is None:
         q1, _, _ = decode(layout, words)
         q1 = c.FEAT.to_float(q1)
         return q1, q1
-    c1, c2, _ = decode(layout, words, np.arange(1 << layout.bits))
     levels = np.asarray(levels, dtype=np.float64)
-    return levels[c1], (levels[c1] if layout.encoding == c.Encoding.SINGLE else levels[c2])
+    if k is None:
+        c1, c2, _ = decode(layout, words, np.arange(1 << layout.bits))
+        return levels[c1], (levels[c1] if layout.encoding == c.Encoding.SINGLE else levels[c2])
+    words = np.ascontiguousarray(words, dtype=np.uint64)
+    layv = _layout_array(layout)
+    t1, t2, bad = _tables(k, layout, layv, np.arange(1 << layout.bits))
+    t1, t2 = levels[t1], levels[t2]          # slot value -> level, as floats (the kernel fills floats)
+    n = words.size // (layout.beats_per_sample * layout.host_words_per_beat)
+    q1 = np.empty((n, layout.dim))
+    q2 = q1 if layout.encoding == c.Encoding.SINGLE else np.empty((n, layout.dim))
+    _check_codes(k.decode_chunk(words, layv, t1, t2, bad, q1, q2, np.empty(n, dtype=np.int64)))
+    return q1, q2

@@ -14,8 +14,9 @@ needs_numba = pytest.mark.skipif(not fastref.compiled(), reason="numba does not 
 
 
 def same(a, b):
+    """Results equal in every field (a counter the reference gains must be computed here too)."""
     return np.array_equal(a.model, b.model) and a.loss_sums == b.loss_sums and a.beats == b.beats \
-        and a.samples == b.samples
+        and a.samples == b.samples and a.error == b.error and a.stats == b.stats
 
 
 def random_jobs(seed, count, W=64, **kw):
@@ -119,6 +120,24 @@ def test_decode_equals_packing_decode(W):
             cfg, (stream,), cb = testing.job_for(rng, cfg, copies=1)
             for a, b in zip(fastref.decode(cfg.layout, stream, cb), packing.decode(cfg.layout, stream, cb)):
                 assert np.array_equal(a, b), (enc, bits, d)
+
+
+def check_quantized():
+    """fastref.quantized: the levels of the packed codes (FEAT values in FULL)."""
+    rng = np.random.default_rng(12)
+    for enc, bits in c.valid_modes():
+        cfg, (stream,), cb = testing.job_for(rng, c.EngineConfig(n_samples=9, dim=21, bits=bits, encoding=enc),
+                                             copies=1)
+        lv = None if cb is None else c.FEAT.to_float(cb)
+        q1, q2 = fastref.quantized(cfg.layout, stream, lv)
+        w1, w2, _ = packing.decode(cfg.layout, stream, cb)
+        assert np.array_equal(q1, c.FEAT.to_float(w1)) and np.array_equal(q2, c.FEAT.to_float(w2)), (enc, bits)
+        assert q1.dtype == q2.dtype == np.float64
+
+
+@needs_numba
+def test_quantized_reads_the_levels_back():
+    check_quantized()
 
 
 @needs_numba
@@ -265,6 +284,7 @@ def test_fallback_to_numpy_without_numba(monkeypatch):
     for a, b in zip(fastref.decode(job.layout, job.streams[0], job.codebook),
                     packing.decode(job.layout, job.streams[0], job.codebook)):
         assert np.array_equal(a, b)
+    check_quantized()
 
 
 # ---- the benchmark (`zipsgd bench cpu`) --------------------------------------------------
