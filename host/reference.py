@@ -7,6 +7,9 @@ integers), the per-epoch loss sums (LOSS_ACC integers) and the beat/sample
 counts. The arithmetic (formats, rounding, saturation, losses) is documented in
 :mod:`zipsgd.contract`; all of it is integer numpy on int64, which holds every
 intermediate exactly (the contract's bounds guarantee it).
+
+This is the readable specification; :mod:`zipsgd.fastref` runs the same loop compiled
+(numba), tested equal to it bit for bit, and the cpu backend uses that where numba imports.
 """
 
 from __future__ import annotations
