@@ -67,7 +67,12 @@ PACK_CHUNK_ROWS = 1 << 16
 CODEBOOK_ROWS = 1 << 17
 
 
-def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, rng, chunk_rows: int) -> dict:
+#: Samples of a copy's start the mean curvature (``lam``) is estimated on.
+LAM_ROWS = 4096
+
+
+def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, rng, chunk_rows: int,
+              lam: bool = True) -> dict:
     """Pack one copy (samples in ``perm`` order) into ``out``, ``chunk_rows`` samples at a time.
 
     ``rows(idx)``: the scaled feature rows ``idx`` (intercept column included); ``levels``:
@@ -76,15 +81,15 @@ def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, 
 
     Returns what the automatic step needs of the data the engine will see (the quantized
     values, :func:`data_smoothness`): ``l_max``, the largest ``|q1_i| |q2_i|`` over the
-    copy's samples, and ``lam``, the top eigenvalue of the mean ``q1 q2^T`` over its first
-    chunk (a uniform sample: the copy is shuffled).
+    copy's samples, and (when ``lam``) the top eigenvalue of the mean ``q1 q2^T`` over its
+    first :data:`LAM_ROWS` samples (a uniform sample: the copy is shuffled).
     """
     from . import fastref, quant
 
     words = layout.beats_per_sample * layout.host_words_per_beat
     # compiled where numba imports (zipsgd.fastref): the same words and generator state
     fast = fastref.pack_copy(out, layout, labels, rows, perm, sampling, levels, rng, chunk_rows)
-    l_max, lam = 0.0, 0.0
+    l_max, top = 0.0, 0.0
     for at in range(0, len(perm), chunk_rows):
         idx = perm[at:at + chunk_rows]
         if fast:  # packed already: the quantized values, read back from the words
@@ -105,10 +110,10 @@ def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, 
                 packed = packing.pack(layout, y, codes1=c1)
                 q1 = q2 = levels[c1]
             out[at * words:(at + len(idx)) * words] = packed
-        l_max = max(l_max, float(np.max(np.linalg.norm(q1, axis=1) * np.linalg.norm(q2, axis=1))))
-        if at == 0:
-            lam = _top_eigenvalue(q1, q2)
-    return {"l_max": l_max, "lam": lam}
+        l_max = max(l_max, float(np.max(np.sqrt(np.einsum("ij,ij->i", q1, q1) * np.einsum("ij,ij->i", q2, q2)))))
+        if at == 0 and lam:
+            top = _top_eigenvalue(q1[:LAM_ROWS], q2[:LAM_ROWS])
+    return {"l_max": l_max, "lam": top if lam else 0.0}
 
 
 def _top_eigenvalue(q1, q2, iters: int = 30) -> float:
@@ -650,7 +655,7 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
     stats = {"l_max": 0.0, "lam": 0.0}
     for k, perm in enumerate(perms):
         out = np.empty(words, dtype=np.uint64) if sink is None else sink(k, words)
-        got = pack_copy(out, layout, labels, rows, perm, sampling, lv, q_rng, chunk_rows)
+        got = pack_copy(out, layout, labels, rows, perm, sampling, lv, q_rng, chunk_rows, lam=k == 0)
         stats = {"l_max": max(stats["l_max"], got["l_max"]), "lam": stats["lam"] or got["lam"]}
         streams.append(out)
 
