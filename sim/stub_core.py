@@ -18,11 +18,10 @@ second). Behaviour:
 from __future__ import annotations
 
 from amaranth.hdl import Module, Signal
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import wiring
 
-from zipsgd.contract import CONFIG_FIELDS, FEAT, EngineParams, Error
-from zipsgd.hw.core import COUNTERS
+from zipsgd.contract import EngineParams, Error
+from zipsgd.hw.core import COUNTERS, EngineSignature
 
 STUB_MODEL_BASE = 0x1000
 STUB_LOSS_MULT = 0x100000001
@@ -33,17 +32,7 @@ class StubEngine(wiring.Component):
 
     def __init__(self, params: EngineParams):
         self.params = params
-        super().__init__({
-            "i_data": In(stream.Signature(data.StructLayout({"data": params.word_bits, "last": 1}))),
-            "cfg": In(data.StructLayout({n: 32 for n in CONFIG_FIELDS})),
-            "start": In(1), "soft_reset": In(1),
-            "busy": Out(1), "done": Out(1), "error": Out(8),
-            "cb_we": In(1), "cb_addr": In(8), "cb_data": In(FEAT.width),
-            "model_rewind": In(1), "model_next": In(1), "model_data": Out(32),
-            "loss_addr": In(range(params.epochs_max)), "loss_data": Out(64),
-            "epochs_done": Out(32),
-            **{n: Out(64) for n in COUNTERS},
-        })
+        super().__init__(EngineSignature(params))
 
     def elaborate(self, platform):
         m = Module()
