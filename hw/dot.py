@@ -118,12 +118,12 @@ class DotProduct(wiring.Component):
         groups = -(-L // REP_LANES)         # lane groups reading their own register copies
 
         # A: the beat's flags registered, Q1 codes decoded and registered with them
-        d1_v = Signal()
-        d1_first = Signal()
-        d1_last = Signal()
-        d1_label = Signal(signed(XW), reset_less=True)
-        m.d.sync += [d1_v.eq(self.beat.valid & ~flush), d1_first.eq(beat.first),
-                     d1_last.eq(beat.last), d1_label.eq(beat.label)]
+        beat_valid = Signal()
+        beat_first = Signal()
+        beat_last = Signal()
+        beat_label = Signal(signed(XW), reset_less=True)
+        m.d.sync += [beat_valid.eq(self.beat.valid & ~flush), beat_first.eq(beat.first),
+                     beat_last.eq(beat.last), beat_label.eq(beat.label)]
         dec = Decoder(W, which=1)
         m.submodules.dec1 = dec
         m.d.comb += [dec.beat.eq(beat.data), dec.mode.eq(job.mode)]
@@ -140,8 +140,8 @@ class DotProduct(wiring.Component):
             m.d.comb += live[l].eq((nvalid_k[g] > l) & ~zero_k[g])
 
         # the model words registered again at OPERANDS, next to the multipliers and trees
-        xop = [delay(m, self.words[l], self.OPERANDS - self.words_delay, f"xo{l}") for l in range(L)]
-        lvl_delay = self.OPERANDS - 2          # levels and selects are registered at A+2
+        x_op = [delay(m, self.words[l], self.OPERANDS - self.words_delay, f"xo{l}") for l in range(L)]
+        level_delay = self.OPERANDS - 2          # levels and selects are registered at A+2
 
         # multiplier lanes: the level (0 without a feature), partial products, products, tree
         prods = []
@@ -149,19 +149,19 @@ class DotProduct(wiring.Component):
             rp = lane_codebook(m, self.codebook[l], lane_code_bits(W, l, only_mult=True), f"cb1_{l}")
             m.d.comb += rp.addr.eq(code[l][:len(rp.addr)])
             q = Mux(job.full, full[l], rp.data) if l < W // FULL_BITS else rp.data
-            mq = Signal(signed(FEAT.width), name=f"mq{l}", reset_less=True)
-            m.d.sync += mq.eq(Mux(live[l], q, 0))
-            psum, _ = split_mul(m, delay(m, mq, lvl_delay, f"mq{l}"), xop[l], f"mp{l}")
-            pr = Signal(signed(FEAT.width + XW), name=f"mp{l}", reset_less=True)
-            m.d.sync += pr.eq(psum)
-            prods.append(pr)
-        msum, mstages = adder_tree(m, prods, "mtree")
-        assert self.OPERANDS + 2 + mstages == self.MULT_SUM
+            level = Signal(signed(FEAT.width), name=f"level{l}", reset_less=True)
+            m.d.sync += level.eq(Mux(live[l], q, 0))
+            psum, _ = split_mul(m, delay(m, level, level_delay, f"level{l}"), x_op[l], f"mp{l}")
+            prod = Signal(signed(FEAT.width + XW), name=f"mp{l}", reset_less=True)
+            m.d.sync += prod.eq(psum)
+            prods.append(prod)
+        mult_sum, mult_stages = adder_tree(m, prods, "mtree")
+        assert self.OPERANDS + 2 + mult_stages == self.MULT_SUM
 
         # bucket lanes: per level t, the select of each lane (registered at A+2, delayed to
         # the operands), S_t, then level_t * S_t in partial products
         BL = list(range(M, L))
-        bsel = {}
+        bucket_sel = {}
         for i, j in enumerate(BL):
             for t in range(LEVELS):
                 # the widest codes (BUCKET_BITS_MAX bits) unless a narrower mode's flag is set
@@ -172,50 +172,50 @@ class DotProduct(wiring.Component):
                         c = Mux(flag, live[j] & (code[j][:b] == t % (1 << b)), c)
                     else:
                         c = c & ~flag
-                bs = Signal(name=f"bs{t}_{j}", reset_less=True)
-                m.d.sync += bs.eq(c)
-                bsel[j, t] = delay(m, bs, lvl_delay, f"bs{t}_{j}")
+                sel = Signal(name=f"sel{t}_{j}", reset_less=True)
+                m.d.sync += sel.eq(c)
+                bucket_sel[j, t] = delay(m, sel, level_delay, f"sel{t}_{j}")
         parts = []
         for t in range(LEVELS):
-            ins = [Mux(bsel[j, t], xop[j], 0) for j in BL]
+            ins = [Mux(bucket_sel[j, t], x_op[j], 0) for j in BL]
             first = []
             for j in range(0, len(ins), 2):
                 r = Signal(signed(XW + 1), name=f"bt{t}_{j}", reset_less=True)
                 m.d.sync += r.eq(ins[j] + ins[j + 1])
                 first.append(r)
-            s_t, bst = adder_tree(m, first, f"btree{t}")
-            assert s_t.shape().width == self.s_bits
+            bucket_sum, bucket_stages = adder_tree(m, first, f"btree{t}")
+            assert bucket_sum.shape().width == self.s_bits
             # the tree's level (static during a job): level t, or t % 2**b with b-bit codes
             level = self.levels[t]
             for b in range(BUCKET_BITS_MAX - 1, 0, -1):
                 level = Mux(job[f"b{b}"], self.levels[t % (1 << b)], level)
-            lv = Signal(signed(FEAT.width), name=f"blv{t}", reset_less=True)
-            m.d.sync += lv.eq(level)
-            _, pp = split_mul(m, lv, s_t, f"bp{t}")           # level * S in pieces: 1 stage
-            parts += [(r << lo if lo else r) for r, lo in pp]
-        assert self.OPERANDS + 1 + bst + 1 == self.BUCKET_PARTS and len(parts) == LEVELS * self.s_pieces
+            bucket_level = Signal(signed(FEAT.width), name=f"blv{t}", reset_less=True)
+            m.d.sync += bucket_level.eq(level)
+            _, level_parts = split_mul(m, bucket_level, bucket_sum, f"bp{t}")           # level * S in pieces: 1 stage
+            parts += [(r << lo if lo else r) for r, lo in level_parts]
+        assert self.OPERANDS + 1 + bucket_stages + 1 == self.BUCKET_PARTS and len(parts) == LEVELS * self.s_pieces
 
         # the two paths joined, the final tree; the beat's flags meet its sum
         join = self.DOT_JOIN
-        msum_a = delay(m, msum, join - self.MULT_SUM, "msum")
+        mult_sum_d = delay(m, mult_sum, join - self.MULT_SUM, "mult_sum")
         parts = [delay(m, v, join - self.BUCKET_PARTS, f"bpp{i}") for i, v in enumerate(parts)]
-        bsum, fst = adder_tree(m, parts + [msum_a], "ftree")
-        assert fst == self.FINAL_TREE
-        path = join + fst - 1            # the flags: registered at A (A+1) -> the beat's sum
-        s_v = delay(m, d1_v, path, "sv", flush)
-        s_first = delay(m, d1_first, path, "sfirst")
-        s_last = delay(m, d1_last, path, "slast")
-        label_d = delay(m, d1_label, path, "label")
+        beat_sum, final_stages = adder_tree(m, parts + [mult_sum_d], "ftree")
+        assert final_stages == self.FINAL_TREE
+        path = join + final_stages - 1            # the flags: registered at A (A+1) -> the beat's sum
+        sum_valid = delay(m, beat_valid, path, "sv", flush)
+        sum_first = delay(m, beat_first, path, "sfirst")
+        sum_last = delay(m, beat_last, path, "slast")
+        sum_label = delay(m, beat_label, path, "label")
 
         # the sample accumulator, started at the rounding constant of z
         acc = Signal(signed(ACC.width), reset_less=True)
-        acc_v = Signal()
-        acc_y = Signal(signed(XW), reset_less=True)
-        with m.If(s_v):
-            m.d.sync += acc.eq(Mux(s_first, ACC_ROUND, acc) + bsum)
-        m.d.sync += [acc_v.eq(s_v & s_last & ~flush)]
-        with m.If(s_v & s_last):
-            m.d.sync += acc_y.eq(label_d)
-        assert join + fst + 1 == self.LATENCY
-        m.d.comb += [self.sum.valid.eq(acc_v), self.sum.payload.acc.eq(acc), self.sum.payload.y.eq(acc_y)]
+        acc_valid = Signal()
+        acc_label = Signal(signed(XW), reset_less=True)
+        with m.If(sum_valid):
+            m.d.sync += acc.eq(Mux(sum_first, ACC_ROUND, acc) + beat_sum)
+        m.d.sync += [acc_valid.eq(sum_valid & sum_last & ~flush)]
+        with m.If(sum_valid & sum_last):
+            m.d.sync += acc_label.eq(sum_label)
+        assert join + final_stages + 1 == self.LATENCY
+        m.d.comb += [self.sum.valid.eq(acc_valid), self.sum.payload.acc.eq(acc), self.sum.payload.y.eq(acc_label)]
         return m

@@ -88,48 +88,48 @@ class GradientSum(wiring.Component):
         P = self.TERM_DELAY
         assert P >= 4, "the forwarding below reads the tags of stages P-1 .. P-3"
         # the tags of stages 0 .. P (0: the G read is issued)
-        metas, mvs = [self.meta.payload], [self.meta.valid]
+        tags, valids = [self.meta.payload], [self.meta.valid]
         for i in range(1, P + 1):
-            metas.append(delay(m, metas[-1], 1, f"gmeta{i}"))
-            mvs.append(delay(m, mvs[-1], 1, f"gmetav{i}", flush))
-        m.d.comb += self.g_read.eq(metas[0].beat)
-        mp = metas[P]
+            tags.append(delay(m, tags[-1], 1, f"tag{i}"))
+            valids.append(delay(m, valids[-1], 1, f"tag_valid{i}", flush))
+        m.d.comb += self.g_read.eq(tags[0].beat)
+        tag_p = tags[P]
 
         g_we = Signal()                               # P's sum is written back to G
-        m.d.comb += g_we.eq(mvs[P] & ~mp.lb)
-        fwd_v = Signal()                              # a G write in the previous cycle
-        fwd_addr = Signal(self.beat_bits, reset_less=True)
-        m.d.sync += [fwd_v.eq(g_we & ~flush), fwd_addr.eq(mp.beat)]
+        m.d.comb += g_we.eq(valids[P] & ~tag_p.lb)
+        wrote = Signal()                              # a G write in the previous cycle
+        wrote_beat = Signal(self.beat_bits, reset_less=True)
+        m.d.sync += [wrote.eq(g_we & ~flush), wrote_beat.eq(tag_p.beat)]
         # The hit flags, decided two cycles before their use, in terms of that cycle's
         # stages: a sum is written in a cycle when the beat at P is valid and not of its
         # batch's last sample (g_we); the beat at P one cycle later is the one at P-1 now.
         # (A flush in between invalidates the beat that would use them.)
-        we_p1 = mvs[P - 1] & ~metas[P - 1].lb                # g_we of the next cycle
+        g_we_next = valids[P - 1] & ~tags[P - 1].lb                # g_we of the next cycle
         n = 2 * L                                            # a copy per lane and 32-bit half
-        hit1 = fanout_tree2(m, we_p1 & ~flush & (metas[P - 1].beat == metas[P - 2].beat), n, "hit1")
-        hit2 = fanout_tree2(m, g_we & ~flush & (mp.beat == metas[P - 2].beat), n, "hit2")
-        hit3 = fanout_tree2(m, g_we & ~flush & (mp.beat == metas[P - 3].beat), n, "hit3")
-        hit4 = fanout_tree2(m, fwd_v & ~flush & (fwd_addr == metas[P - 3].beat), n, "hit4")
-        first = fanout_tree2(m, metas[P - 2].fb, n, "fbp")
+        hit1 = fanout_tree2(m, g_we_next & ~flush & (tags[P - 1].beat == tags[P - 2].beat), n, "hit1")
+        hit2 = fanout_tree2(m, g_we & ~flush & (tag_p.beat == tags[P - 2].beat), n, "hit2")
+        hit3 = fanout_tree2(m, g_we & ~flush & (tag_p.beat == tags[P - 3].beat), n, "hit3")
+        hit4 = fanout_tree2(m, wrote & ~flush & (wrote_beat == tags[P - 3].beat), n, "hit4")
+        first = fanout_tree2(m, tags[P - 2].fb, n, "first")
 
         halves = [(0, G_BITS // 2), (G_BITS // 2, G_BITS)]
         for l in range(L):
             # (``keep``: fwd1 and the update's copy of the sum load the same value, and
             # synthesis would merge a plain register into a kept copy: fwd1 feeds G's write
             # port and the forwarding multiplexers, the update's copy the update)
-            fwd1 = Signal(signed(G_BITS), name=f"fwd{l}", reset_less=True, attrs={"keep": 1})
-            fwd2 = Signal(signed(G_BITS), name=f"fwdb{l}", reset_less=True)
-            fwd3 = Signal(signed(G_BITS), name=f"fwdc{l}", reset_less=True)
-            g_mem = Signal(signed(G_BITS), name=f"gmem{l}", reset_less=True)  # memory, hit3, hit4
+            fwd1 = Signal(signed(G_BITS), name=f"fwd1_{l}", reset_less=True, attrs={"keep": 1})
+            fwd2 = Signal(signed(G_BITS), name=f"fwd2_{l}", reset_less=True)
+            fwd3 = Signal(signed(G_BITS), name=f"fwd3_{l}", reset_less=True)
+            g_mem = Signal(signed(G_BITS), name=f"g_mem{l}", reset_less=True)  # memory, hit3, hit4
             k = [2 * l + h for h in range(2)]
             m.d.sync += g_mem.eq(Cat(*[Mux(hit3[k[h]], fwd2[a:b], Mux(hit4[k[h]], fwd3[a:b], self.g_words[l][a:b]))
                                        for h, (a, b) in enumerate(halves)]))
             base = Cat(*[Mux(first[k[h]], (G_ROUND >> a) & ((1 << (b - a)) - 1), Mux(hit1[k[h]], fwd1[a:b], Mux(hit2[k[h]], fwd2[a:b], g_mem[a:b])))
                          for h, (a, b) in enumerate(halves)]).as_signed()
-            gsum = Signal(signed(G_BITS), name=f"t{l}")
+            gsum = Signal(signed(G_BITS), name=f"gsum{l}")
             m.d.comb += gsum.eq(base + self.term[l])
             m.d.sync += [fwd1.eq(gsum), fwd2.eq(fwd1), fwd3.eq(fwd2)]
             m.d.comb += [self.sum[l].eq(gsum), self.g_write_data[l].eq(fwd1)]
-        m.d.comb += [self.g_write.en.eq(g_we & ~flush), self.g_write.beat.eq(mp.beat),
-                     self.g_write.nvalid.eq(mp.nvalid)]
+        m.d.comb += [self.g_write.en.eq(g_we & ~flush), self.g_write.beat.eq(tag_p.beat),
+                     self.g_write.nvalid.eq(tag_p.nvalid)]
         return m

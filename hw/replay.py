@@ -123,45 +123,45 @@ class Replay(wiring.Component):
         groups = -(-L // REP_LANES)
         grp = lambda lane: lane // REP_LANES
         rb_bits = ceil_log2(self.rb_depth)
-        tok_v, tok = self.sample.valid, self.sample.payload
+        tok_valid, tok = self.sample.valid, self.sample.payload
 
         # ---- the sequencer: a sample's first beat from its token, the next from registers
-        ra_active = Signal()                    # a sample's beats are being replayed
-        ra_beat = Signal(self.beat_bits, reset_less=True)
-        ra_addr = Signal(rb_bits, reset_less=True)
-        ra_tok = Signal(token_layout(rb_bits), reset_less=True)
-        ra_half = Signal(reset_less=True)
-        ra_rem = Signal(remaining_shape(p), reset_less=True)
-        ra_rl = Signal(reset_less=True)
-        ra_rh = Signal(reset_less=True)
+        replaying = Signal()                    # a sample's beats are being replayed
+        next_beat = Signal(self.beat_bits, reset_less=True)
+        next_addr = Signal(rb_bits, reset_less=True)
+        next_tok = Signal(token_layout(rb_bits), reset_less=True)
+        next_half = Signal(reset_less=True)
+        next_rem = Signal(remaining_shape(p), reset_less=True)
+        next_last_lo = Signal(reset_less=True)
+        next_last_hi = Signal(reset_less=True)
         cur_v = Signal()
         cur_beat = Signal(self.beat_bits)
         cur_rem = Signal(remaining_shape(p))
         cur_addr = Signal(rb_bits)
         cur_tok = Signal(token_layout(rb_bits))
         cur_half = Signal()
-        cur_real_last = Signal()
+        cur_last_bus = Signal()
         cur_last = Signal()
         cur_nvalid = Signal(range(W + 1))
         m.d.comb += [
-            cur_v.eq(tok_v | ra_active),
-            cur_beat.eq(Mux(tok_v, 0, ra_beat)),
-            cur_rem.eq(Mux(tok_v, job.dim, ra_rem)),
-            cur_addr.eq(Mux(tok_v, tok.rbstart, ra_addr)),
-            cur_tok.eq(Mux(tok_v, tok.as_value(), ra_tok)),
-            cur_half.eq(Mux(tok_v, 0, ra_half)),
-            cur_real_last.eq(Mux(cur_half, Mux(tok_v, job.first_last_h, ra_rh),
-                                 Mux(tok_v, job.first_last_l, ra_rl))),
-            cur_last.eq(cur_real_last & (cur_half | job.skip_high)),
+            cur_v.eq(tok_valid | replaying),
+            cur_beat.eq(Mux(tok_valid, 0, next_beat)),
+            cur_rem.eq(Mux(tok_valid, job.dim, next_rem)),
+            cur_addr.eq(Mux(tok_valid, tok.rbstart, next_addr)),
+            cur_tok.eq(Mux(tok_valid, tok.as_value(), next_tok)),
+            cur_half.eq(Mux(tok_valid, 0, next_half)),
+            cur_last_bus.eq(Mux(cur_half, Mux(tok_valid, job.first_last_h, next_last_hi),
+                                 Mux(tok_valid, job.first_last_l, next_last_lo))),
+            cur_last.eq(cur_last_bus & (cur_half | job.skip_high)),
             cur_nvalid.eq(Mux(cur_rem <= 0, 0, Mux(cur_rem >= job.lanes_f, job.lanes_f, cur_rem))),
             self.rb_addr.eq(cur_addr),
         ]
         with m.If(flush):
-            m.d.sync += ra_active.eq(0)
+            m.d.sync += replaying.eq(0)
         with m.Elif(cur_v):
-            m.d.sync += [ra_active.eq(~cur_last), ra_beat.eq(cur_beat + 1), ra_half.eq(job.split & ~cur_half),
-                         ra_rem.eq(cur_rem - job.lanes_f), ra_rl.eq(cur_rem <= job.lanes_ffl),
-                         ra_rh.eq(cur_rem <= job.lanes_ffh), ra_addr.eq(cur_addr + 1), ra_tok.eq(cur_tok)]
+            m.d.sync += [replaying.eq(~cur_last), next_beat.eq(cur_beat + 1), next_half.eq(job.split & ~cur_half),
+                         next_rem.eq(cur_rem - job.lanes_f), next_last_lo.eq(cur_rem <= job.lanes_ffl),
+                         next_last_hi.eq(cur_rem <= job.lanes_ffh), next_addr.eq(cur_addr + 1), next_tok.eq(cur_tok)]
         meta = self.meta.payload
         m.d.comb += [self.meta.valid.eq(cur_v & ~flush),
                      meta.beat.eq(cur_beat), meta.nvalid.eq(cur_nvalid), meta.fb.eq(cur_tok.fb),
@@ -175,7 +175,7 @@ class Replay(wiring.Component):
         dec = Decoder(W, which=2)
         m.submodules.dec2 = dec
         m.d.comb += [dec.beat.eq(self.rb_data), dec.mode.eq(job.mode)]
-        code = [Signal(8, name=f"c2r_{l}", reset_less=True) for l in range(L)]
+        code = [Signal(8, name=f"c2_{l}", reset_less=True) for l in range(L)]
         full = [Signal(signed(FEAT.width), name=f"fv2_{l}", reset_less=True) for l in range(W // FULL_BITS)]
         m.d.sync += [code[l].eq(dec.code[l]) for l in range(L)]
         m.d.sync += [full[l].eq(dec.value[l]) for l in range(W // FULL_BITS)]
@@ -189,12 +189,12 @@ class Replay(wiring.Component):
                 q = Mux(job.full, full[l], q)
             if l < LEVELS:                         # the level table's lanes
                 q = Mux(job.bucket, self.levels[l], q)
-            r = Signal(signed(FEAT.width), name=f"gq{l}", reset_less=True)
+            r = Signal(signed(FEAT.width), name=f"q2_level{l}", reset_less=True)
             m.d.sync += r.eq(q)
             level.append(r)
         # the lanes' codes at R7, in SEL_COPIES copies (one per slice of the table
         # multiplexer they select)
-        sel_codes = [copies(m, delay(m, code[l][:BUCKET_BITS_MAX], R7 - R3 - 1, f"c2_{l}"), SEL_COPIES, f"c2s{l}")
+        sel_codes = [copies(m, delay(m, code[l][:BUCKET_BITS_MAX], R7 - R3 - 1, f"c2d_{l}"), SEL_COPIES, f"sel_code{l}")
                      for l in range(L)]
 
         # ---- level * r' (R4): the table lanes first (products at R6, a copy per lane
@@ -205,18 +205,18 @@ class Replay(wiring.Component):
         for l in range(M):
             a_op, b_op = level[l], self.rp[grp(l)]
             if l >= LEVELS:
-                a_op, b_op = delay(m, a_op, 1, f"gq{l}"), delay(m, b_op, 1, f"rp{l}")
-            psum, _ = split_mul(m, a_op, b_op, f"gp{l}")
-            r = Signal(signed(TERM_BITS), name=f"gp{l}", reset_less=True)
+                a_op, b_op = delay(m, a_op, 1, f"q2_level{l}"), delay(m, b_op, 1, f"rp{l}")
+            psum, _ = split_mul(m, a_op, b_op, f"q2_prod{l}")
+            r = Signal(signed(TERM_BITS), name=f"q2_prod{l}", reset_less=True)
             m.d.sync += r.eq(psum)
             if l < LEVELS:
-                for g, c in enumerate(copies(m, r, groups, f"lvtab{l}")):
+                for g, c in enumerate(copies(m, r, groups, f"table{l}")):
                     table[g].append(c)
                 r = table[grp(l)][l]           # (the lane's own product: its group's copy)
             prod.append(r)
 
         # ---- R7: each lane's term, registered (a slice per copy of its selects)
-        bucket_k = [copies(m, job.bucket, SEL_COPIES, f"isbk{l}") for l in range(L)]
+        bucket_k = [copies(m, job.bucket, SEL_COPIES, f"sel_bucket{l}") for l in range(L)]
         cuts = [TERM_BITS * i // SEL_COPIES for i in range(SEL_COPIES + 1)]
         for l in range(L):
             g = grp(l)
@@ -225,7 +225,7 @@ class Replay(wiring.Component):
                 lo, hi = cuts[i], cuts[i + 1]
                 sel = Array(t[lo:hi] for t in table[g])[sel_codes[l][i]]
                 slices.append(Mux(bucket_k[l][i], sel, prod[l][lo:hi]) if l < M else sel)
-            term = Signal(signed(TERM_BITS), name=f"ps{l}", reset_less=True)
+            term = Signal(signed(TERM_BITS), name=f"term{l}", reset_less=True)
             m.d.sync += term.eq(Cat(*slices))
             m.d.comb += self.term[l].eq(term)
         return m

@@ -120,7 +120,7 @@ class Scalar(wiring.Component):
         ``r'`` (MODEL), ``LATENCY_RP`` cycles after ``i_valid``, held until the next.
     rp_copies : list of Out
         ``copies`` more registers holding ``r'`` (the engine's lane groups read one each, so
-        no single register drives every multiplier of the engine; see ``core._copies``).
+        no single register drives every multiplier of the engine; see ``pipe.copies``).
     loss_valid, loss_out : Out
         Sample loss (LOSS_SAMPLE), ``LATENCY_LOSS`` cycles after ``i_valid``.
     """

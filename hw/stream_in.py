@@ -129,51 +129,49 @@ class StreamIn(wiring.Component):
         W = p.word_bits
         rb_bits = ceil_log2(self.rb_depth)
 
-        in_beat = Signal(self.beat_bits, reset_less=True)       # the beat's index in its sample
-        in_sb = Signal(range(p.batch_max + 1), reset_less=True)  # sample in its batch
-        in_se = Signal(32, reset_less=True)                      # sample in its epoch
-        in_epoch = Signal(range(p.epochs_max + 1), reset_less=True)
-        in_k = Signal(range(STEP_SHIFT_MAX + 1), reset_less=True)  # the epoch's step shift
-        in_dcnt = Signal(32, reset_less=True)                    # epochs since the last decay
-        in_zero = Signal(reset_less=True)          # first batch of the job: model is still zero
+        beat_index = Signal(self.beat_bits, reset_less=True)      # the beat's index in its sample
+        sample_in_batch = Signal(range(p.batch_max + 1), reset_less=True)
+        sample_in_epoch = Signal(32, reset_less=True)
+        epoch = Signal(range(p.epochs_max + 1), reset_less=True)
+        step_shift = Signal(range(STEP_SHIFT_MAX + 1), reset_less=True)  # the epoch's step shift
+        decay_count = Signal(32, reset_less=True)                # epochs since the last decay
+        model_zero = Signal(reset_less=True)       # first batch of the job: the model is still 0
         wptr = Signal(rb_bits, reset_less=True)                  # row-buffer write pointer
-        in_rbstart = Signal(rb_bits, reset_less=True)            # ... at the sample's first beat
-        pending = Signal()          # a batch-end update has not written beat 0 yet
+        wptr_first = Signal(rb_bits, reset_less=True)            # ... at the sample's first beat
+        pending = Signal()          # a batch-end update has not written model beat 0 yet
 
         # split modes: the upper half of the bus beat is next (``keep``: its copies for the
         # beat multiplexer below load the same value, and synthesis would merge it into one)
-        in_half = Signal(reset_less=True, attrs={"keep": 1})
-        in_half_nx = Signal()
-        m.d.comb += in_half_nx.eq(in_half)
-        m.d.sync += in_half.eq(in_half_nx)
-        in_half_k = copies(m, in_half_nx, HALF_COPIES, "inhalf")
-        in_beat_nx = Signal(self.beat_bits)
-        m.d.comb += in_beat_nx.eq(Mux(self.idle, self.readback_beat, in_beat))
-        m.d.sync += in_beat.eq(in_beat_nx)
+        half = Signal(reset_less=True, attrs={"keep": 1})
+        half_next = Signal()
+        m.d.comb += half_next.eq(half)
+        m.d.sync += half.eq(half_next)
+        half_k = copies(m, half_next, HALF_COPIES, "inhalf")
+        beat_next = Signal(self.beat_bits)
+        m.d.comb += beat_next.eq(Mux(self.idle, self.readback_beat, beat_index))
+        m.d.sync += beat_index.eq(beat_next)
 
-        real_last = Signal()        # the bus beat is the sample's last
-        in_last_beat = Signal()     # the beat entering the engine is the sample's last
-        in_nvalid = Signal(range(W + 1))
-        last_in_epoch = Signal()
-        last_in_batch = Signal()
-        final_beat = Signal()
-        final_job = Signal()
+        bus_last = Signal()         # the bus beat is the sample's last
+        sample_last = Signal()      # the beat entering the engine is the sample's last
+        nvalid = Signal(range(W + 1))
+        batch_last = Signal()      # the sample ends its batch (or its epoch)
+        epoch_last_beat = Signal()  # the beat is its epoch's last
+        job_last_beat = Signal()    # ... the job's
         # the flags kept one step ahead: dim - first feature of the beat, and whether the
-        # beat or its lower half (in_rl) / its upper half (in_rh) is the sample's last
-        in_rem = Signal(remaining_shape(p), reset_less=True)
-        in_rl = Signal(reset_less=True)
-        in_rh = Signal(reset_less=True)
-        le_r = Signal(reset_less=True)             # the sample is the last of its epoch
-        lb_r = Signal(reset_less=True)             # ... the last of its batch (within the epoch)
-        lj_r = Signal(reset_less=True)             # the epoch is the job's last
+        # beat or its lower half (last_lo) / its upper half (last_hi) is the sample's last
+        remaining = Signal(remaining_shape(p), reset_less=True)
+        last_lo = Signal(reset_less=True)
+        last_hi = Signal(reset_less=True)
+        last_of_epoch = Signal(reset_less=True)    # the sample is the last of its epoch
+        last_of_batch = Signal(reset_less=True)    # ... the last of its batch (within the epoch)
+        last_epoch = Signal(reset_less=True)       # the epoch is the job's last
         m.d.comb += [
-            real_last.eq(Mux(in_half, in_rh, in_rl)),
-            in_last_beat.eq(real_last & (in_half | job.skip_high)),
-            in_nvalid.eq(Mux(in_rem <= 0, 0, Mux(in_rem >= job.lanes_f, job.lanes_f, in_rem))),
-            last_in_epoch.eq(le_r),
-            last_in_batch.eq(lb_r | le_r),
-            final_beat.eq(in_last_beat & last_in_epoch),
-            final_job.eq(final_beat & lj_r),
+            bus_last.eq(Mux(half, last_hi, last_lo)),
+            sample_last.eq(bus_last & (half | job.skip_high)),
+            nvalid.eq(Mux(remaining <= 0, 0, Mux(remaining >= job.lanes_f, job.lanes_f, remaining))),
+            batch_last.eq(last_of_batch | last_of_epoch),
+            epoch_last_beat.eq(sample_last & last_of_epoch),
+            job_last_beat.eq(epoch_last_beat & last_epoch),
         ]
 
         # acceptance
@@ -181,7 +179,7 @@ class StreamIn(wiring.Component):
         hold = Signal()             # taking the lower half of a split beat: no transfer yet
         m.d.comb += [
             ready.eq((self.run & (~pending | self.w0_now)) | self.drain),
-            hold.eq(self.run & job.split & ~in_half & ~in_last_beat),
+            hold.eq(self.run & job.split & ~half & ~sample_last),
             self.i_data.ready.eq(ready & ~hold),
         ]
         take = Signal()             # a beat (or half a beat) enters the engine
@@ -194,13 +192,13 @@ class StreamIn(wiring.Component):
         vbeat = Signal(W)           # the engine's beat: the bus beat or its upper half shifted down
         hi_half = beat_in >> (W // 2)
         n = HALF_COPIES
-        m.d.comb += vbeat.eq(Cat(*[Mux(in_half_k[i], hi_half[i * W // n:(i + 1) * W // n],
+        m.d.comb += vbeat.eq(Cat(*[Mux(half_k[i], hi_half[i * W // n:(i + 1) * W // n],
                                        beat_in[i * W // n:(i + 1) * W // n]) for i in range(n)]))
         m.d.comb += [
             self.accepted.eq(accept),
-            self.job_last.eq(final_job),
-            self.fault_short.eq(accept & self.run & tlast & ~in_last_beat),
-            self.fault_long.eq(accept & self.run & final_beat & ~tlast),
+            self.job_last.eq(job_last_beat),
+            self.fault_short.eq(accept & self.run & tlast & ~sample_last),
+            self.fault_long.eq(accept & self.run & epoch_last_beat & ~tlast),
             self.drain_last.eq(accept & tlast),
         ]
 
@@ -209,19 +207,19 @@ class StreamIn(wiring.Component):
             self.beat.valid.eq(run_accept),
             self.beat.payload.data.eq(vbeat),
             self.beat.payload.label.eq(beat_in[W - MODEL.width:].as_signed()),
-            self.beat.payload.first.eq(in_beat == 0),
-            self.beat.payload.last.eq(in_last_beat),
-            self.beat.payload.nvalid.eq(in_nvalid),
-            self.beat.payload.zero.eq(in_zero),
-            self.beat_addr.eq(in_beat),
+            self.beat.payload.first.eq(beat_index == 0),
+            self.beat.payload.last.eq(sample_last),
+            self.beat.payload.nvalid.eq(nvalid),
+            self.beat.payload.zero.eq(model_zero),
+            self.beat_addr.eq(beat_index),
             self.rb_addr.eq(wptr),
         ]
         tok = self.sample.payload
         m.d.comb += [
-            self.sample.valid.eq(run_accept & in_last_beat),
-            tok.fb.eq(in_sb == 0), tok.lb.eq(last_in_batch), tok.le.eq(last_in_epoch),
-            tok.lj.eq(final_job), tok.zero.eq(in_zero), tok.k.eq(in_k),
-            tok.rbstart.eq(Mux(in_beat == 0, wptr, in_rbstart)),
+            self.sample.valid.eq(run_accept & sample_last),
+            tok.fb.eq(sample_in_batch == 0), tok.lb.eq(batch_last), tok.le.eq(last_of_epoch),
+            tok.lj.eq(job_last_beat), tok.zero.eq(model_zero), tok.k.eq(step_shift),
+            tok.rbstart.eq(Mux(beat_index == 0, wptr, wptr_first)),
         ]
 
         # the counts: restarted by a job's start, advanced by every beat taken
@@ -230,42 +228,42 @@ class StreamIn(wiring.Component):
         with m.If(self.soft_reset):
             m.d.sync += pending.eq(0)
         with m.Elif(self.load):
-            m.d.comb += [in_beat_nx.eq(0), in_half_nx.eq(0)]
+            m.d.comb += [beat_next.eq(0), half_next.eq(0)]
             m.d.sync += [
-                in_sb.eq(0), in_se.eq(0), in_epoch.eq(0), in_k.eq(dec.step_shift), in_dcnt.eq(0),
-                in_zero.eq(1), pending.eq(0), wptr.eq(0),
-                in_rem.eq(dec.dim), in_rl.eq(dec.first_last_l), in_rh.eq(dec.first_last_h),
-                le_r.eq(dec.n_one), lb_r.eq(dec.b_one), lj_r.eq(dec.e_one),
+                sample_in_batch.eq(0), sample_in_epoch.eq(0), epoch.eq(0), step_shift.eq(dec.step_shift), decay_count.eq(0),
+                model_zero.eq(1), pending.eq(0), wptr.eq(0),
+                remaining.eq(dec.dim), last_lo.eq(dec.first_last_l), last_hi.eq(dec.first_last_h),
+                last_of_epoch.eq(dec.n_one), last_of_batch.eq(dec.b_one), last_epoch.eq(dec.e_one),
             ]
         with m.Elif(run_accept):
             # (the beat's updates do not wait for the fault tests: TLAST stays off their
             # enables; after a fault the job ends, and a start sets them all again)
             m.d.sync += wptr.eq(wptr + 1)
-            m.d.comb += in_half_nx.eq(hold)
-            with m.If(in_beat == 0):
-                m.d.sync += in_rbstart.eq(wptr)
-            with m.If(~in_last_beat):
-                m.d.comb += in_beat_nx.eq(in_beat + 1)
-                m.d.sync += [in_rem.eq(in_rem - job.lanes_f),
-                             in_rl.eq(in_rem <= job.lanes_ffl), in_rh.eq(in_rem <= job.lanes_ffh)]
+            m.d.comb += half_next.eq(hold)
+            with m.If(beat_index == 0):
+                m.d.sync += wptr_first.eq(wptr)
+            with m.If(~sample_last):
+                m.d.comb += beat_next.eq(beat_index + 1)
+                m.d.sync += [remaining.eq(remaining - job.lanes_f),
+                             last_lo.eq(remaining <= job.lanes_ffl), last_hi.eq(remaining <= job.lanes_ffh)]
             with m.Else():
-                m.d.comb += in_beat_nx.eq(0)
-                m.d.sync += [in_rem.eq(job.dim), in_rl.eq(job.first_last_l), in_rh.eq(job.first_last_h)]
-                with m.If(last_in_batch):
-                    m.d.sync += [in_sb.eq(0), pending.eq(1), in_zero.eq(0), lb_r.eq(job.b_one)]
+                m.d.comb += beat_next.eq(0)
+                m.d.sync += [remaining.eq(job.dim), last_lo.eq(job.first_last_l), last_hi.eq(job.first_last_h)]
+                with m.If(batch_last):
+                    m.d.sync += [sample_in_batch.eq(0), pending.eq(1), model_zero.eq(0), last_of_batch.eq(job.b_one)]
                 with m.Else():
-                    m.d.sync += [in_sb.eq(in_sb + 1), lb_r.eq(in_sb == job.b_m2)]
-                with m.If(last_in_epoch):
-                    m.d.sync += [in_se.eq(0), in_epoch.eq(in_epoch + 1), le_r.eq(job.n_one),
-                                 lj_r.eq(in_epoch == job.e_m2)]
+                    m.d.sync += [sample_in_batch.eq(sample_in_batch + 1), last_of_batch.eq(sample_in_batch == job.b_m2)]
+                with m.If(last_of_epoch):
+                    m.d.sync += [sample_in_epoch.eq(0), epoch.eq(epoch + 1), last_of_epoch.eq(job.n_one),
+                                 last_epoch.eq(epoch == job.e_m2)]
                     with m.If(job.decay != 0):
-                        with m.If(in_dcnt == job.decay_m1):
-                            m.d.sync += [in_dcnt.eq(0),
-                                         in_k.eq(Mux(in_k >= STEP_SHIFT_MAX, in_k, in_k + 1))]
+                        with m.If(decay_count == job.decay_m1):
+                            m.d.sync += [decay_count.eq(0),
+                                         step_shift.eq(Mux(step_shift >= STEP_SHIFT_MAX, step_shift, step_shift + 1))]
                         with m.Else():
-                            m.d.sync += in_dcnt.eq(in_dcnt + 1)
+                            m.d.sync += decay_count.eq(decay_count + 1)
                 with m.Else():
-                    m.d.sync += [in_se.eq(in_se + 1), le_r.eq(in_se == job.n_m2)]
+                    m.d.sync += [sample_in_epoch.eq(sample_in_epoch + 1), last_of_epoch.eq(sample_in_epoch == job.n_m2)]
             with m.If(self.fault_short | self.fault_long):
                 m.d.sync += pending.eq(0)
         return m

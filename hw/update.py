@@ -106,14 +106,14 @@ class ModelUpdate(wiring.Component):
         P, U3 = self.SUM_DELAY, self.WRITE_STAGE
         U2 = U3 - 1
         # the tags of stages 0 .. U3 (0: the model read is issued)
-        metas, mvs = [self.meta.payload], [self.meta.valid]
+        tags, valids = [self.meta.payload], [self.meta.valid]
         for i in range(1, U3 + 1):
-            metas.append(delay(m, metas[-1], 1, f"umeta{i}"))
-            mvs.append(delay(m, mvs[-1], 1, f"umetav{i}", flush))
-        m.d.comb += self.x_read.eq(metas[0].beat)
+            tags.append(delay(m, tags[-1], 1, f"tag{i}"))
+            valids.append(delay(m, valids[-1], 1, f"tag_valid{i}", flush))
+        m.d.comb += self.x_read.eq(tags[0].beat)
         X1 = self.read_latency + 1                       # the model word registered again
         assert X1 == P - 1
-        x1 = [delay(m, self.x_words[l], 1, f"xq{l}") for l in range(L)]
+        x1 = [delay(m, self.x_words[l], 1, f"x_word{l}") for l in range(L)]
 
         # X1: the L2 term x >> l2 and its rounding bit (x = 0 in the job's first batch);
         # P: x - (x >> l2) - bit (one carry chain, the bit as carry-in)
@@ -122,42 +122,41 @@ class ModelUpdate(wiring.Component):
         l2s_m1_k, _ = fanout_tree(m, (l2s - 1)[:len(l2s)], L, "l2sm1", REP_LANES)  # the rounding bit
         l2_on_k, _ = fanout_tree(m, l2s != 0, L, "l2on", REP_LANES)
         assert levels == self.L2_SETTLE
-        zero_k = copies(m, metas[X1 - 1].zero, L, "zero5")           # the zero flag at X1
-        ua = []
+        zero_k = copies(m, tags[X1 - 1].zero, L, "zero")           # the zero flag at X1
+        x_less_l2 = []
         for l in range(L):
-            l2_on, l2s_m1 = l2_on_k[l], l2s_m1_k[l]
-            xin = Mux(zero_k[l], 0, x1[l])
-            x5 = Signal(signed(XW), name=f"xp{l}", reset_less=True)
-            sh = Signal(signed(XW), name=f"l2h{l}", reset_less=True)
-            rb = Signal(name=f"l2r{l}", reset_less=True)
-            m.d.sync += [x5.eq(xin), sh.eq(Mux(l2_on, xin >> l2s_k[l], 0)),
-                         rb.eq(l2_on & xin.bit_select(l2s_m1, 1))]
-            a_ = Signal(signed(XW + 2), name=f"ua{l}", reset_less=True)
-            m.d.sync += a_.eq(x5 + ~sh + ~rb)            # x - sh - rb
-            ua.append(delay(m, a_, 1, f"ua{l}"))         # (at U2)
+            x = Mux(zero_k[l], 0, x1[l])
+            x_p = Signal(signed(XW), name=f"x{l}", reset_less=True)
+            l2_term = Signal(signed(XW), name=f"l2_term{l}", reset_less=True)    # x >> l2
+            l2_bit = Signal(name=f"l2_bit{l}", reset_less=True)                 # ... its rounding bit
+            m.d.sync += [x_p.eq(x), l2_term.eq(Mux(l2_on_k[l], x >> l2s_k[l], 0)),
+                         l2_bit.eq(l2_on_k[l] & x.bit_select(l2s_m1_k[l], 1))]
+            diff = Signal(signed(XW + 2), name=f"x_less_l2_{l}", reset_less=True)
+            m.d.sync += diff.eq(x_p + ~l2_term + ~l2_bit)            # x - l2_term - l2_bit
+            x_less_l2.append(delay(m, diff, 1, f"x_less_l2_{l}"))             # (at U2)
 
         # P + 1: G >> 16 (wiring) clamped
-        hs = []
+        step = []
         for l in range(L):
-            (tu,) = copies(m, self.sum[l], 1, f"tu{l}")     # (kept apart from the gradient's fwd1)
-            hf = tu[FEAT.frac:]
-            top = hf[ceil_log2(H_CLAMP):]
-            ok = (top == 0) | (top == (1 << len(top)) - 1)
-            h = Signal(signed(ceil_log2(H_CLAMP) + 1), name=f"h{l}", reset_less=True)
-            m.d.sync += h.eq(Mux(ok, hf[:len(h)].as_signed(), Mux(hf[-1], -H_CLAMP, H_CLAMP - 1)))
-            hs.append(h)
+            (g_copy,) = copies(m, self.sum[l], 1, f"g_copy{l}")     # (kept apart from the gradient's fwd1)
+            g_int = g_copy[FEAT.frac:]
+            top = g_int[ceil_log2(H_CLAMP):]
+            in_range = (top == 0) | (top == (1 << len(top)) - 1)
+            h = Signal(signed(ceil_log2(H_CLAMP) + 1), name=f"g_step{l}", reset_less=True)
+            m.d.sync += h.eq(Mux(in_range, g_int[:len(h)].as_signed(), Mux(g_int[-1], -H_CLAMP, H_CLAMP - 1)))
+            step.append(h)
 
         # U2: subtract and saturate (registered); U3: written into the model (a register
         # between the update's logic and the model's block RAMs, which may sit far apart)
         for l in range(L):
-            xr = Signal(signed(XW), name=f"xw{l}", reset_less=True)
-            m.d.sync += xr.eq(sat(m, ua[l] - hs[l], MODEL, f"xn{l}"))
-            m.d.comb += self.x_write_data[l].eq(xr)
-        m.d.comb += [self.x_write.en.eq(Mux(flush, 0, mvs[U2]) & metas[U2].lb),
-                     self.x_write.beat.eq(metas[U2].beat), self.x_write.nvalid.eq(metas[U2].nvalid)]
-        m.d.comb += self.job_end.eq(mvs[U3] & metas[U3].lj & metas[U3].last)
+            x_new = Signal(signed(XW), name=f"x_new{l}", reset_less=True)
+            m.d.sync += x_new.eq(sat(m, x_less_l2[l] - step[l], MODEL, f"x_sat{l}"))
+            m.d.comb += self.x_write_data[l].eq(x_new)
+        m.d.comb += [self.x_write.en.eq(Mux(flush, 0, valids[U2]) & tags[U2].lb),
+                     self.x_write.beat.eq(tags[U2].beat), self.x_write.nvalid.eq(tags[U2].nvalid)]
+        m.d.comb += self.job_end.eq(valids[U3] & tags[U3].lj & tags[U3].last)
         # "beat 0 written", computed a stage early and registered (keeps TREADY off the tags)
         w0 = Signal(name="w0_now")
-        m.d.sync += w0.eq(~flush & mvs[U2] & metas[U2].lb & (metas[U2].beat == 0))
+        m.d.sync += w0.eq(~flush & valids[U2] & tags[U2].lb & (tags[U2].beat == 0))
         m.d.comb += self.w0_now.eq(w0)
         return m
