@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Module, Mux, signed
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -184,3 +184,17 @@ class Decoder(wiring.Component):
             m.d.comb += self.value[lane].eq(self.beat[lane * full.fb:lane * full.fb + FEAT.width].as_signed())
         m.d.comb += self.label.eq(self.beat[W - LABEL_BITS:].as_signed())
         return m
+
+
+def registered_decoder(m: Module, word_bits: int, which: int, beat, mode, lanes: int) -> tuple[list, list]:
+    """A :class:`Decoder` of copy ``which`` (1: the dot product's, 2: the gradient's) on
+    ``beat`` in ``mode``, added to ``m`` as ``dec<which>``, with its outputs registered (one
+    cycle): returns the ``lanes`` codes and the ``word_bits / 32`` FULL values."""
+    dec = Decoder(word_bits, which=which)
+    m.submodules[f"dec{which}"] = dec
+    m.d.comb += [dec.beat.eq(beat), dec.mode.eq(mode)]
+    code = [Signal(CODE_BITS, name=f"c{which}_{lane}", reset_less=True) for lane in range(lanes)]
+    full = [Signal(signed(FEAT.width), name=f"fv{which}_{i}", reset_less=True) for i in range(word_bits // FULL_BITS)]
+    m.d.sync += [code[lane].eq(dec.code[lane]) for lane in range(lanes)]
+    m.d.sync += [full[i].eq(dec.value[i]) for i in range(word_bits // FULL_BITS)]
+    return code, full

@@ -41,7 +41,7 @@ from zipsgd.contract import ACC, FEAT, FULL_BITS, MODEL, EngineParams
 
 from .codebook import LEVELS, WRITE, lane_codebook
 from .config import settings_layout
-from .decode import BUCKET_BITS_MAX, Decoder, engine_lanes, lane_code_bits, mult_lanes
+from .decode import BUCKET_BITS_MAX, engine_lanes, lane_code_bits, mult_lanes, registered_decoder
 from .pipe import REP_LANES, adder_tree, adder_tree_stages, copies, delay, pieces, split_mul
 from .scalar import ACC_ROUND
 from .stream_in import beat_layout
@@ -124,13 +124,7 @@ class DotProduct(wiring.Component):
         beat_label = Signal(signed(XW), reset_less=True)
         m.d.sync += [beat_valid.eq(self.beat.valid & ~flush), beat_first.eq(beat.first),
                      beat_last.eq(beat.last), beat_label.eq(beat.label)]
-        dec = Decoder(W, which=1)
-        m.submodules.dec1 = dec
-        m.d.comb += [dec.beat.eq(beat.data), dec.mode.eq(job.mode)]
-        code = [Signal(8, name=f"c1_{l}", reset_less=True) for l in range(L)]
-        full = [Signal(signed(FEAT.width), name=f"fv1_{l}", reset_less=True) for l in range(W // FULL_BITS)]
-        m.d.sync += [code[l].eq(dec.code[l]) for l in range(L)]
-        m.d.sync += [full[l].eq(dec.value[l]) for l in range(W // FULL_BITS)]
+        code, full = registered_decoder(m, W, 1, beat.data, job.mode, L)
         # A+1: per lane, does it carry a feature (and is the model not still 0)?
         live = [Signal(name=f"live1_{l}") for l in range(L)]
         nvalid_k = copies(m, beat.nvalid, groups, "d1nv")

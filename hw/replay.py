@@ -31,7 +31,7 @@ from zipsgd.contract import FEAT, FULL_BITS, MODEL, EngineParams
 
 from .codebook import LEVELS, WRITE, lane_codebook
 from .config import settings_layout
-from .decode import BUCKET_BITS_MAX, Decoder, engine_lanes, lane_code_bits, mult_lanes
+from .decode import BUCKET_BITS_MAX, engine_lanes, lane_code_bits, mult_lanes, registered_decoder
 from .pipe import REP_LANES, copies, delay, split_mul
 from .stream_in import remaining_shape, token_layout
 
@@ -172,13 +172,7 @@ class Replay(wiring.Component):
         R2 = self.rowbuf_latency
         R3, R4, R7 = R2 + 1, R2 + 2, self.LATENCY - 1
         assert R4 == self.RP_STAGE
-        dec = Decoder(W, which=2)
-        m.submodules.dec2 = dec
-        m.d.comb += [dec.beat.eq(self.rb_data), dec.mode.eq(job.mode)]
-        code = [Signal(8, name=f"c2_{l}", reset_less=True) for l in range(L)]
-        full = [Signal(signed(FEAT.width), name=f"fv2_{l}", reset_less=True) for l in range(W // FULL_BITS)]
-        m.d.sync += [code[l].eq(dec.code[l]) for l in range(L)]
-        m.d.sync += [full[l].eq(dec.value[l]) for l in range(W // FULL_BITS)]
+        code, full = registered_decoder(m, W, 2, self.rb_data, job.mode, L)
         level = []
         for l in range(M):
             bits = lane_code_bits(W, l, only_mult=True)
