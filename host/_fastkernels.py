@@ -62,6 +62,23 @@ def code_tables(lay, codebook):
 
 
 @_jit
+def _placement(d, F, fb, hw, HW):
+    """Where each of the ``d`` features sits in its sample: host word, bit offset, bits
+    left in that word, and whether its field straddles into the next word."""
+    widx = np.empty(d, dtype=np.int64)
+    offs = np.empty(d, dtype=np.uint64)
+    back = np.empty(d, dtype=np.uint64)
+    strad = np.zeros(d, dtype=np.bool_)
+    for i in range(d):
+        lo = (i % F) * fb
+        widx[i] = (i // F) * hw + lo // HW
+        offs[i] = np.uint64(lo % HW)
+        back[i] = np.uint64(HW - lo % HW)
+        strad[i] = lo % HW + fb > HW
+    return widx, offs, back, strad
+
+
+@_jit
 def decode_chunk(words, lay, t1, t2, bad, q1, q2, y):
     """Decode the samples of ``words`` (uint64 host words, whole samples) into FEAT
     integers ``q1``, ``q2`` (samples, d) and MODEL labels ``y``, as
@@ -83,16 +100,8 @@ def decode_chunk(words, lay, t1, t2, bad, q1, q2, y):
     lsign = np.int64(1) << (LB - 1)
     lfull = np.int64(1) << LB
     # where feature i sits: host word (within its sample), bit offset, straddles the next word
-    widx = np.empty(d, dtype=np.int64)
-    offs = np.empty(d, dtype=np.uint64)
-    back = np.empty(d, dtype=np.uint64)
-    straddle = False
-    for i in range(d):
-        lo = (i % F) * fb
-        widx[i] = (i // F) * hw + lo // HW
-        offs[i] = np.uint64(lo % HW)
-        back[i] = np.uint64(HW - lo % HW)
-        straddle = straddle or (lo % HW + fb > HW)
+    widx, offs, back, strad = _placement(d, F, fb, hw, HW)
+    straddle = strad.any()
     nbad = 0
     for s in range(n):
         base = s * per
@@ -260,18 +269,8 @@ def quantize_pack(xs, labels, u1, u2, lv, lvp, guess, inv, mids, mode, lay, feat
     loff = np.uint64(lshift % HW)
     lmask = (np.int64(1) << LB) - 1
     fone = np.float64(feat_one)
-    widx = np.empty(d, dtype=np.int64)
-    offs = np.empty(d, dtype=np.uint64)
-    back = np.empty(d, dtype=np.uint64)
-    strad = np.zeros(d, dtype=np.bool_)
-    any_strad = False
-    for i in range(d):
-        lo = (i % F) * fb
-        widx[i] = (i // F) * hw + lo // HW
-        offs[i] = np.uint64(lo % HW)
-        back[i] = np.uint64(HW - lo % HW)
-        strad[i] = lo % HW + fb > HW
-        any_strad = any_strad or strad[i]
+    widx, offs, back, strad = _placement(d, F, fb, hw, HW)
+    any_strad = strad.any()
     for k in range(r * per):
         out[k] = 0
     fields = np.empty(d, dtype=np.int64)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from xml.sax.saxutils import quoteattr
 
+from zipsgd import axi_dma
 from zipsgd import contract as c
 from zipsgd.boards import (BD_MODULE, DMA_LENGTH_WIDTH, DMA_NAME, DMA_RANGE, ENGINE_NAME, ENGINE_RANGE, ENGINE_VLNV,
                            BoardSpec)
@@ -158,11 +159,11 @@ def hwh(board: BoardSpec, design: str = "zipsgd") -> str:
     dma_params.update({k.lower(): v for k, v in dma_params.items()})      # Vivado writes both spellings
     dma_module = _module(DMA_NAME, "axi_dma", DMA_VLNV, [
         _regblock("S_AXI_LITE", DMA_RANGE, [
-            ("MM2S_DMACR", 0x00, "read-write", "MM2S DMA Control Register"),
-            ("MM2S_DMASR", 0x04, "read-write", "MM2S DMA Status Register"),
-            ("MM2S_SA", 0x18, "read-write", "MM2S Source Address"),
-            ("MM2S_SA_MSB", 0x1C, "read-write", "MM2S Source Address (upper 32 bits)"),
-            ("MM2S_LENGTH", 0x28, "read-write", "MM2S Transfer Length (bytes)"),
+            ("MM2S_DMACR", axi_dma.DMACR, "read-write", "MM2S DMA Control Register"),
+            ("MM2S_DMASR", axi_dma.DMASR, "read-write", "MM2S DMA Status Register"),
+            ("MM2S_SA", axi_dma.SA, "read-write", "MM2S Source Address"),
+            ("MM2S_SA_MSB", axi_dma.SA_MSB, "read-write", "MM2S Source Address (upper 32 bits)"),
+            ("MM2S_LENGTH", axi_dma.LENGTH, "read-write", "MM2S Transfer Length (bytes)"),
         ]),
         _params(dma_params, 4),
         _el("PORTS", children=[
