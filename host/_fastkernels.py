@@ -125,22 +125,24 @@ def decode_chunk(words, lay, t1, t2, bad, q1, q2, y):
 
 
 @_jit
-def train_chunk(q1, q2, y, x, g, cst, seg_thr, seg_shift, seg_off, softplus):
+def train_chunk(q1, q2, y, mult, x, g, cst, seg_thr, seg_shift, seg_off, softplus):
     """Run the batches of one decoded chunk (a whole number of batches, the last one
     possibly short) on model ``x`` (int64, updated in place); ``g`` is scratch of
-    length d. ``cst``: int64 array (loss, batch, step_mult, shift = STEP_MULT.frac + k,
+    length d. ``y``: the labels the engine trains on (POS_CLASS applied); ``mult``: each
+    sample's step multiplier. ``cst``: int64 array (loss, batch, (unused), shift = STEP_MULT.frac + k,
     l2_shift, FEAT.frac, MODEL.min, MODEL.max, MODEL.one, MODEL.frac, LOSS_SAMPLE.max,
     SOFTPLUS_SHIFT, SOFTPLUS_ENTRIES, SQUARED, LOGISTIC, HINGE). The sigmoid segments come as
     three arrays (shift -1 for the constant segment); ``softplus`` is the table plus a
     trailing 0. Returns the chunk's sum of per-sample losses (each saturated to
-    LOSS_SAMPLE; a chunk's sum fits int64)."""
-    loss, batch, m, shift, l2s = cst[0], cst[1], cst[2], cst[3], cst[4]
+    LOSS_SAMPLE; a chunk's sum fits int64) and its number of batches whose update saturated."""
+    loss, batch, shift, l2s = cst[0], cst[1], cst[3], cst[4]
     ffrac, mmin, mmax, one, mfrac = cst[5], cst[6], cst[7], cst[8], cst[9]
     lsmax, spshift, spn = cst[10], cst[11], cst[12]
     SQUARED, LOGISTIC = cst[13], cst[14]
     n, d = q1.shape[0], q1.shape[1]
     nseg = seg_thr.shape[0]
     total = np.int64(0)
+    nsat = np.int64(0)
     rps = np.empty(batch, dtype=np.int64)
     for b0 in range(0, n, batch):
         b1 = min(b0 + batch, n)
@@ -175,7 +177,7 @@ def train_chunk(q1, q2, y, x, g, cst, seg_thr, seg_shift, seg_off, softplus):
                     r = np.int64(0)
                 lo = max(np.int64(0), one - mg)
             total += _sat(lo, 0, lsmax)
-            rps[s - b0] = _sat(_rsr(r * m, shift), mmin, mmax)
+            rps[s - b0] = _sat(_rsr(r * mult[s], shift), mmin, mmax)
         # the batch's gradient and the model update
         for i in range(d):
             g[i] = 0
@@ -184,10 +186,15 @@ def train_chunk(q1, q2, y, x, g, cst, seg_thr, seg_shift, seg_off, softplus):
             if rp != 0:
                 for i in range(d):
                     g[i] += rp * q2[s, i]
+        hit = False
         for i in range(d):
             l2 = _rsr(x[i], l2s) if l2s else np.int64(0)
-            x[i] = _sat(x[i] - _rsr(g[i], ffrac) - l2, mmin, mmax)
-    return total
+            v = x[i] - _rsr(g[i], ffrac) - l2
+            x[i] = _sat(v, mmin, mmax)
+            hit = hit or x[i] != v
+        if hit:
+            nsat += 1
+    return total, nsat
 
 
 #: Length the kernels' binary searches take their sorted arrays padded to (2**8 levels at most).

@@ -50,18 +50,35 @@ nothing ever wraps around.
 quantity      width    frac    rule
 ============= ======== ======= ===================================================
 level/feature s18      16      ``|v| <= 1``; codebook entries and FULL features
-model x       s32      24      zero at job start; saturating updates
-label y       s32      24      squared: any; logistic: 0 or 1; hinge: -1 or +1
+model x       s32      24      zero at job start (or the host's, CTRL.warm); saturating updates
+label y       s32      24      squared: any; logistic: 0 or 1; hinge: -1 or +1 (see POS_CLASS)
 dot acc       s64      40      exact sum of ``Q1_i * x_i`` over the sample
 z             s32      24      ``sat(rshift_round(acc, 16))``
 residual r    s32      24      by loss, see below
-step mult m   u16      15      ``r' = sat(rshift_round(r * m, 15 + k))``
+step mult m   u16      15      ``r' = sat(rshift_round(r * m, 15 + k))``, ``m`` by class
 gradient G    s64      40      exact ``sum_batch r' * Q2_i``
 update        s32      24      ``x = sat(x - rshift_round(G, 16) - L2)``
 L2 term       s32      24      ``rshift_round(x, l2_shift)`` if ``l2_shift`` else 0
 sample loss   u40      24      by loss, see below
 epoch loss    u64      24      saturating sum of sample losses
 ============= ======== ======= ===================================================
+
+``m`` is STEP_MULT for a sample whose label ``y`` is above zero, STEP_MULT_NEG for the others
+(STEP_MULT when STEP_MULT_NEG is 0): one step multiplier per class (``class_weight``).
+
+Labels (POS_CLASS): 0 means the label word is ``y``. ``c > 0`` means the label word holds a
+class index (a plain integer) and ``y = ONE`` when it equals ``c - 1``, else ``-ONE`` (hinge) or 0
+(logistic, squared): one packed stream serves every one-vs-rest job of a multiclass problem.
+
+Saturation: a batch's update *saturates* when ``x - rshift_round(G, 16) - L2`` leaves MODEL's
+range for at least one of the ``d`` model words; the SATURATED counter counts such batches.
+
+Warm start and early stop: a START written with ``warm = 1`` starts from the model in the
+engine's memory (written by the host through MODEL_DATA, or left by the last job) instead of
+zero; the first batch then reads it and applies the L2 term to it. A STOP ends the running job
+at an epoch boundary: the engine takes no beat of an epoch it has not begun, finishes the
+epoch in progress (if it has taken any beat of it), then ends the job as if EPOCHS had been the
+number of epochs run (EPOCHS_DONE; STATUS.stopped set). A STOP between epochs ends it at once.
 
 ``k`` is the epoch's step shift: ``min(step_shift + (e // decay_epochs), STEP_SHIFT_MAX)``
 (no decay when ``decay_epochs`` is 0). The step ``m * 2**-(15 + k)`` scales the residual
@@ -96,7 +113,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-CONTRACT_VERSION = (2, 2)
+CONTRACT_VERSION = (3, 0)
 
 #: ASCII "ZSGD", read from the MAGIC register.
 MAGIC = int.from_bytes(b"ZSGD", "big")
@@ -441,11 +458,26 @@ class EngineConfig:
     batch: int = 1
     epochs: int = 1
     copies: int = 1
+    pos_class: int = 0
+    step_mult_neg: int = 0
     word_bits: int = WORD_BITS_DEFAULT
 
     @property
     def layout(self) -> Layout:
         return Layout(self.word_bits, self.encoding, self.bits, self.dim)
+
+    def label_value(self, label):
+        """The label ``y`` (MODEL) the engine trains on, from the stream's label word(s)."""
+        if not self.pos_class:
+            return label
+        pos = np.asarray(label, dtype=np.int64) == self.pos_class - 1
+        neg = -MODEL.one if Loss(self.loss) == Loss.HINGE else 0
+        return np.where(pos, MODEL.one, neg)
+
+    def sample_mult(self, y):
+        """Step multiplier of each sample whose label (after :meth:`label_value`) is ``y``."""
+        neg = self.step_mult_neg or self.step_mult
+        return np.where(np.asarray(y) > 0, self.step_mult, neg)
 
     def epoch_shift(self, epoch: int) -> int:
         """Step shift k used in ``epoch`` (0-based)."""
@@ -472,7 +504,7 @@ def check_config(cfg: EngineConfig, params: EngineParams) -> Error:
     if cfg.epochs < 1 or cfg.epochs > params.epochs_max:
         return Error.BAD_EPOCHS
     if cfg.step_mult < 1 or cfg.step_mult > STEP_MULT.max or cfg.step_shift > STEP_SHIFT_MAX \
-            or cfg.l2_shift > L2_SHIFT_MAX:
+            or cfg.l2_shift > L2_SHIFT_MAX or not 0 <= cfg.step_mult_neg <= STEP_MULT.max:
         return Error.BAD_STEP
     return Error.NONE
 
@@ -505,13 +537,18 @@ class Field:
 CTRL_FIELDS = (
     Field("start", 0, 1, "write 1: check the configuration and start the job (ignored while busy)"),
     Field("soft_reset", 1, 1, "write 1: abort, clear state and return to idle"),
+    Field("warm", 2, 1, "with start: start from the model in memory (MODEL_DATA writes, or the last job's) "
+          "instead of zero"),
+    Field("stop", 3, 1, "write 1: end the running job at the next epoch boundary (no beat of a new epoch is "
+          "taken; the epoch in progress completes)"),
 )
 STATUS_FIELDS = (
     Field("busy", 0, 1, "a job is running"),
     Field("done", 1, 1, "the last job finished (cleared by START or SOFT_RESET)"),
+    Field("stopped", 2, 1, "the last job ended early on STOP (cleared by START or SOFT_RESET)"),
     Field("error", 8, 8, "Error code of the last job (0: none)"),
 )
-COUNTER_NAMES = ("CYCLES", "BEATS", "STALLS", "IDLES", "SAMPLES")
+COUNTER_NAMES = ("CYCLES", "BEATS", "STALLS", "IDLES", "SAMPLES", "SATURATED")
 
 REGISTERS: tuple[Register, ...] = (
     Register("MAGIC", "r", f"ASCII 'ZSGD' (0x{MAGIC:08X}): this is a zipsgd engine"),
@@ -536,22 +573,26 @@ REGISTERS: tuple[Register, ...] = (
     Register("BATCH", "rw", "mini-batch size"),
     Register("EPOCHS", "rw", "epochs (each N_SAMPLES samples, TLAST on its last beat)"),
     Register("COPIES", "rw", "number of packed copies the host cycles through (informational)"),
+    Register("POS_CLASS", "rw", "0: the label word is the label; c > 0: it holds a class index, the label is "
+             "+1 for class c - 1, else -1 (hinge) or 0"),
+    Register("STEP_MULT_NEG", "rw", "step multiplier of samples whose label is not above zero (0: STEP_MULT)"),
     Register("CODEBOOK_ADDR", "rw", "codebook write pointer (auto-increments on CODEBOOK_DATA writes)"),
     Register("CODEBOOK_DATA", "w", "codebook level (FEAT, sign-extended) at CODEBOOK_ADDR"),
     Register("MODEL_ADDR", "rw", "model read pointer: a write (of any value) rewinds it to 0; reads of MODEL_DATA "
              "advance it"),
-    Register("MODEL_DATA", "r", "model word at MODEL_ADDR (MODEL format); advances MODEL_ADDR"),
+    Register("MODEL_DATA", "rw", "model word at MODEL_ADDR (MODEL format); a read or a write advances "
+             "MODEL_ADDR; a write stores the word in the layout of the configuration registers (idle only; "
+             "ignored while busy)"),
     Register("LOSS_ADDR", "rw", "epoch whose loss LOSS_LO/LOSS_HI show"),
     Register("LOSS_LO", "r", "epoch loss sum, bits 31..0 (LOSS_ACC format)"),
     Register("LOSS_HI", "r", "epoch loss sum, bits 63..32"),
     Register("EPOCHS_DONE", "r", "epochs finished in the current/last job"),
+    Register("PARAM_LANES", "r", "datapath lanes: W/2 (single/nearest 1-bit beats take two cycles) or W"),
 ) + tuple(
     Register(f"{name}_{half}", "r",
              f"{name.lower()} counter, bits {'31..0' if half == 'LO' else '63..32'}"
              + (" (reading LO latches HI)" if half == "LO" else ""))
     for name in COUNTER_NAMES for half in ("LO", "HI")
-) + (
-    Register("PARAM_LANES", "r", "datapath lanes: W/2 (single/nearest 1-bit beats take two cycles) or W"),
 )
 
 COUNTER_DOC = {
@@ -560,6 +601,7 @@ COUNTER_DOC = {
     "STALLS": "cycles the engine held TREADY low while busy (engine-caused stalls)",
     "IDLES": "cycles TREADY was high but TVALID low while busy (input starved)",
     "SAMPLES": "samples processed",
+    "SATURATED": "batches whose model update saturated at least one model word",
 }
 
 #: Register name -> byte offset.

@@ -105,13 +105,14 @@ def _check_codes(bad: int) -> None:
 
 
 def run(cfg: c.EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.ndarray],
-        codebook=None, params: c.EngineParams | None = None, model0=None) -> Result:
+        codebook=None, params: c.EngineParams | None = None, model0=None, stop=None, sample_mult=None) -> Result:
     """:func:`zipsgd.reference.run`, compiled: the same arguments, the same result bit for
-    bit (model, per-epoch loss sums, counts). The numpy reference runs where numba does
-    not import."""
+    bit (model, per-epoch loss sums, counts, saturations, stop). The numpy reference runs
+    where numba does not import."""
     k = kernels()
     if k is None:
-        return reference.run(cfg, streams, codebook, params=params, model0=model0)
+        return reference.run(cfg, streams, codebook, params=params, model0=model0, stop=stop,
+                             sample_mult=sample_mult)
     err = c.check_config(cfg, params or c.EngineParams(word_bits=cfg.word_bits))
     if err != c.Error.NONE:
         raise ValueError(f"engine configuration rejected: {err.name}")
@@ -119,6 +120,7 @@ def run(cfg: c.EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.
     lay = cfg.layout
     words = lay.beats_per_sample * lay.host_words_per_beat
     get = streams if callable(streams) else (lambda e: streams[e % len(streams)])
+    get_w = reference._getter(sample_mult)
     x = np.zeros(d, dtype=np.int64) if model0 is None else np.array(model0, dtype=np.int64).reshape(d)
     layv = _layout_array(lay)
     tables = _tables(k, lay, layv, codebook)
@@ -129,21 +131,34 @@ def run(cfg: c.EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.
     y = np.empty(rows, dtype=np.int64)
     g = np.zeros(d, dtype=np.int64)
     loss_sums = []
+    saturated = 0
     for epoch in range(cfg.epochs):
         stream = get(epoch)
         if len(stream) != n * words:
             raise ValueError(f"epoch {epoch}: stream holds {len(stream) / words:g} samples, config says {n}")
+        weights = None if get_w is None else np.asarray(get_w(epoch), dtype=np.int64)
+        if weights is not None and weights.shape != (n,):
+            raise ValueError(f"epoch {epoch}: {weights.size} sample multipliers for {n} samples")
         cst = _constants(cfg, epoch)
         total = 0
         for at in range(0, n, chunk):
             m = min(chunk, n - at)
             part = np.ascontiguousarray(stream[at * words:(at + m) * words], dtype=np.uint64)
             _check_codes(k.decode_chunk(part, layv, *tables, q1[:m], q2[:m], y[:m]))
-            total += int(k.train_chunk(q1[:m], q2[:m], y[:m], x, g, cst, _SEG_THR, _SEG_SHIFT, _SEG_OFF,
-                                       _SOFTPLUS))
+            yv = np.ascontiguousarray(cfg.label_value(y[:m]), dtype=np.int64)
+            mult = cfg.sample_mult(yv).astype(np.int64)
+            if weights is not None:
+                mult = c.rshift_round(mult * weights[at:at + m], c.STEP_MULT.frac)
+            lo, hit = k.train_chunk(q1[:m], q2[:m], yv, np.ascontiguousarray(mult), x, g, cst, _SEG_THR,
+                                    _SEG_SHIFT, _SEG_OFF, _SOFTPLUS)
+            total += int(lo)
+            saturated += int(hit)
         loss_sums.append(min(total, c.LOSS_ACC.max))
-    return Result(model=x, loss_sums=loss_sums, beats=cfg.epochs * n * lay.beats_per_sample,
-                  samples=cfg.epochs * n)
+        if stop is not None and epoch + 1 < cfg.epochs and stop(epoch, loss_sums[-1]):
+            break
+    run_n = len(loss_sums)
+    return Result(model=x, loss_sums=loss_sums, beats=run_n * n * lay.beats_per_sample, samples=run_n * n,
+                  saturated=saturated, stopped=run_n < cfg.epochs)
 
 
 # --------------------------------------------------------------------------------------

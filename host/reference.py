@@ -79,14 +79,14 @@ CHUNK_SAMPLES = 1 << 14
 
 
 def schedule_key(cfg: EngineConfig) -> tuple:
-    """What jobs must share to step together in :func:`run_many` (the encoding, codebook
-    and data may differ)."""
-    return (cfg.n_samples, cfg.dim, int(cfg.loss), cfg.step_shift, cfg.step_mult, cfg.decay_epochs,
-            cfg.l2_shift, cfg.batch, cfg.epochs)
+    """What jobs must share to step together in :func:`run_many` (the encoding, codebook,
+    data, labels (POS_CLASS) and step multipliers may differ)."""
+    return (cfg.n_samples, cfg.dim, int(cfg.loss), cfg.step_shift, cfg.decay_epochs, cfg.l2_shift, cfg.batch,
+            cfg.epochs)
 
 
 def run(cfg: EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.ndarray],
-        codebook=None, params: EngineParams | None = None, model0=None) -> Result:
+        codebook=None, params: EngineParams | None = None, model0=None, stop=None, sample_mult=None) -> Result:
     """Run a job on the reference engine.
 
     Parameters
@@ -100,18 +100,33 @@ def run(cfg: EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.nd
     params : EngineParams, optional
         Build parameters whose limits apply (default build).
     model0 : array of MODEL integers, optional
-        Initial model (the engine starts from zero).
+        Initial model: the engine's START with ``warm`` after the host wrote it (default:
+        zero, a plain START).
+    stop : callable (epoch, loss_sum) -> bool, optional
+        Asked after each epoch with its loss sum (LOSS_ACC): true ends the job there, as
+        the engine's STOP between epochs does (``Result.stopped``).
+    sample_mult : sequence of arrays or callable epoch -> array, optional
+        Host-side only (the engine has no such input): a per-sample weight in STEP_MULT
+        format for each sample of each copy, in stream order. A sample's multiplier becomes
+        ``rshift_round(m * w, STEP_MULT.frac)``, ``m`` its class's (weight 1.0 leaves it).
     """
     return run_many([cfg], [streams], [codebook], params=params,
-                    model0=None if model0 is None else [model0])[0]
+                    model0=None if model0 is None else [model0],
+                    stop=None if stop is None else (lambda k, e, lo: stop(e, lo)), sample_mult=sample_mult)[0]
+
+
+def _getter(s):
+    return None if s is None else s if callable(s) else (lambda e, s=s: s[e % len(s)])
 
 
 def run_many(cfgs: Sequence[EngineConfig], streams: Sequence, codebooks: Sequence, params: EngineParams | None = None,
-             model0=None) -> list[Result]:
+             model0=None, stop=None, sample_mult=None) -> list[Result]:
     """Run K jobs that share a schedule (:func:`schedule_key`) in step, vectorised over K:
     the engine's arithmetic, written once (``run`` is the case K = 1). Each job's result
     equals its own run bit for bit. Streams are decoded in chunks of whole batches, so
     memory stays bounded whatever n is (a memory-mapped packed file is read chunk by chunk).
+    ``stop(k, epoch, loss_sum)`` ends job ``k`` after an epoch (the others go on);
+    ``sample_mult`` (as in :func:`run`) serves every job.
     """
     cfg = cfgs[0]
     for other in cfgs:
@@ -124,12 +139,20 @@ def run_many(cfgs: Sequence[EngineConfig], streams: Sequence, codebooks: Sequenc
     K, n, d, b = len(cfgs), cfg.n_samples, cfg.dim, cfg.batch
     layouts = [c.layout for c in cfgs]
     words = [lay.beats_per_sample * lay.host_words_per_beat for lay in layouts]
-    gets = [s if callable(s) else (lambda e, s=s: s[e % len(s)]) for s in streams]
+    gets = [_getter(s) for s in streams]
+    get_w = _getter(sample_mult)
     x = np.zeros((K, d), dtype=np.int64) if model0 is None else np.array(model0, dtype=np.int64).reshape(K, d)
     if K == 1:
         x = x[0]
     loss_sums = [[] for _ in range(K)]
-    m = int(cfg.step_mult)
+    saturated = np.zeros(K, dtype=np.int64)
+    active = np.ones(K, dtype=bool)
+    m_pos = np.array([c.step_mult for c in cfgs], dtype=np.int64)
+    m_neg = np.array([c.step_mult_neg or c.step_mult for c in cfgs], dtype=np.int64)
+    if K == 1:
+        m_pos, m_neg = m_pos[0], m_neg[0]
+    else:
+        m_pos, m_neg = m_pos[:, None], m_neg[:, None]
     chunk = max(1, CHUNK_SAMPLES // b) * b
     for epoch in range(cfg.epochs):
         epoch_streams = [get(epoch) for get in gets]
@@ -137,6 +160,9 @@ def run_many(cfgs: Sequence[EngineConfig], streams: Sequence, codebooks: Sequenc
             if len(stream) != n * w:
                 raise ValueError(f"epoch {epoch}: stream holds {len(stream) / w:g} samples, config says {n}"
                                  + (f" (job {k})" if K > 1 else ""))
+        weights = None if get_w is None else np.asarray(get_w(epoch), dtype=np.int64)
+        if weights is not None and weights.shape != (n,):
+            raise ValueError(f"epoch {epoch}: {weights.size} sample multipliers for {n} samples")
         shift = STEP_MULT.frac + cfg.epoch_shift(epoch)
         total = np.zeros(K, dtype=np.int64)
         for at in range(0, n, chunk):
@@ -146,18 +172,37 @@ def run_many(cfgs: Sequence[EngineConfig], streams: Sequence, codebooks: Sequenc
             # expressions below serve both shapes, and a single job runs faster)
             Q1, Q2, Y = (np.stack(part) if K > 1 else part[0] for part in zip(*dec))
             Q1, Q2 = Q1.astype(np.int64), Q2.astype(np.int64)
+            Y = np.stack([c.label_value(y) for c, y in zip(cfgs, Y)]) if K > 1 else cfg.label_value(Y)
+            M = np.where(Y > 0, m_pos, m_neg)                                # ([K,] samples)
+            if weights is not None:
+                M = rshift_round(M * weights[at:at + chunk], STEP_MULT.frac)
             for start in range(0, Q1.shape[-2], b):
                 q1, q2, yb = Q1[..., start:start + b, :], Q2[..., start:start + b, :], Y[..., start:start + b]
                 acc = (q1 @ x[..., None])[..., 0]                           # ([K,] batch)
                 z = MODEL.saturate(rshift_round(acc, FEAT.frac))
                 r, lo = residual_and_loss(cfg.loss, z, yb)
                 total += lo.sum(axis=-1)
-                rp = MODEL.saturate(rshift_round(r * m, shift))
+                rp = MODEL.saturate(rshift_round(r * M[..., start:start + b], shift))
                 g = (rp[..., None, :] @ q2)[..., 0, :]                     # ([K,] d)
                 l2 = rshift_round(x, cfg.l2_shift) if cfg.l2_shift else 0
-                x = MODEL.saturate(x - rshift_round(g, FEAT.frac) - l2)
+                new = x - rshift_round(g, FEAT.frac) - l2
+                x_new = MODEL.saturate(new)
+                hit = (x_new != new).any(axis=-1)
+                if K == 1:
+                    if active[0]:
+                        x = x_new
+                        saturated += hit
+                else:
+                    x = np.where(active[:, None], x_new, x)
+                    saturated += hit & active
         for k in range(K):
-            loss_sums[k].append(min(int(total[k]), LOSS_ACC.max))
+            if active[k]:
+                loss_sums[k].append(min(int(total[k]), LOSS_ACC.max))
+                if stop is not None and epoch + 1 < cfg.epochs and stop(k, epoch, loss_sums[k][-1]):
+                    active[k] = False
+        if not active.any():
+            break
     x = x.reshape(K, d)
-    return [Result(model=x[k].copy(), loss_sums=loss_sums[k], beats=cfg.epochs * n * layouts[k].beats_per_sample,
-                   samples=cfg.epochs * n) for k in range(K)]
+    return [Result(model=x[k].copy(), loss_sums=loss_sums[k],
+                   beats=len(loss_sums[k]) * n * layouts[k].beats_per_sample, samples=len(loss_sums[k]) * n,
+                   saturated=int(saturated[k]), stopped=len(loss_sums[k]) < cfg.epochs) for k in range(K)]

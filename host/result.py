@@ -18,6 +18,8 @@ class Result:
     beats: int = 0
     samples: int = 0
     error: Error = Error.NONE
+    saturated: int = 0                # batches whose update saturated a model word (SATURATED)
+    stopped: bool = False             # ended early on a stop request (STATUS.stopped)
     stats: dict = field(default_factory=dict)  # backend extras (cycles, stalls, ...)
 
     def loss_curve(self, n_samples: int) -> np.ndarray:

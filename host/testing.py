@@ -48,9 +48,20 @@ def random_codebook(rng, bits: int, ends: bool | None = None) -> np.ndarray:
     return lv
 
 
+def random_class_labels(rng, n: int, classes: int = 4) -> np.ndarray:
+    """Class-index label words (POS_CLASS jobs): mostly ``0 .. classes-1``, some words no
+    class has (negative, large, and ``classes - 1`` plus 2**32 wrapped into 32 bits)."""
+    y = rng.integers(0, classes, size=n)
+    odd = rng.random(n) < 0.1
+    y[odd] = rng.choice([-1, classes, c.MODEL.max, c.MODEL.min, c.MODEL.one], size=int(odd.sum()))
+    return y
+
+
 def random_stream(rng, cfg: c.EngineConfig) -> np.ndarray:
-    """One packed epoch of random samples for ``cfg`` (labels by its loss)."""
-    y = random_labels(rng, c.Loss(cfg.loss), cfg.n_samples)
+    """One packed epoch of random samples for ``cfg`` (labels by its loss, or class indices
+    when it sets POS_CLASS)."""
+    y = (random_class_labels(rng, cfg.n_samples) if cfg.pos_class
+         else random_labels(rng, c.Loss(cfg.loss), cfg.n_samples))
     return pack(cfg.layout, y, **random_codes(rng, cfg.encoding, cfg.bits, cfg.n_samples, cfg.dim))
 
 
@@ -79,7 +90,9 @@ def random_config(rng, params: c.EngineParams, n_max: int = 40, d_max: int = 100
         step_mult=int(c.STEP_MULT.one if rng.random() < 0.5 else rng.integers(1, c.STEP_MULT.max + 1)),
         decay_epochs=int(rng.choice([0, 0, 1, 2])),
         l2_shift=int(rng.choice([0, 0, int(rng.integers(1, c.L2_SHIFT_MAX + 1))])),
-        batch=batch, epochs=epochs, copies=int(rng.integers(1, copies_max + 1)), word_bits=params.word_bits)
+        batch=batch, epochs=epochs, copies=int(rng.integers(1, copies_max + 1)), word_bits=params.word_bits,
+        pos_class=int(rng.integers(1, 5)) if rng.random() < 0.25 else 0,
+        step_mult_neg=int(rng.integers(1, c.STEP_MULT.max + 1)) if rng.random() < 0.25 else 0)
 
 
 def bad_configs(params: c.EngineParams):
@@ -105,6 +118,7 @@ def bad_configs(params: c.EngineParams):
         ("step_mult_big", dict(step_mult=c.STEP_MULT.max + 1)),
         ("step_shift", dict(step_shift=c.STEP_SHIFT_MAX + 1)),
         ("l2_shift", dict(l2_shift=c.L2_SHIFT_MAX + 1)),
+        ("step_mult_neg_big", dict(step_mult_neg=c.STEP_MULT.max + 1)),
         ("several", dict(dim=0, n_samples=0, loss=7)),          # several faults: the first check wins
     ]
     for label, over in cases:

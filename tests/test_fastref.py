@@ -16,7 +16,8 @@ needs_numba = pytest.mark.skipif(not fastref.compiled(), reason="numba does not 
 def same(a, b):
     """Results equal in every field (a counter the reference gains must be computed here too)."""
     return np.array_equal(a.model, b.model) and a.loss_sums == b.loss_sums and a.beats == b.beats \
-        and a.samples == b.samples and a.error == b.error and a.stats == b.stats
+        and a.samples == b.samples and a.error == b.error and a.stats == b.stats \
+        and a.saturated == b.saturated and a.stopped == b.stopped
 
 
 def random_jobs(seed, count, W=64, **kw):
@@ -70,6 +71,19 @@ def test_run_equals_reference_saturating():
                 if np.any(want.model == c.MODEL.max) or np.any(want.model == c.MODEL.min):
                     saturated.add(loss)
     assert saturated == set(c.Loss)
+
+
+@needs_numba
+def test_run_equals_reference_with_stop_and_sample_multipliers(monkeypatch):
+    monkeypatch.setattr(fastref, "CHUNK_SAMPLES", 8)
+    for cfg, streams, cb, model0 in random_jobs(11, 40, epochs_max=4):
+        rng = np.random.default_rng(cfg.n_samples)
+        weights = [rng.integers(0, 4 * c.STEP_MULT.one, size=cfg.n_samples) for _ in streams]
+        last = int(rng.integers(0, cfg.epochs))
+        kw = dict(model0=model0, sample_mult=weights, stop=lambda e, lo: e == last)
+        want = reference.run(cfg, streams, cb, **kw)
+        assert same(fastref.run(cfg, streams, cb, **kw), want), cfg
+        assert len(want.loss_sums) == last + 1
 
 
 @needs_numba

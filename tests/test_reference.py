@@ -50,9 +50,17 @@ def slow_loss(loss, z, y):
     return ((-ONE if y >= 0 else ONE) if m < ONE else 0), max(0, ONE - m)
 
 
-def slow_run(cfg, streams, codebook):
-    x = [0] * cfg.dim
+def slow_label(cfg, word):
+    """POS_CLASS: the label word is the label (0) or a class index (c > 0)."""
+    if not cfg.pos_class:
+        return word
+    return ONE if word == cfg.pos_class - 1 else (-ONE if cfg.loss == c.Loss.HINGE else 0)
+
+
+def slow_run(cfg, streams, codebook, saturations=None, model0=None):
+    x = [0] * cfg.dim if model0 is None else [int(v) for v in model0]
     sums = []
+    saturations = [] if saturations is None else saturations
     for e in range(cfg.epochs):
         q1, q2, y = p.decode(cfg.layout, streams[e % len(streams)], codebook)
         k = min(cfg.step_shift + (e // cfg.decay_epochs if cfg.decay_epochs else 0), c.STEP_SHIFT_MAX)
@@ -62,13 +70,16 @@ def slow_run(cfg, streams, codebook):
             for s in range(b0, min(b0 + cfg.batch, cfg.n_samples)):
                 acc = sum(int(q1[s, i]) * x[i] for i in range(cfg.dim))
                 z = sat(rnd(acc, 16))
-                r, lo = slow_loss(cfg.loss, z, int(y[s]))
+                label = slow_label(cfg, int(y[s]))
+                r, lo = slow_loss(cfg.loss, z, label)
                 total += min(lo, (1 << 40) - 1)
-                rp = sat(rnd(r * cfg.step_mult, 15 + k))
+                m = cfg.step_mult if label > 0 or not cfg.step_mult_neg else cfg.step_mult_neg
+                rp = sat(rnd(r * m, 15 + k))
                 for i in range(cfg.dim):
                     g[i] += rp * int(q2[s, i])
-            x = [sat(x[i] - rnd(g[i], 16) - (rnd(x[i], cfg.l2_shift) if cfg.l2_shift else 0))
-                 for i in range(cfg.dim)]
+            new = [x[i] - rnd(g[i], 16) - (rnd(x[i], cfg.l2_shift) if cfg.l2_shift else 0) for i in range(cfg.dim)]
+            x = [sat(v) for v in new]
+            saturations.append(x != new)
         sums.append(total)
     return x, sums
 
@@ -83,11 +94,89 @@ def random_config(rng, W=64):
 def test_reference_matches_slow_model(seed):
     rng = np.random.default_rng(seed)
     cfg, streams, cb = random_config(rng, W=int(rng.choice(c.WORD_BITS_ALLOWED)))
-    res = ref.run(cfg, streams, cb)
-    x, sums = slow_run(cfg, streams, cb)
+    model0 = None
+    if seed % 2:        # a warm start, some words at the rails
+        model0 = rng.choice([c.MODEL.min, c.MODEL.max, 0, ONE, -ONE], size=cfg.dim)
+    res = ref.run(cfg, streams, cb, model0=model0)
+    saturations = []
+    x, sums = slow_run(cfg, streams, cb, saturations, model0=model0)
     assert res.model.tolist() == x
     assert res.loss_sums == sums
+    assert res.saturated == sum(saturations)
     assert res.beats == cfg.n_samples * cfg.layout.beats_per_sample * cfg.epochs
+    assert not res.stopped
+
+
+def test_slow_model_sees_every_new_field():
+    """The random jobs above cover class labels, class multipliers, warm starts and
+    saturated updates (else the comparison proves nothing about them)."""
+    seen = set()
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        cfg, streams, cb = random_config(rng, W=int(rng.choice(c.WORD_BITS_ALLOWED)))
+        seen.add("pos_class" if cfg.pos_class else "labels")
+        seen.add("mult_neg" if cfg.step_mult_neg else "mult")
+        model0 = rng.choice([c.MODEL.min, c.MODEL.max, 0, ONE, -ONE], size=cfg.dim) if seed % 2 else None
+        if ref.run(cfg, streams, cb, model0=model0).saturated:
+            seen.add("saturated")
+    assert seen == {"pos_class", "labels", "mult_neg", "mult", "saturated"}
+
+
+def small_job(seed=0, **over):
+    rng = np.random.default_rng(seed)
+    cfg = c.EngineConfig(**{**dict(n_samples=30, dim=7, bits=4, encoding=c.Encoding.COMPACT, loss=c.Loss.LOGISTIC,
+                                   step_shift=2, batch=3, epochs=5, copies=2), **over})
+    return testing.job_for(rng, cfg)
+
+
+def test_stop_ends_the_job_as_fewer_epochs_would():
+    cfg, streams, cb = small_job()
+    asked = []
+    res = ref.run(cfg, streams, cb, stop=lambda e, lo: asked.append((e, lo)) or e == 1)
+    short = ref.run(c.EngineConfig(**{**cfg.__dict__, "epochs": 2}), streams, cb)
+    assert res.stopped and res.model.tolist() == short.model.tolist() and res.loss_sums == short.loss_sums
+    assert [e for e, _ in asked] == [0, 1] and [lo for _, lo in asked] == short.loss_sums
+    assert res.samples == 2 * cfg.n_samples
+    full = ref.run(cfg, streams, cb, stop=lambda e, lo: False)
+    assert not full.stopped and len(full.loss_sums) == cfg.epochs
+    # run_many: each job stops on its own; the others go on, bit for bit as alone
+    cfg2 = c.EngineConfig(**{**cfg.__dict__, "step_mult": c.STEP_MULT.one // 3})
+    many = ref.run_many([cfg, cfg2], [streams, streams], [cb, cb], stop=lambda k, e, lo: k == 0 and e == 2)
+    assert many[0].stopped and many[0].loss_sums == ref.run(c.EngineConfig(**{**cfg.__dict__, "epochs": 3}),
+                                                            streams, cb).loss_sums
+    alone = ref.run(cfg2, streams, cb)
+    assert not many[1].stopped and many[1].model.tolist() == alone.model.tolist()
+
+
+def test_pos_class_equals_the_mapped_labels():
+    for loss in c.Loss:
+        cfg, streams, cb = small_job(1, loss=loss, pos_class=3)
+        plain = c.EngineConfig(**{**cfg.__dict__, "pos_class": 0})
+        mapped = []
+        for s in streams:
+            q1, q2, y = p.decode(cfg.layout, s, np.arange(16))
+            y2 = np.where(y == 2, ONE, -ONE if loss == c.Loss.HINGE else 0)
+            mapped.append(p.pack(cfg.layout, y2, codes1=q1, codes2=q2))
+        a, b = ref.run(cfg, streams, cb), ref.run(plain, mapped, cb)
+        assert a.model.tolist() == b.model.tolist() and a.loss_sums == b.loss_sums
+
+
+def test_class_and_sample_multipliers():
+    cfg, streams, cb = small_job(2, loss=c.Loss.HINGE, step_mult=c.STEP_MULT.one // 2)
+    base = ref.run(cfg, streams, cb)
+    # weight 1.0 per sample changes nothing; 2.0 equals a doubled STEP_MULT exactly
+    ones = [np.full(cfg.n_samples, c.STEP_MULT.one)] * 2
+    assert ref.run(cfg, streams, cb, sample_mult=ones).model.tolist() == base.model.tolist()
+    double = ref.run(c.EngineConfig(**{**cfg.__dict__, "step_mult": c.STEP_MULT.one}), streams, cb)
+    twos = [np.full(cfg.n_samples, 2 * c.STEP_MULT.one)] * 2
+    assert ref.run(cfg, streams, cb, sample_mult=twos).model.tolist() == double.model.tolist()
+    # STEP_MULT_NEG equal to STEP_MULT changes nothing; another value changes the model
+    same = c.EngineConfig(**{**cfg.__dict__, "step_mult_neg": cfg.step_mult})
+    assert ref.run(same, streams, cb).model.tolist() == base.model.tolist()
+    other = c.EngineConfig(**{**cfg.__dict__, "step_mult_neg": 1})
+    assert ref.run(other, streams, cb).model.tolist() != base.model.tolist()
+    with pytest.raises(ValueError, match="sample multipliers"):
+        ref.run(cfg, streams, cb, sample_mult=[np.ones(3, dtype=np.int64)])
 
 
 def test_saturation_never_wraps():
