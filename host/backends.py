@@ -38,7 +38,8 @@ def pynq_board_present() -> tuple[bool, str]:
         return False, f"pynq: {exc}"
 
 
-def _run_cpu(job: Job, progress: Callable[[int], None] | None = None) -> Result:
+def _run_cpu(job: Job, progress: Callable[[int], None] | None = None, model0=None, stop=None,
+             sample_mult=None) -> Result:
     """The bit-exact reference engine: compiled (:mod:`zipsgd.fastref`, numba) where numba
     imports, else the numpy specification (:func:`zipsgd.reference.run`)."""
     from . import fastref
@@ -48,13 +49,18 @@ def _run_cpu(job: Job, progress: Callable[[int], None] | None = None) -> Result:
         def streams(epoch, _s=job.streams):  # noqa: F811  (called once per epoch, in order)
             progress(epoch)
             return _s[epoch % len(_s)]
-    res = fastref.run(job.config, streams, job.codebook, params=job.params)
+    res = fastref.run(job.config, streams, job.codebook, params=job.params, model0=model0, stop=stop,
+                      sample_mult=sample_mult)
     if progress is not None:
         progress(job.epochs)
     return res
 
 
 _run_cpu.available = True
+
+#: Why the engine backends refuse per-sample weights.
+NO_SAMPLE_WEIGHT = ("the engine has no per-sample weight input (a weight per sample would cost the stream a word "
+                    "per sample); use class_weight, equal weights, or backend='cpu'")
 
 class _SimBackend:
     """The simulated board: the engine's RTL under Verilator, driven by zipsgd.driver."""
@@ -71,11 +77,14 @@ class _SimBackend:
     #: job in one process, so ``progress`` hears of its start and of its end only.
     progress_note = "the simulator runs all epochs in one go: progress is reported at the start and the end"
 
-    def __call__(self, job: Job, progress=None) -> Result:
+    def __call__(self, job: Job, progress=None, model0=None, stop=None, sample_mult=None) -> Result:
         from .sim.board import run_jobs
+        if sample_mult is not None:
+            raise ValueError(f"backend='sim': {NO_SAMPLE_WEIGHT}")
         if progress is not None:
             progress(0)
-        res = run_jobs([(job.config, job.streams, job.codebook)], params=job.params)[0]
+        opts = {"model0": model0, "stop": stop}
+        res = run_jobs([(job.config, job.streams, job.codebook, opts)], params=job.params)[0]
         if progress is not None:
             progress(job.epochs)
         return on_board_clock(res, job.config.word_bits)
@@ -115,14 +124,15 @@ class _PynqBackend:
         return (f"backend='pynq' needs a PYNQ board ({pynq_board_present()[1]}): {DEPLOY_HINT}; "
                 "use backend='cpu' or backend='sim' here")
 
-    def __call__(self, job: Job, progress=None) -> Result:
-        import os
-
+    def __call__(self, job: Job, progress=None, model0=None, stop=None, sample_mult=None) -> Result:
         from .driver import Engine
         from .pynq_board import PynqBoard
+        if sample_mult is not None:
+            raise ValueError(f"backend='pynq': {NO_SAMPLE_WEIGHT}")
         board = PynqBoard.open(board_name())
         # progress: the engine's EPOCHS_DONE after each DMA transfer (at least one per epoch)
-        return Engine(board).run(job.config, job.streams, job.codebook, progress=progress)
+        return Engine(board).run(job.config, job.streams, job.codebook, progress=progress, model0=model0,
+                                 stop=stop)
 
 
 #: Backend name -> callable(job, progress=None) -> Result; a callable may carry
@@ -150,19 +160,26 @@ def check_backend(name: str) -> None:
                                                           "use backend='cpu'"))
 
 
-def run_job(job: Job, backend: str = "cpu", progress: Callable[[int], None] | None = None) -> Result:
+def run_job(job: Job, backend: str = "cpu", progress: Callable[[int], None] | None = None, *, model0=None,
+            stop=None, sample_mult=None) -> Result:
     """Run ``job`` on ``backend``; ``progress(epoch)`` is called as epochs start (and with
-    ``epochs`` at the end) where the backend can report it."""
+    ``epochs`` at the end) where the backend can report it. ``model0`` (a warm start),
+    ``stop`` (early stopping) and ``sample_mult`` (per-sample weights, cpu only) as in
+    :func:`zipsgd.reference.run`."""
     check_backend(backend)
     fn = BACKENDS[backend]
     try:
-        takes_progress = "progress" in inspect.signature(fn).parameters
+        accepted = set(inspect.signature(fn).parameters)
     except (TypeError, ValueError):
-        takes_progress = False
-    if takes_progress:
-        res = fn(job, progress=progress)
+        accepted = set()
+    extra = {k: v for k, v in dict(model0=model0, stop=stop, sample_mult=sample_mult).items() if v is not None}
+    for k in extra:
+        if k not in accepted:
+            raise ValueError(f"backend {backend!r} does not take {k} (its function has no such parameter)")
+    if "progress" in accepted:
+        res = fn(job, progress=progress, **extra)
     else:
-        res = fn(job)
+        res = fn(job, **extra)
         if progress is not None:
             progress(job.epochs)
     if res.error != c.Error.NONE:

@@ -145,6 +145,7 @@ class Counters:
     stalls: int
     idles: int
     samples: int
+    saturated: int
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -235,17 +236,31 @@ class Engine:
                     for level in np.asarray(codebook, dtype=np.int64)]
         self.board.batch(ops)
 
+    def write_model(self, model) -> None:
+        """Write a model (MODEL integers, one per feature) into the engine's memory, in the
+        layout of the configuration written last (:meth:`configure` first); a START with
+        ``warm`` then trains from it."""
+        words = np.asarray(model, dtype=np.int64)
+        if words.size and (words.min() < c.MODEL.min or words.max() > c.MODEL.max):
+            raise ValueError(f"model words must lie in the MODEL range [{c.MODEL.min}, {c.MODEL.max}]")
+        self.board.batch([("w", c.REG["MODEL_ADDR"], 0)]
+                         + [("w", c.REG["MODEL_DATA"], int(v) & 0xFFFFFFFF) for v in words])
+
     def read_model(self, dim: int) -> np.ndarray:
         raw = np.array(self.board.batch([("w", c.REG["MODEL_ADDR"], 0)] + [("r", c.REG["MODEL_DATA"])] * dim),
                        dtype=np.int64)
         return np.where(raw >= 1 << 31, raw - (1 << 32), raw)
 
     def read_losses(self, epochs: int) -> list:
+        return self.read_losses_from(0, epochs)
+
+    def read_losses_from(self, first: int, count: int) -> list:
+        """Loss sums of epochs ``first .. first + count - 1``."""
         ops = []
-        for e in range(epochs):
+        for e in range(first, first + count):
             ops += [("w", c.REG["LOSS_ADDR"], e), ("r", c.REG["LOSS_LO"]), ("r", c.REG["LOSS_HI"])]
         v = self.board.batch(ops)
-        return [v[2 * e] | v[2 * e + 1] << 32 for e in range(epochs)]
+        return [v[2 * e] | v[2 * e + 1] << 32 for e in range(count)]
 
     def default_timeout(self, cfg: c.EngineConfig) -> float:
         """Board seconds a job may take: four times its generous cycle bound, plus the
@@ -298,7 +313,7 @@ class Engine:
         return StreamPlan(resident=resident, per_epoch_words=per_epoch, slot_words=slot_words, chunks=chunks)
 
     def run(self, cfg: c.EngineConfig, streams, codebook=None, timeout_s: float | None = None,
-            ring_bytes: int | None = None, progress=None) -> Result:
+            ring_bytes: int | None = None, progress=None, model0=None, stop=None) -> Result:
         """Run one job: configure, stream every epoch, wait, read the results back.
 
         ``streams`` holds the packed copies (epoch ``e`` streams copy ``e % K``): arrays of
@@ -311,6 +326,14 @@ class Engine:
 
         ``progress`` (optional): called with the engine's EPOCHS_DONE after every transfer
         and with ``cfg.epochs`` when the job is done (the CLI's progress bar).
+
+        ``model0`` (optional): MODEL integers the job starts from (written through
+        MODEL_DATA, then START with ``warm``), as :func:`zipsgd.reference.run`'s.
+
+        ``stop`` (optional): ``stop(epoch, loss_sum) -> bool``, asked after each epoch but the
+        last with its loss sum (LOSS_ACC), as :func:`zipsgd.reference.run`'s. The next epoch
+        is then sent only once the engine has finished this one (a pause of the pipeline's
+        depth per epoch); true ends the job there with the engine's STOP.
 
         On any failure (timeout, engine fault, DMA error, Ctrl-C) the DMA channel is reset
         (nothing more of this job reaches the engine) and the engine soft-reset before the
@@ -325,6 +348,11 @@ class Engine:
                                  f"take {plan.per_epoch_words}")
         self.check_mode(cfg)
         self.configure(cfg, codebook)
+        if model0 is not None:
+            model0 = np.asarray(model0, dtype=np.int64).reshape(-1)
+            if model0.size != cfg.dim:
+                raise ValueError(f"model0 holds {model0.size} words for dim={cfg.dim}")
+            self.write_model(model0)
         cycles = self.expected_cycles(cfg)
         timeout_s = timeout_s if timeout_s is not None else self.default_timeout(cfg)
         bufs, stopped = [], True
@@ -348,7 +376,7 @@ class Engine:
                     slot.flush()
                     return slot, 0, n
 
-                self._w("CTRL", c.field_bits(c.CTRL_FIELDS, start=1))
+                self._w("CTRL", c.field_bits(c.CTRL_FIELDS, start=1, warm=int(model0 is not None)))
                 st = self.status()
                 if st["done"] and st["error"]:
                     raise EngineFault(self._fault_text(st["error"]))
@@ -356,6 +384,7 @@ class Engine:
                 poll = max(cycles / self.board.clock_hz / self.POLLS, 1e-6)
                 slice_s = poll * self.POLLS / len(transfers)
                 prepared = place(0)
+                per_epoch = len(plan.chunks)
                 for i in range(len(transfers)):
                     self.board.dma_send(*prepared)
                     if i + 1 < len(transfers):
@@ -369,13 +398,21 @@ class Engine:
                                               f"{len(transfers)} still in the DMA): its configuration does not "
                                               "match the data sent")
                         break
+                    epoch = i // per_epoch
+                    if stop is not None and (i + 1) % per_epoch == 0 and epoch + 1 < cfg.epochs:
+                        self._wait_epochs(epoch + 1, cfg, deadline, poll, timeout_s)
+                        if stop(epoch, self.read_losses_from(epoch, 1)[0]):
+                            self._w("CTRL", c.field_bits(c.CTRL_FIELDS, stop=1))
+                            st = self._wait_done(cfg, deadline, poll, timeout_s)
+                            break
                 else:
                     st = self._wait_done(cfg, deadline, poll, timeout_s)
                 if st["error"]:
                     raise EngineFault(self._fault_text(st["error"]))
                 cnt = self.counters()
                 model = self.read_model(cfg.dim)
-                losses = self.read_losses(cfg.epochs)
+                run_epochs = self._r("EPOCHS_DONE") if st["stopped"] else cfg.epochs
+                losses = self.read_losses(run_epochs)
                 if progress is not None:
                     progress(cfg.epochs)
             except BaseException:
@@ -389,7 +426,8 @@ class Engine:
                 self.unfreed.extend(bufs)
         stats = hw_stats(cnt, self.board.clock_hz)
         stats.update(transfers=len(transfers), ring=not plan.resident)
-        return Result(model=model, loss_sums=losses, beats=cnt.beats, samples=cnt.samples, stats=stats)
+        return Result(model=model, loss_sums=losses, beats=cnt.beats, samples=cnt.samples, stats=stats,
+                      saturated=cnt.saturated, stopped=bool(st["stopped"]))
 
     def abort(self) -> bool:
         """Stop everything of the current job: reset the DMA channel (nothing more is
@@ -444,6 +482,20 @@ class Engine:
             # a board with an interrupt wakes when the job ends: one wait up to the deadline
             self.board.wait_irq(left + 1e-6 if self.board.irq_wait else min(poll, left))
             poll *= 1.5
+
+    def _wait_epochs(self, epochs: int, cfg, deadline, poll, timeout_s):
+        """Wait until the engine has finished ``epochs`` epochs (EPOCHS_DONE): their model
+        updates and losses are final."""
+        while self._r("EPOCHS_DONE") < epochs:
+            st = self.status()
+            if st["done"]:
+                if st["error"]:
+                    raise EngineFault(self._fault_text(st["error"]))
+                return
+            left = deadline - self.board.time()
+            if left <= 0:
+                raise self._timeout(cfg, timeout_s, f"epoch {epochs} streamed, not finished by the engine")
+            self.board.sleep(min(poll, left))
 
     def _fault_text(self, code: int) -> str:
         try:

@@ -399,8 +399,9 @@ def run_jobs(jobs, *, simulator: str = "verilator", params: c.EngineParams | Non
     Parameters
     ----------
     jobs : list of (EngineConfig, list of streams or the path of a .zsgd file, codebook or None[, options])
-        ``options`` (a dict, optional): ``timeout_s`` and ``ring_bytes`` for
-        :meth:`Engine.run`, ``fault`` and ``at`` for a :class:`FaultyBoard`.
+        ``options`` (a dict, optional): ``timeout_s``, ``ring_bytes``, ``model0`` and
+        ``stop`` (picklable) for :meth:`Engine.run`, ``fault`` and ``at`` for a
+        :class:`FaultyBoard`.
     simulator : 'verilator' or 'icarus'
     params : EngineParams of the engine to build (default build at the jobs' W)
     throttle : 0..15, random input gaps of the board's DMA (0: never stalls)
@@ -491,7 +492,8 @@ def board_test_entry():
                 t0 = time.perf_counter()
                 try:
                     res = engine.run(cfg, streams, codebook, timeout_s=opts.get("timeout_s"),
-                                     ring_bytes=opts.get("ring_bytes"))
+                                     ring_bytes=opts.get("ring_bytes"), model0=opts.get("model0"),
+                                     stop=opts.get("stop"))
                 except BaseException as exc:  # handed back to the host process (Ctrl-C too)
                     out.append(exc)
                     continue

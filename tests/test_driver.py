@@ -168,9 +168,12 @@ class FakeBoard(Board):
         self.t, self.t_done, self.model_ptr, self.loss_addr = 0.0, None, 0, 0
         self.model = np.array([(i * 7919 - 5000) & 0xFFFFFFFF for i in range(64)], dtype=np.int64)
         self.losses = [(e + 1) << 33 | e for e in range(8)]
-        self.counts = {"CYCLES": 5 << 32 | 7, "BEATS": 1000, "STALLS": 12, "IDLES": 0, "SAMPLES": 30}
+        self.counts = {"CYCLES": 5 << 32 | 7, "BEATS": 1000, "STALLS": 12, "IDLES": 0, "SAMPLES": 30, "SATURATED": 3}
         self.latched = {}
         self.overrides = {}                   # register name -> value read instead
+        self.epochs_done = None               # callable: EPOCHS_DONE as the test models it
+        self.stopped = False
+        self.written_model = []
         self.dma = Pg021Mm2s(self, dma_width, self.events)
         self.mm2s = axi_dma.Mm2s(self.dma.read, self.dma.write, self.dma.max_bytes)
         self.dma_max_bytes = self.dma.max_bytes
@@ -188,11 +191,13 @@ class FakeBoard(Board):
                  "PARAM_EPOCHS_MAX": PARAMS.epochs_max, "BUILD_HASH": c.build_hash(PARAMS),
                  "PARAM_MODES": 0xFFFF, "PARAM_LANES": PARAMS.lanes, "EPOCHS_DONE": 0}
         fixed.update(self.overrides)
+        if name == "EPOCHS_DONE" and self.epochs_done is not None:
+            return self.epochs_done()
         if name in fixed:
             return fixed[name]
         if name == "STATUS":
             done = self.t_done is not None and self.t >= self.t_done
-            return c.field_bits(c.STATUS_FIELDS, done=int(done), busy=int(not done))
+            return c.field_bits(c.STATUS_FIELDS, done=int(done), busy=int(not done), stopped=int(self.stopped))
         if name == "MODEL_DATA":
             v = int(self.model[self.model_ptr])
             self.model_ptr += 1
@@ -209,12 +214,18 @@ class FakeBoard(Board):
     def write(self, offset, value):
         name = NAMES[offset]
         self._log(("w", name, value))
-        if name == "CTRL" and value & 1:
+        if name == "CTRL" and value & c.field_bits(c.CTRL_FIELDS, stop=1):
+            self.stopped = True
+            self.t_done = self.t
+        elif name == "CTRL" and value & 1:
             self.t_done = None if self.hang else self.t + self.job_seconds
         elif name == "CTRL" and value & SOFT_RESET:
             self.t_done = None
         elif name == "MODEL_ADDR":            # any write rewinds (the contract)
             self.model_ptr = 0
+        elif name == "MODEL_DATA":
+            self.written_model.append((self.model_ptr, value))
+            self.model_ptr += 1
         elif name == "LOSS_ADDR":
             self.loss_addr = value
 
@@ -458,6 +469,49 @@ def test_ctrl_c_during_a_transfer_resets_dma_then_engine_then_frees():
         Engine(board).run(cfg, streams, cb)
     assert len(board.dma.lengths) == 2
     _assert_aborted(board)
+
+
+def test_warm_start_writes_the_model_then_starts_warm():
+    board = FakeBoard()
+    cfg, streams, cb = _job()
+    model0 = np.array([1, -1, c.MODEL.max, c.MODEL.min, 0])
+    Engine(board).run(cfg, streams, cb, model0=model0)
+    log = board.log
+    rewind = log.index(("w", "MODEL_ADDR", 0))
+    start = log.index(("w", "CTRL", c.field_bits(c.CTRL_FIELDS, start=1, warm=1)))
+    last_cfg = max(i for i, e in enumerate(log) if e[0] == "w" and e[1].lower() in c.CONFIG_FIELDS)
+    assert last_cfg < rewind < start
+    assert board.written_model == [(i, int(v) & 0xFFFFFFFF) for i, v in enumerate(model0)]
+    # a cold start sets no warm bit; a model of the wrong size or range is refused first
+    board = FakeBoard()
+    Engine(board).run(cfg, streams, cb)
+    assert ("w", "CTRL", c.field_bits(c.CTRL_FIELDS, start=1)) in board.log and not board.written_model
+    for bad, match in ((np.zeros(4), "4 words"), (np.array([0, 0, 0, 0, c.MODEL.max + 1]), "MODEL range")):
+        board = FakeBoard()
+        with pytest.raises(ValueError, match=match):
+            Engine(board).run(cfg, streams, cb, model0=bad)
+        assert not any(e[:2] == ("w", "CTRL") for e in board.log)
+
+
+def test_stop_waits_for_each_epoch_then_stops_at_the_boundary():
+    board = FakeBoard()
+    cfg, streams, cb = _job(epochs=5, copies=2)
+    board.epochs_done = lambda: len(board.streamed)        # each epoch ends as its transfer does
+    asked = []
+    res = Engine(board).run(cfg, streams, cb, stop=lambda e, lo: asked.append((e, lo)) or e == 1)
+    assert [e for e, _ in asked] == [0, 1]
+    assert [lo for _, lo in asked] == board.losses[:2]
+    stop = board.log.index(("w", "CTRL", c.field_bits(c.CTRL_FIELDS, stop=1)))
+    assert len(board.streamed) == 2                        # epoch 3 never sent
+    assert res.stopped and res.loss_sums == board.losses[:2]
+    assert not any(e[:2] == ("w", "LOSS_ADDR") and e[2] >= 2 for e in board.log[stop:])
+    assert res.saturated == board.counts["SATURATED"] and res.stats["saturated"] == 3
+    # never asked after the last epoch; a stop that never says yes runs every epoch
+    board = FakeBoard()
+    board.epochs_done = lambda: len(board.streamed)
+    asked = []
+    res = Engine(board).run(cfg, streams, cb, stop=lambda e, lo: asked.append(e) and False)
+    assert asked == [0, 1, 2, 3] and not res.stopped and len(res.loss_sums) == 5
 
 
 def test_unsupported_mode_is_refused_before_any_configuration():
