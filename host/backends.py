@@ -51,6 +51,7 @@ def _run_cpu(job: Job, progress: Callable[[int], None] | None = None, model0=Non
             return _s[epoch % len(_s)]
     res = fastref.run(job.config, streams, job.codebook, params=job.params, model0=model0, stop=stop,
                       sample_mult=sample_mult)
+    res.stats = {"saturated": res.saturated}          # the engine's counter, as the boards report it
     if progress is not None:
         progress(job.epochs)
     return res

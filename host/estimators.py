@@ -9,7 +9,9 @@ back to the caller's units, so ``X @ coef_ + intercept_`` is the model's output 
 unscaled data.
 
 Fitted attributes: ``coef_``, ``intercept_``, ``loss_curve_`` (the engine's mean
-per-sample loss of each epoch, scaled units), ``n_iter_`` (= epochs),
+per-sample loss of each epoch, scaled units), ``n_iter_`` (epochs run: ``max_iter``, or
+fewer when early stopping ended the job; the largest over the classes), ``t_`` (epochs
+trained since the first ``fit``/``partial_fit``),
 ``n_features_in_``, ``classes_`` (classifier), ``bits_per_feature_`` (stream bits per
 feature incl. padding), ``hw_stats_`` (backend counters; empty on the CPU),
 ``engine_result_`` (the raw :class:`~zipsgd.reference.Result`) and ``job_``.
@@ -26,8 +28,14 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+import dataclasses
+
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.validation import _check_sample_weight
+
 from .backends import run_job
-from .job import LOSS_ALIASES, diagnose, prepare_job
+from .contract import STEP_SHIFT_MAX
+from .job import LOSS_ALIASES, EarlyStopping, diagnose, prepare_job
 from .packfile import PackedData
 
 
@@ -40,7 +48,8 @@ def _estimator_init(default_loss: str):
     """
     def __init__(self, loss=default_loss, *, bits=8, sampling="double", levels="uniform", max_iter=10,
                  batch_size=1, step="auto", decay="auto", alpha=0.0, copies=None, random_state=0, backend="cpu",
-                 word_bits=64, scale="feature", fit_intercept=True, engine_params=None, verbose=0):
+                 word_bits=64, scale="feature", fit_intercept=True, engine_params=None, verbose=0, tol=None,
+                 n_iter_no_change=5, class_weight=None, warm_start=False):
         self.loss = loss
         self.bits = bits
         self.sampling = sampling
@@ -58,6 +67,10 @@ def _estimator_init(default_loss: str):
         self.fit_intercept = fit_intercept
         self.engine_params = engine_params
         self.verbose = verbose
+        self.tol = tol
+        self.n_iter_no_change = n_iter_no_change
+        self.class_weight = class_weight
+        self.warm_start = warm_start
     return __init__
 
 
@@ -97,47 +110,148 @@ class _ZipSGD(BaseEstimator):
     def _engine_loss(self) -> str:
         return LOSS_ALIASES.get(self.loss, self.loss)
 
-    def _fit_job(self, X, y, job=None):
-        job = job or prepare_job(X, y, **self._job_kwargs())
-        res = run_job(job, self.backend)
-        coef, intercept = job.unscale(res.model)
-        if not (np.all(np.isfinite(coef)) and np.isfinite(intercept)):
-            raise ValueError(f"{type(self).__name__}: the model in the units of X and y overflows float64 (values "
-                             f"near the float64 limit): rescale X or y, e.g. divide by 1e300")
-        for problem in diagnose(job, res):
-            warnings.warn(f"{type(self).__name__}: {problem}", ConvergenceWarning, stacklevel=3)
+    # -- training ------------------------------------------------------------------------
+    def _check_fit_params(self):
+        if self.tol is not None and not (isinstance(self.tol, (int, float, np.floating)) and np.isfinite(self.tol)):
+            raise ValueError(f"tol must be a finite number or None, not {self.tol!r}")
+        if isinstance(self.n_iter_no_change, bool) or not isinstance(self.n_iter_no_change, (int, np.integer)) \
+                or self.n_iter_no_change < 1:
+            raise ValueError(f"n_iter_no_change must be a positive integer, not {self.n_iter_no_change!r}")
+
+    def _stopper(self, job):
+        return None if self.tol is None else EarlyStopping(float(self.tol), int(self.n_iter_no_change), job.n_samples)
+
+    def _sample_mult(self, job, sample_weight):
+        """Per-sample multipliers for the backend (None for no weights or equal weights)."""
+        if sample_weight is None:
+            return None
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.size and np.all(w == w.flat[0]) and w.flat[0] > 0:
+            return None                       # equal weights: the step rule already normalises them
+        return job.sample_multipliers(w)
+
+    def _class_jobs(self, job, y=None, partial=False):
+        """The binary jobs of a classification job (one, or one per class one-vs-rest), with
+        the class weights' step multipliers."""
+        K = job.n_classes
+        jobs = [job] if K <= 2 else [job.for_class(k) for k in range(K)]
+        cw = self.class_weight
+        if cw is None or self._engine_loss() == "squared":
+            return jobs
+        if partial and isinstance(cw, str):
+            raise ValueError(f"class_weight={cw!r} is not supported for partial_fit (it needs every label): "
+                             "give a dict")
+        if isinstance(cw, str) and cw != "balanced":
+            raise ValueError(f"class_weight must be a dict, 'balanced' or None, not {cw!r}")
+        if isinstance(cw, str) and y is None:
+            raise ValueError("class_weight='balanced' needs the labels: train from X and y, not a packed file")
+        w = compute_class_weight(cw, classes=job.classes, y=y) if isinstance(cw, str) else \
+            np.array([float(cw.get(k, 1.0)) for k in job.classes])
+        if K <= 2:
+            return [job.with_class_weights(w[1], w[0])]
+        return [jk.with_class_weights(w[k], 1.0) for k, jk in enumerate(jobs)]
+
+    def _run_jobs(self, jobs, sample_weight=None, model0=None):
+        """Run the binary jobs; set the fitted attributes; (coef, intercept) per job."""
+        out, results = [], []
+        mult = self._sample_mult(jobs[0], sample_weight)
+        for k, job in enumerate(jobs):
+            res = run_job(job, self.backend, model0=None if model0 is None else model0[k],
+                          stop=self._stopper(job), sample_mult=mult)
+            coef, intercept = job.unscale(res.model)
+            if not (np.all(np.isfinite(coef)) and np.isfinite(intercept)):
+                raise ValueError(f"{type(self).__name__}: the model in the units of X and y overflows float64 "
+                                 "(values near the float64 limit): rescale X or y, e.g. divide by 1e300")
+            for problem in diagnose(job, res):
+                who = "" if len(jobs) == 1 else f" (class {job.classes[k]!r} against the rest)"
+                warnings.warn(f"{type(self).__name__}{who}: {problem}", ConvergenceWarning, stacklevel=4)
+            out.append((coef, intercept))
+            results.append(res)
+        job = jobs[0]
         self.step_, self.decay_ = job.step, job.decay
         self.job_ = job.slim()               # what maps results back; none of the training data
-        self.engine_result_ = res
-        self.loss_curve_ = [float(v) for v in res.loss_curve(job.n_samples)]
-        self.n_iter_ = job.epochs
+        self._models = [r.model.copy() for r in results]
+        curves = [[float(v) for v in r.loss_curve(job.n_samples)] for r in results]
+        one = len(results) == 1
+        self.engine_result_ = results[0] if one else results
+        self.loss_curve_ = curves[0] if one else curves
+        self.n_iter_ = max(len(cv) for cv in curves)
+        self.t_ = getattr(self, "t_", 0) + self.n_iter_
         self.bits_per_feature_ = float(job.bits_per_feature)
-        self.hw_stats_ = dict(res.stats or {})
+        stats = [dict(r.stats or {}) for r in results]
+        self.hw_stats_ = stats[0] if one else stats
         if self.verbose:
-            for e, v in enumerate(self.loss_curve_, 1):
-                print(f"-- Epoch {e}, mean loss {v:.6g} (engine, quantized data), step {job.epoch_step(e - 1):.4g}"
-                      f"/sample")
-        return coef, intercept
+            for k, curve in enumerate(curves):
+                head = "" if one else f"class {job.classes[k]!r}: "
+                for e, v in enumerate(curve, 1):
+                    print(f"-- {head}Epoch {e}, mean loss {v:.6g} (engine, quantized data), step "
+                          f"{job.epoch_step(e - 1):.4g}/sample")
+        return out
 
-    def _fit_packed(self, packed, y):
-        """Train on a packed file (:func:`zipsgd.packfile.open_packed`): its labels, copies,
-        codebook and scaling; this estimator's training settings (max_iter, batch_size, step,
-        decay, alpha, backend). The file's quantization (bits, sampling, levels, copies,
-        seed, scale, fit_intercept) replaces the estimator's; ``packed_settings_`` says which."""
-        from .job import job_from_packed
+    def _warm_models(self, job, n_jobs):
+        """The engine models a warm start trains from (None for a cold start): the last
+        fit's coef_/intercept_ in this job's scaling."""
+        if not (self.warm_start and hasattr(self, "coef_")):
+            return None
+        coef = np.atleast_2d(self.coef_)
+        icpt = np.atleast_1d(self.intercept_)
+        if coef.shape != (n_jobs, job.n_features):
+            return None                       # another shape of problem: a cold start, as scikit-learn's
+        return [job.model_ints(coef[k], icpt[k])[0] for k in range(n_jobs)]
 
-        if y is not None:
-            raise ValueError("a packed file holds its labels: call fit(packed) without y")
-        h = packed.header
-        if h["loss"] != self._engine_loss():
-            raise ValueError(f"{packed.path} was packed for loss={h['loss']!r}; {type(self).__name__}(loss="
-                             f"{self.loss!r}) needs a file packed with that loss (zipsgd pack --loss {self.loss})")
-        job = job_from_packed(packed, epochs=self.max_iter, batch_size=self.batch_size, step=self.step,
-                              decay=self.decay, alpha=self.alpha, params=self.engine_params)
-        self.packed_settings_ = {k: h[k] for k in ("bits", "sampling", "levels", "copies", "seed", "scale",
-                                                   "fit_intercept")}
-        self.n_features_in_ = h["n_features"]
-        return self._fit_job(None, None, job=job)
+    def _fit_job(self, X, y, job=None, sample_weight=None):
+        """Train (regression, binary, or one-vs-rest on one packed stream) and set the model."""
+        self._check_fit_params()
+        job = job or prepare_job(X, y, **self._job_kwargs())
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
+        jobs = self._class_jobs(job, y) if job.classes is not None else [job]
+        fits = self._run_jobs(jobs, sample_weight, self._warm_models(job, len(jobs)))
+        self._set_model(fits, job)
+        return self
+
+    def _set_model(self, fits, job):
+        coef = np.vstack([f[0] for f in fits])
+        intercept = np.array([f[1] for f in fits], dtype=np.float64)
+        if job.classes is None:
+            self.coef_, self.intercept_ = coef[0], float(intercept[0])
+        else:
+            self.classes_ = np.asarray(job.classes)
+            self.coef_, self.intercept_ = coef, intercept
+
+    def _partial_job(self, X, y, classes=None):
+        """The job of one partial_fit call: one epoch; the first call fixes the scaling and
+        the classes, the next ones keep them and go on with the step schedule."""
+        kw = {**self._job_kwargs(), "epochs": 1, "copies": 1}
+        if not hasattr(self, "_models"):
+            return prepare_job(X, y, **kw, classes=classes)
+        job = prepare_job(X, y, **kw, fixed_scaling=self.job_)
+        if job.decay:                         # the step schedule goes on where the last call left it
+            k = min(job.config.step_shift + self.t_ // job.decay, STEP_SHIFT_MAX)
+            job = dataclasses.replace(job, config=dataclasses.replace(job.config, step_shift=k))
+        return job
+
+    def _partial_fit(self, X, y, classes=None, sample_weight=None):
+        self._check_loss()
+        self._check_fit_params()
+        first = not hasattr(self, "_models")
+        X, y = validate_data(self, X, y, accept_sparse=("csr", "csc", "coo"), dtype=np.float64, reset=first,
+                             y_numeric=self._engine_loss() == "squared")
+        if self._engine_loss() != "squared":
+            check_classification_targets(y)
+            if first and classes is None:
+                raise ValueError("classes must be given at the first call of partial_fit (every class the "
+                                 "labels may take)")
+            if not first and classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+                raise ValueError(f"classes={list(classes)} differ from the first call's {list(self.classes_)}")
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
+        job = self._partial_job(_dense(X), y, classes)
+        jobs = self._class_jobs(job, y, partial=True) if job.classes is not None else [job]
+        model0 = None if first else self._models
+        fits = self._run_jobs(jobs, sample_weight, model0)
+        self._set_model(fits, job)
+        return self
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -193,20 +307,22 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
 
     __init__ = _estimator_init(default_loss="squared_error")
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Train on ``X`` (n, d) and real targets ``y`` (n,), or on a packed file
-        (:class:`zipsgd.packfile.PackedData`, its labels inside)."""
+        (:class:`zipsgd.packfile.PackedData`, its labels inside). ``sample_weight``
+        (n,): each sample's gradient weighted (backend "cpu"; equal weights anywhere)."""
         self._check_loss()
         if isinstance(X, PackedData):
-            coef, intercept = self._fit_packed(X, y)
-            self.coef_, self.intercept_ = coef, float(intercept)
-            return self
+            return self._fit_packed(X, y)
         X, y = validate_data(self, X, y, accept_sparse=("csr", "csc", "coo"), y_numeric=True,
                              dtype=np.float64)
-        coef, intercept = self._fit_job(_dense(X), y)
-        self.coef_ = coef
-        self.intercept_ = float(intercept)
-        return self
+        return self._fit_job(_dense(X), y, sample_weight=sample_weight)
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over ``X``, ``y``, from the model of the last call. The first call fixes
+        the scaling of X and y: later values beyond its range saturate (at the ends of the
+        scaled range [-1, 1]); the step schedule goes on across calls (``t_``)."""
+        return self._partial_fit(X, y, sample_weight=sample_weight)
 
     def predict(self, X):
         check_is_fitted(self)
@@ -231,39 +347,23 @@ class SGDClassifier(ClassifierMixin, _ZipSGD):
 
     __init__ = _estimator_init(default_loss="log_loss")
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Train on ``X`` (n, d) and class labels ``y``, or on a packed file
-        (:class:`zipsgd.packfile.PackedData`, two classes, its labels inside)."""
+        (:class:`zipsgd.packfile.PackedData`, its labels inside). ``sample_weight`` (n,):
+        each sample's gradient weighted (backend "cpu"; equal weights anywhere)."""
         self._check_loss()
         if isinstance(X, PackedData):
-            coef, intercept = self._fit_packed(X, y)
-            self.classes_ = self.job_.classes
-            self.coef_, self.intercept_ = coef.reshape(1, -1), np.array([intercept])
-            return self
+            return self._fit_packed(X, y)
         X, y = validate_data(self, X, y, accept_sparse=("csr", "csc", "coo"), dtype=np.float64)
         check_classification_targets(y)
-        X = _dense(X)
-        classes = np.unique(y)
-        if classes.size < 2:
-            raise ValueError(f"the target has {classes.size} class: a classifier needs at least two")
-        if classes.size == 2:
-            coef, intercept = self._fit_job(X, y)
-            self.classes_ = self.job_.classes
-            self.coef_, self.intercept_ = coef.reshape(1, -1), np.array([intercept])
-            return self
-        # one-vs-rest: class k against the rest, one binary job each (labels False/True)
-        fits = []
-        for cls in classes:
-            coef, intercept = self._fit_job(X, y == cls)
-            fits.append((coef, intercept, self.loss_curve_, self.step_, self.engine_result_, self.hw_stats_))
-        self.classes_ = classes
-        self.coef_ = np.vstack([f[0] for f in fits])
-        self.intercept_ = np.array([f[1] for f in fits])
-        self.loss_curve_ = [f[2] for f in fits]
-        self.step_ = [f[3] for f in fits]
-        self.engine_result_ = [f[4] for f in fits]
-        self.hw_stats_ = [f[5] for f in fits]
-        return self
+        return self._fit_job(_dense(X), y, sample_weight=sample_weight)
+
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
+        """One epoch over ``X``, ``y``, from the model of the last call. ``classes`` (every
+        class the labels may take) is required at the first call, which also fixes the
+        scaling of X (later values beyond its range saturate); the step schedule goes on
+        across calls (``t_``)."""
+        return self._partial_fit(X, y, classes=classes, sample_weight=sample_weight)
 
     def decision_function(self, X):
         """Scores: of the positive class ``classes_[1]`` (shape (n,)) for two classes, of

@@ -117,17 +117,213 @@ def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, 
 
 
 def _top_eigenvalue(q1, q2, iters: int = 30) -> float:
-    """Largest eigenvalue of the symmetric part of ``q1^T q2 / m`` (power iteration)."""
+    """Largest eigenvalue of the symmetric part of ``q1^T q2 / m`` (power iteration on the
+    d x d matrix, formed once)."""
     m = q1.shape[0]
+    q1, q2 = np.asarray(q1, dtype=np.float64), np.asarray(q2, dtype=np.float64)
+    cross = q1.T @ q2
+    sym = (cross + cross.T) / (2 * m)
     v = np.ones(q1.shape[1]) / math.sqrt(q1.shape[1])
     lam = 0.0
     for _ in range(iters):
-        w = (q1.T @ (q2 @ v) + q2.T @ (q1 @ v)) / (2 * m)
+        w = sym @ v
         norm = float(np.linalg.norm(w))
         if norm == 0:
             return 0.0
         lam, v = norm, w / norm
     return lam
+
+
+#: Values (rows x dim) the numpy path of :func:`pack_rows` quantizes at a time (its
+#: temporaries: about 80 bytes per value).
+PACK_BLOCK_VALUES = 1 << 16
+#: Buckets of the compiled quantizer's first guess of a value's codebook interval.
+GUESS_BUCKETS = 1 << 10
+_PACK_MODES = {"double": 1, "single": 2, "nearest": 3}
+
+
+def _fastpack():
+    """The compiled packer (``zipsgd._fastpack``) where numba imports and the compiled
+    kernels are in use (:func:`zipsgd.fastref.kernels`), else None (the numpy path)."""
+    from . import fastref
+
+    if fastref.kernels() is None:
+        return None
+    try:
+        from . import _fastpack as fp
+    except ImportError:  # pragma: no cover - numba imports for fastref, so here too
+        return None
+    return fp
+
+
+def pack_plan(layout: c.Layout, sampling: str, levels) -> dict:
+    """What :func:`pack_rows` needs of a layout, a sampling mode and a codebook (``levels``
+    as floats; None for 32-bit FULL), computed once per job."""
+    full = levels is None
+    lv = np.zeros(2) if full else np.asarray(levels, dtype=np.float64)
+    plan = {"layout": layout, "mode": 0 if full else _PACK_MODES[sampling], "levels": None if full else lv,
+            "sq": (np.zeros(1, dtype=np.int64) if full else c.FEAT.to_fixed(lv) ** 2)}
+    lay = layout
+    plan["lay"] = np.array([int(lay.encoding), lay.bits, lay.dim, lay.feature_bits, lay.features_per_beat,
+                            lay.beats_per_sample, lay.host_words_per_beat, lay.label_shift, c.HOST_WORD_BITS,
+                            c.LABEL_BITS, int(c.Encoding.FULL), int(c.Encoding.SINGLE), int(c.Encoding.PAIR)],
+                           dtype=np.int64)
+    size = 256
+    if not full and lv.size <= size:
+        inv = GUESS_BUCKETS / (lv[-1] - lv[0])
+        edges = lv[0] + np.arange(GUESS_BUCKETS) / inv
+        plan["guess"] = np.maximum(np.searchsorted(lv, edges, side="right") - 1, 0).astype(np.int64)
+        plan["inv"] = float(inv)
+        plan["mids"] = np.concatenate(([-np.inf], (lv[:-1] + lv[1:]) / 2, np.full(size - lv.size, np.inf)))
+    else:
+        plan["guess"], plan["inv"] = np.zeros(1, dtype=np.int64), 0.0
+        plan["mids"] = np.full(size + 1, np.inf)
+    return plan
+
+
+def pack_rows(outs, plan: dict, labels, xs, pos, keys, scaling=None, xs_out=None) -> float:
+    """Quantize rows ``xs`` and pack them with their ``labels`` (MODEL integers) into every
+    copy ``k``: row ``t`` becomes sample ``pos[k, t]`` of ``outs[k]`` (host words).
+    ``plan``: :func:`pack_plan`. ``xs``: scaled rows (r, dim), intercept column included;
+    or, with ``scaling = (scaler, fit_intercept)``, raw rows scaled here as
+    :func:`scaled_matrix` does (then written to ``xs_out`` when given).
+
+    Stochastic rounding takes its random bits from :func:`zipsgd.quant.counter_bits` with
+    key ``keys[k]`` and counter ``pos[k, t] * dim + i`` (feature ``i``): double sampling
+    rounds Q1 with the low 32 bits and Q2 with the high 32 bits of that word
+    (:func:`zipsgd.quant.round_with_bits`), single sampling with the low 32 bits. So a copy's
+    words depend on its key and on which row lands where, not on the order or the
+    chunking in which rows arrive. Compiled (``zipsgd._fastpack``) where numba imports,
+    else numpy (:mod:`zipsgd.quant`, :func:`zipsgd.packing.pack`): the same words.
+
+    Returns the largest ``s1 * s2`` over the samples written, ``s1`` and ``s2`` a sample's
+    sums of squared FEAT integers of Q1 and Q2 (exact), for :func:`data_smoothness`'s
+    ``l_max = sqrt(s1 s2) / FEAT.one**2``."""
+    layout = plan["layout"]
+    xs = np.ascontiguousarray(xs, dtype=np.float64)
+    pos = np.asarray(pos, dtype=np.int64)
+    keys = np.asarray(keys, dtype=np.uint64)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    if scaling is None:
+        center, half, icpt = np.zeros(layout.dim), np.ones(layout.dim), False
+    else:
+        center, half, icpt = scaling[0].center_, scaling[0].half_, bool(scaling[1])
+    if xs.ndim != 2 or xs.shape[1] + int(icpt) != layout.dim or pos.shape != (keys.size, xs.shape[0]) \
+            or labels.shape != (xs.shape[0],):
+        raise ValueError(f"expected rows of shape (r, {layout.dim - int(icpt)}), labels (r,) and positions "
+                         f"({keys.size}, r); got {xs.shape}, {labels.shape} and {pos.shape}")
+    fp = _fastpack()
+    arr = [np.asarray(o) for o in outs]
+    ok = fp is not None and all(o.dtype == np.uint64 and o.ndim == 1 and o.flags.c_contiguous
+                                and o.flags.writeable for o in arr) and len({o.size for o in arr}) == 1
+    if ok:
+        if isinstance(outs, np.ndarray) and outs.ndim == 2 and outs.flags.c_contiguous:
+            o2 = outs
+        elif len(arr) == 1:
+            o2 = arr[0].reshape(1, -1)
+        else:
+            ok = False
+    xo = np.zeros((0, layout.dim)) if xs_out is None else xs_out
+    if ok and (xo.dtype != np.float64 or not xo.flags.c_contiguous):
+        ok = False
+    if ok:
+        lv = plan["levels"] if plan["levels"] is not None else np.zeros(2)
+        err, best = fp.pack_rows(xs, np.ascontiguousarray(center, dtype=np.float64),
+                                 np.ascontiguousarray(half, dtype=np.float64), icpt, xo, pos, keys, labels, lv,
+                                 plan["guess"], plan["inv"], plan["mids"], plan["sq"], plan["mode"], plan["lay"],
+                                 c.FEAT.one, o2)
+        if err:  # the numpy path raises its own error
+            _pack_rows_numpy(arr, plan, labels, _scale_block(xs, center, half, icpt), pos, keys)
+            raise AssertionError(f"_fastpack.pack_rows reported error {err}, which the numpy path does not raise")
+        return float(best)
+    scaled = _scale_block(xs, center, half, icpt) if scaling is not None else xs
+    if xs_out is not None:
+        xs_out[...] = scaled
+    return _pack_rows_numpy(arr, plan, labels, scaled, pos, keys)
+
+
+def _scale_block(X, center, half, icpt: bool) -> np.ndarray:
+    """:func:`scaled_matrix` of a block of rows."""
+    out = np.empty((X.shape[0], X.shape[1] + int(icpt)))
+    _scale_into(X, center, half, out)
+    return out
+
+
+def _scale_into(src, center, half, out) -> None:
+    """``out[:, :nf] = clip((src - center) / half)`` in place (:func:`zipsgd.quant.safe_affine`
+    where that overflows), ``out[:, nf:] = 1.0`` (the intercept column, if any)."""
+    from . import quant
+
+    nf = src.shape[1]
+    blk = out[:, :nf]
+    np.subtract(src, center, out=blk)
+    np.divide(blk, half, out=blk)
+    if not math.isfinite(float(np.sum(blk))):
+        blk[...] = quant.safe_affine(np.asarray(src, dtype=np.float64), center, half)
+    np.clip(blk, -1.0, 1.0, out=blk)
+    out[:, nf:] = 1.0
+
+
+def _pack_rows_numpy(outs, plan: dict, labels, xs, pos, keys) -> float:
+    """:func:`pack_rows` in numpy on scaled rows, :data:`PACK_BLOCK_VALUES` values at a time."""
+    from . import quant
+
+    layout, mode, lv, sq = plan["layout"], plan["mode"], plan["levels"], plan["sq"]
+    d = layout.dim
+    per = layout.beats_per_sample * layout.host_words_per_beat
+    block = max(1, PACK_BLOCK_VALUES // d)
+    best = 0.0
+    for at in range(0, xs.shape[0], block):
+        x, lab = xs[at:at + block], labels[at:at + block]
+        if mode == 0:
+            values = c.FEAT.to_fixed(x)
+            packed = [packing.pack(layout, lab, values=values)] * len(keys)
+            s12 = [np.einsum("ij,ij->i", values, values)] * 2 * len(keys)
+        elif mode == 3:
+            c1 = quant.nearest_round(x, lv)
+            packed = [packing.pack(layout, lab, codes1=c1)] * len(keys)
+            s12 = [sq[c1].sum(axis=1)] * 2 * len(keys)
+        else:
+            j, p = quant.interval(x, lv)
+            packed, s12 = [], []
+            for k, key in enumerate(keys):
+                bits = quant.counter_bits(key, pos[k, at:at + block, None] * d + np.arange(d))
+                c1 = quant.round_with_bits(j, p, bits)
+                s1 = sq[c1].sum(axis=1)
+                if mode == 1:
+                    c2 = quant.round_with_bits(j, p, bits, high=True)
+                    packed.append(packing.pack(layout, lab, codes1=c1, codes2=c2))
+                    s12 += [s1, sq[c2].sum(axis=1)]
+                else:
+                    packed.append(packing.pack(layout, lab, codes1=c1))
+                    s12 += [s1, s1]
+        for k, out in enumerate(outs):
+            out.reshape(-1, per)[pos[k, at:at + block]] = packed[k].reshape(-1, per)
+            s1, s2 = s12[2 * k], s12[2 * k + 1]
+            if s1.size:
+                best = max(best, float(np.max(s1.astype(np.float64) * s2.astype(np.float64))))
+    return best
+
+
+def quantized_head(layout: c.Layout, stream, levels, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q1 and Q2 (floats) of the first ``rows`` samples of a packed copy, read back."""
+    from . import fastref
+
+    per = layout.beats_per_sample * layout.host_words_per_beat
+    return fastref.quantized(layout, np.asarray(stream[:rows * per]), levels)
+
+
+def scaled_matrix(X, scaler, fit_intercept: bool) -> np.ndarray:
+    """``X`` scaled into [-1, 1] by a fitted ``quant.Scaler`` or :class:`MaxAbsScaler`
+    (``clip((x - center) / half)``; :func:`zipsgd.quant.safe_affine` where that overflows),
+    plus the intercept column: the values of ``scaler.transform``, computed in place a
+    block of rows at a time (no temporaries beyond a block)."""
+    n, nf = X.shape
+    out = np.empty((n, nf + int(fit_intercept)))
+    step = max(1, PACK_BLOCK_VALUES // max(nf, 1))
+    for a in range(0, n, step):
+        _scale_into(X[a:a + step], scaler.center_, scaler.half_, out[a:a + step])
+    return out
 
 
 #: The loss's curvature bound in the residual: squared 1, logistic 1/4 (sigmoid' <= 1/4),
@@ -183,14 +379,40 @@ def diagnose(job: "Job", res) -> list:
                    f"for the end of training; {remedy}, or set decay")
     model = np.asarray(res.model, dtype=np.int64)
     sat = int(np.count_nonzero((model >= c.MODEL.max) | (model <= c.MODEL.min)))
+    batches = -(-job.n_samples // job.batch_size) * max(1, len(res.loss_sums))
     if sat:
         out.append(f"{sat} of {model.size} weights sit at the engine's limit (+-{c.MODEL.to_float(c.MODEL.max):.4g} "
                    f"in scaled units): the model saturated; {remedy}")
+    elif getattr(res, "saturated", 0):
+        out.append(f"the model update saturated in {res.saturated} of {batches} batches (the engine's SATURATED "
+                   f"counter): weights reached the engine's limit during training; {remedy}")
     w = job.model_float(model)
     coef, icpt = job.unscale_float(w)
     if not (np.all(np.isfinite(coef)) and math.isfinite(icpt)):
         out.append("the model is not finite in the data's units (the scaling overflows): rescale X or y")
     return out
+
+
+@dataclass
+class EarlyStopping:
+    """``stop(epoch, loss_sum)`` for the backends (picklable): scikit-learn's rule on the
+    engine's per-epoch loss. An epoch whose mean per-sample loss is not below the best so
+    far minus ``tol`` counts; ``n_iter_no_change`` such epochs in a row stop the job."""
+
+    tol: float
+    n_iter_no_change: int
+    n_samples: int
+    best: float = math.inf
+    count: int = 0
+
+    def __call__(self, epoch: int, loss_sum: int) -> bool:
+        mean = c.LOSS_ACC.to_float(loss_sum) / self.n_samples
+        if mean > self.best - self.tol:
+            self.count += 1
+        else:
+            self.count = 0
+        self.best = min(self.best, mean)
+        return self.count >= self.n_iter_no_change
 
 
 def auto_decay(loss: str) -> int:
@@ -346,6 +568,64 @@ class Job:
                                   l2_shift=l2_shift_for(step, self.alpha))
         return dataclasses.replace(self, config=cfg, step=step)
 
+    # -- multiclass, class and sample weights, warm starts ------------------------------
+    @property
+    def n_classes(self) -> int:
+        return 0 if self.classes is None else len(self.classes)
+
+    def for_class(self, k: int) -> "Job":
+        """The one-vs-rest job of class ``k`` (more than two classes): the same packed
+        stream, POS_CLASS = k + 1."""
+        if self.n_classes <= 2:
+            raise ValueError("for_class: the job has fewer than three classes (its labels are the binary labels)")
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, pos_class=k + 1))
+
+    def with_class_weights(self, w_pos: float, w_neg: float) -> "Job":
+        """The job with a step multiplier per class (STEP_MULT for the positive class,
+        STEP_MULT_NEG for the others) in the ratio ``w_pos : w_neg``. The heavier class
+        keeps the job's step (the step rule's safe step) and the lighter one gets
+        ``step * w_light / w_heavy`` (at least the engine's smallest multiplier, 1)."""
+        w_pos, w_neg = float(w_pos), float(w_neg)
+        if not (w_pos >= 0 and w_neg >= 0 and math.isfinite(w_pos) and math.isfinite(w_neg)) or w_pos == w_neg == 0:
+            raise ValueError(f"class weights must be finite, >= 0 and not all 0, got {w_pos:g} and {w_neg:g}")
+        if w_pos == w_neg:
+            return dataclasses.replace(self, config=dataclasses.replace(self.config, step_mult_neg=0))
+        m = self.config.step_mult
+        light = max(1, int(math.floor(m * min(w_pos, w_neg) / max(w_pos, w_neg) + 0.5)))
+        m_pos, m_neg = (m, light) if w_pos > w_neg else (light, m)
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, step_mult=m_pos,
+                                                                    step_mult_neg=m_neg))
+
+    def sample_multipliers(self, sample_weight) -> list:
+        """Per-sample weights as the cpu backend's multipliers (STEP_MULT format, one array
+        per packed copy in its sample order), scaled so that the largest weight is 1.0."""
+        w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+        if w.shape != (self.n_samples,):
+            raise ValueError(f"sample_weight has {w.size} values for {self.n_samples} samples")
+        if not np.all(np.isfinite(w)) or np.any(w < 0) or not np.any(w > 0):
+            raise ValueError("sample_weight must be finite, >= 0 and not all 0")
+        if self.perms is None:
+            raise ValueError("sample_weight: this job has no sample orders (a packed file): pack without weights")
+        mult = np.floor(w / w.max() * c.STEP_MULT.one + 0.5).astype(np.int64)
+        return [mult[perm] for perm in self.perms]
+
+    def model_ints(self, coef, intercept: float = 0.0) -> tuple[np.ndarray, int]:
+        """(MODEL integers of the scaled model, how many saturated) for a model
+        ``X @ coef + intercept`` in the user's units: the inverse of :meth:`unscale` (a warm
+        start). Words beyond the engine's range saturate."""
+        coef = np.asarray(coef, dtype=np.float64).reshape(-1)
+        if coef.shape != (self.n_features,):
+            raise ValueError(f"the model has {coef.size} weights for {self.n_features} features")
+        ws = coef / self.y_scale
+        w = ws * self.scaler.half_
+        if self.fit_intercept:
+            icpt = (float(intercept) - self.y_center) / self.y_scale + float(ws @ self.scaler.center_)
+            w = np.append(w, icpt)
+        with np.errstate(over="ignore", invalid="ignore"):
+            q = np.floor(np.nan_to_num(w) * c.MODEL.one + 0.5)
+        sat = int(np.count_nonzero((q > c.MODEL.max) | (q < c.MODEL.min)))
+        return np.clip(q, c.MODEL.min, c.MODEL.max).astype(np.int64), sat
+
     def summary(self) -> dict:
         cfg = self.config
         return {
@@ -460,17 +740,38 @@ def l2_shift_for(step: float, alpha: float) -> int:
     return int(min(max(s, 1), c.L2_SHIFT_MAX))
 
 
-def map_labels(y, loss: str) -> tuple[np.ndarray, np.ndarray]:
-    """(classes, labels in the engine's convention) for a classification loss."""
-    classes = np.unique(y)
-    if classes.size != 2:
-        shown = ", ".join(map(str, classes[:5])) + (", ..." if classes.size > 5 else "")
-        raise ValueError(f"classifier labels must take exactly two classes, got {classes.size} "
+def map_labels(y, loss: str, classes=None) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, labels in the engine's convention) for a classification loss.
+
+    Two classes: the positive class ``classes[1]`` is 1 (logistic: 0 and 1; hinge: -1 and
+    +1). More: each label is its class's index (0 .. K-1), the label word of a POS_CLASS job
+    (one packed stream serves every one-vs-rest job). ``classes`` (optional, sorted): the
+    classes to expect (``partial_fit``); a label outside them is refused."""
+    if classes is None:
+        classes = np.unique(y)
+    else:
+        classes = np.asarray(classes)
+        unknown = np.setdiff1d(np.unique(y), classes)
+        if unknown.size:
+            raise ValueError(f"labels {unknown[:5].tolist()} are not among the classes {classes.tolist()} given "
+                             "(the first call of partial_fit fixes them)")
+    if classes.size < 2:
+        shown = ", ".join(map(str, classes[:5]))
+        raise ValueError(f"classifier labels must take at least two classes, got {classes.size} "
                          f"class{'es' if classes.size != 1 else ''} ({shown})")
+    if classes.size > 2:
+        return classes, np.searchsorted(classes, y).astype(np.float64)
     pos = (y == classes[1])
     if loss == "logistic":
         return classes, pos.astype(np.float64)
     return classes, np.where(pos, 1.0, -1.0)
+
+
+def label_words(ys, classes) -> np.ndarray:
+    """The label words of a job: MODEL integers, or class indices (more than two classes)."""
+    if classes is not None and len(classes) > 2:
+        return np.asarray(ys, dtype=np.int64)
+    return c.MODEL.to_fixed(ys)
 
 
 class MaxAbsScaler:
@@ -515,7 +816,7 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
                 decay: int = 0, alpha: float = 0.0, copies: int | None = None, seed: int | None = 0,
                 word_bits: int = c.WORD_BITS_DEFAULT, scale: str = "feature", fit_intercept: bool = True,
                 params: c.EngineParams | None = None, codebook=None, sink=None,
-                chunk_rows: int | None = None) -> Job:
+                chunk_rows: int | None = None, fixed_scaling: "Job | None" = None, classes=None) -> Job:
     """Validate, scale, quantize and pack a training job (see the module docstring).
 
     ``codebook`` (optional, bits < 32): ``2**bits`` increasing float levels in [-1, 1] to
@@ -579,9 +880,19 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
         raise ValueError(f"dimension {n_features} features{' + 1 intercept' if fit_intercept else ''} = {dim} "
                          f"is over the engine's capacity (dim_max={params.dim_max})")
     y = check_y(y, n, numeric=(loss_name == "squared"))
-    classes = None
+    given_classes, classes = classes, None
     y_center, y_scale = 0.0, 1.0
-    if loss_name == "squared":
+    if fixed_scaling is not None:
+        if fixed_scaling.n_features != n_features or fixed_scaling.fit_intercept != fit_intercept:
+            raise ValueError(f"X has {n_features} features, the fixed scaling was fitted on "
+                             f"{fixed_scaling.n_features}")
+        y_center, y_scale = fixed_scaling.y_center, fixed_scaling.y_scale
+        if loss_name == "squared":
+            from .quant import safe_affine
+            ys = np.clip(safe_affine(y, y_center, y_scale), -1.0, 1.0)
+        else:
+            classes, ys = map_labels(y, loss_name, fixed_scaling.classes)
+    elif loss_name == "squared":
         from .quant import safe_affine
 
         big = float(np.max(np.abs(y)))            # means and spans in units of max|y|: no overflow
@@ -594,12 +905,16 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
         y_scale = span if span > 0 else 1.0
         ys = np.clip(safe_affine(y, y_center, y_scale), -1.0, 1.0)
     else:
-        classes, ys = map_labels(y, loss_name)
+        classes, ys = map_labels(y, loss_name,
+                                 None if given_classes is None else np.unique(np.asarray(given_classes)))
 
     if sink is None:
         check_memory(n, dim, copies, c.Layout(word_bits, c.encoding_for(sampling, bits), bits, dim))
-    scaler = quant.Scaler(mode=scale) if fit_intercept else MaxAbsScaler(mode=scale)
-    scaler.fit(X)
+    if fixed_scaling is not None:
+        scaler = fixed_scaling.scaler
+    else:
+        scaler = quant.Scaler(mode=scale) if fit_intercept else MaxAbsScaler(mode=scale)
+        scaler.fit(X)
 
     def scaled(idx):
         """Rows ``idx`` of X scaled into [-1, 1], with the intercept column."""
@@ -608,8 +923,15 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
 
     # in memory the scaled matrix is kept (baselines and metrics read it); a packed file
     # (``sink``) is written chunk by chunk from X, which may be memory-mapped
-    Xs = scaled(slice(None)) if sink is None else None
-    labels = c.MODEL.to_fixed(ys)
+    # scaled whole first when the codebook reads it; else on the way into the packer
+    raw = None
+    if sink is not None:
+        Xs = None
+    elif bits != c.FULL_BITS and codebook is None and levels not in ("uniform", "log"):
+        Xs = scaled_matrix(X, scaler, fit_intercept)   # scaler.transform's values, in place, block by block
+    else:
+        Xs, raw = None, (X, scaler, fit_intercept)
+    labels = label_words(ys, classes)
 
     # ---- step, L2 ----------------------------------------------------------------------
     step_shift, step_mult = step_registers(step / batch_size)
@@ -633,7 +955,9 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
     codebook = lv = None
     if bits != c.FULL_BITS:
         if given is None:
-            if Xs is not None or n <= CODEBOOK_ROWS:
+            if levels in ("uniform", "log"):
+                data = None                         # fixed levels: no data to read
+            elif Xs is not None or n <= CODEBOOK_ROWS:  # (in memory Xs is set: levels read data)
                 data = Xs if Xs is not None else scaled(slice(None))
             else:
                 data = scaled(np.sort(cb_rng.choice(n, CODEBOOK_ROWS, replace=False)))
@@ -649,15 +973,8 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
             raise ValueError("codebook levels must be strictly increasing on the FEAT grid")
         lv = c.FEAT.to_float(codebook)  # exactly what the engine holds
 
-    rows = (lambda idx: Xs[idx]) if Xs is not None else scaled
-    words = n * layout.beats_per_sample * layout.host_words_per_beat
-    streams = []
-    stats = {"l_max": 0.0, "lam": 0.0}
-    for k, perm in enumerate(perms):
-        out = np.empty(words, dtype=np.uint64) if sink is None else sink(k, words)
-        got = pack_copy(out, layout, labels, rows, perm, sampling, lv, q_rng, chunk_rows, lam=k == 0)
-        stats = {"l_max": max(stats["l_max"], got["l_max"]), "lam": stats["lam"] or got["lam"]}
-        streams.append(out)
+    streams, stats, Xs = pack_copies(layout, labels, Xs, scaled, perms, sampling, lv, q_rng, chunk_rows, sink,
+                                     raw=raw)
 
     job = Job(config=cfg, params=params, codebook=codebook, streams=streams, perms=perms, X_scaled=Xs,
                y_scaled=ys, loss=loss_name, bits=bits, sampling=sampling, levels=levels, epochs=epochs,
@@ -670,6 +987,61 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
     job = job.with_step(auto_step(stats, loss_name, n, batch_size))
     job.extras["step_auto"] = True
     return job
+
+
+def pack_copies(layout: c.Layout, labels, Xs, scaled, perms, sampling: str, levels, rng, chunk_rows: int,
+                sink=None, raw=None) -> tuple[list, dict, np.ndarray | None]:
+    """Quantize and pack every copy of a job (:func:`pack_rows`); returns (streams, data
+    statistics for :func:`auto_step`, the scaled matrix).
+
+    Copy ``k`` draws its random bits from key ``k`` of ``rng.bit_generator.random_raw``
+    (one 64-bit key per copy; the quantization generator ``[seed, 2]``). In memory
+    (``sink`` None) the copies are one ``(copies, words)`` array, filled in one pass over
+    the rows in their own order, each row written to its place in every copy (its interval
+    found once, sequential reads): rows of ``Xs`` (scaled), or with ``raw = (X, scaler,
+    fit_intercept)`` rows of X scaled on the way into a new ``Xs`` (returned). With a
+    ``sink`` (``sink(k, words)``, e.g. a memory-mapped file) each copy is filled
+    ``chunk_rows`` samples at a time in its sample order from ``scaled(idx)``. Both give
+    the same words. Statistics: ``l_max`` the largest ``|q1_i| |q2_i|`` over every sample
+    of every copy, ``lam`` the top eigenvalue of the mean ``q1 q2^T`` over the first
+    :data:`LAM_ROWS` samples of copy 0."""
+    n = len(perms[0])
+    copies = len(perms)
+    words = n * layout.beats_per_sample * layout.host_words_per_beat
+    plan = pack_plan(layout, sampling, levels)
+    keys = np.asarray(rng.bit_generator.random_raw(copies), dtype=np.uint64).reshape(copies)
+    best = 0.0
+    if sink is None:
+        block = np.empty((copies, words), dtype=np.uint64)
+        where = np.empty((copies, n), dtype=np.int64)
+        for k, perm in enumerate(perms):
+            where[k, perm] = np.arange(n)                 # the sample position of row i in copy k
+        step = max(chunk_rows, 1)
+        if raw is not None:
+            X, scaler, icpt = raw
+            Xs = np.empty((n, layout.dim))
+        for at in range(0, n, step):
+            sl = slice(at, at + step)
+            if raw is None:
+                got = pack_rows(block, plan, labels[sl], Xs[sl], where[:, sl], keys)
+            else:
+                got = pack_rows(block, plan, labels[sl], X[sl], where[:, sl], keys, scaling=(scaler, icpt),
+                                xs_out=Xs[sl])
+            best = max(best, got)
+        streams = list(block)
+    else:
+        rows = (lambda idx: Xs[idx]) if Xs is not None else scaled
+        streams = []
+        for k, perm in enumerate(perms):
+            out = sink(k, words)
+            for at in range(0, n, chunk_rows):
+                idx = perm[at:at + chunk_rows]
+                pos = np.arange(at, at + len(idx), dtype=np.int64)[None]
+                best = max(best, pack_rows([out], plan, labels[idx], rows(idx), pos, keys[k:k + 1]))
+            streams.append(out)
+    q1, q2 = quantized_head(layout, streams[0], levels, LAM_ROWS)
+    stats = {"l_max": math.sqrt(best) / float(c.FEAT.one) ** 2, "lam": _top_eigenvalue(q1, q2)}
+    return streams, stats, Xs
 
 
 def _engine_step_cap(batch_size: int) -> float:

@@ -56,7 +56,7 @@ from .contract import BITS_ALLOWED, FEAT
 
 __all__ = [
     "KINDS", "make_codebook", "fit_weibull", "stochastic_round", "nearest_round",
-    "double_sample", "rounding_variance", "Scaler",
+    "double_sample", "rounding_variance", "Scaler", "counter_bits", "interval", "round_with_bits",
 ]
 
 #: Codebook kinds accepted by :func:`make_codebook`.
@@ -506,6 +506,67 @@ def double_sample(a, levels, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     c1 = (j + (rng.random(a.shape) < p)).astype(dt)
     c2 = (j + (rng.random(a.shape) < p)).astype(dt)
     return c1, c2
+
+
+#: SplitMix64's increment (2**64 / golden ratio, odd): counter ``t`` of key ``k`` is state
+#: ``k + (t + 1) * SPLITMIX_GAMMA``, so :func:`counter_bits` of key ``k`` and counters
+#: 0, 1, 2, ... is SplitMix64's output sequence seeded with ``k``.
+SPLITMIX_GAMMA = 0x9E3779B97F4A7C15
+#: Bits of the uniform that decides one stochastic rounding (:func:`round_with_bits`).
+UNIFORM_BITS = 32
+
+
+def counter_bits(key, counters) -> np.ndarray:
+    """64 random bits for every counter: SplitMix64 (Steele, Lea and Flood, OOPSLA 2014)
+    addressed by counter, ``mix(key + (counter + 1) * SPLITMIX_GAMMA)`` modulo 2**64.
+
+    A counter-based stream: any value's bits are computed from its address alone, so a
+    packer may visit the values in any order and any chunking and still draw the same
+    bits; independent streams take independent keys. SplitMix64's output function is a
+    bijection of 64-bit words whose outputs on a Weyl sequence pass BigCrush.
+
+    Parameters
+    ----------
+    key : int
+        Any 64-bit integer (the stream's seed).
+    counters : array_like of int
+        Non-negative counters, any shape.
+
+    Returns
+    -------
+    ndarray of uint64, shape of ``counters``
+    """
+    with np.errstate(over="ignore"):
+        z = np.asarray(counters, dtype=np.uint64) + np.uint64(1)
+        z *= np.uint64(SPLITMIX_GAMMA)
+        z += np.uint64(int(key) & 0xFFFFFFFFFFFFFFFF)
+        z ^= z >> np.uint64(30)
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        z ^= z >> np.uint64(27)
+        z *= np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z
+
+
+def interval(a, levels) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's codebook interval: ``a`` clipped to [levels[0], levels[-1]], ``j`` the
+    last level at or below it (at most ``len(levels) - 2``) and the probability
+    ``p = (a - l_j) / (l_{j+1} - l_j)`` of rounding it up."""
+    lv = _check_levels(levels)
+    return _interval(_check_values(a), lv)
+
+
+def round_with_bits(j, p, bits, high: bool = False) -> np.ndarray:
+    """Stochastic rounding decided by given random bits: ``j + (u < p * 2**32)`` with ``u``
+    the low (``high``: the high) 32 bits of each word of ``bits`` (uint64, e.g.
+    :func:`counter_bits`). ``u`` is uniform on {0, ..., 2**32 - 1}, so a value rounds up
+    with probability ``ceil(p * 2**32) / 2**32``: unbiased up to ``2**-32`` of its interval's
+    width (the float64 uniforms of :func:`stochastic_round`: ``2**-53``), far below the
+    FEAT grid's resolution (``2**-16``); a value on a level (``p`` 0, or 1 at the top
+    level) always gets that level."""
+    b = np.asarray(bits, dtype=np.uint64)
+    u = (b >> np.uint64(32)) if high else (b & np.uint64(0xFFFFFFFF))
+    return np.asarray(j, dtype=np.int64) + (u.astype(np.float64) < np.asarray(p) * 4294967296.0)
 
 
 def nearest_round(a, levels) -> np.ndarray:
