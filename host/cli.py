@@ -316,6 +316,12 @@ def _train_parser(sub):
                    help="halve the step every DECAY epochs (0: never); auto: every 2 for squared loss, never else")
     p.add_argument("--alpha", type=float, default=0.0, help="L2 strength")
     p.add_argument("--copies", type=int, default=None, help="quantized copies (default: min(epochs, 4))")
+    p.add_argument("--tol", type=float, default=None,
+                   help="early stopping: stop when the engine's epoch loss has not fallen below the best by TOL "
+                        "for --n-iter-no-change epochs (default: off, every epoch runs)")
+    p.add_argument("--n-iter-no-change", type=int, default=5, help="epochs without improvement before stopping")
+    p.add_argument("--class-weight", default=None, metavar="balanced|CLASS=W,...",
+                   help="classifiers: a step multiplier per class, 'balanced' or e.g. 0=1,1=3 (default: none)")
     p.add_argument("--backend", default=None,
                    help="cpu (the bit-exact reference engine), sim (the engine's RTL in Verilator), pynq (a PYNQ "
                         "board) or auto (what `zipsgd info` reports: pynq on a board with a bitstream, else sim "
@@ -381,6 +387,36 @@ def _scores(job, X, y, models: dict) -> dict | None:
     return out
 
 
+def _with_class_weight(job, spec, y):
+    """``--class-weight``: the job with a step multiplier per class."""
+    import numpy as np
+
+    if spec is None:
+        return job
+    if job.classes is None:
+        raise ValueError("--class-weight applies to classifiers (log_loss, hinge), not to a regression")
+    if spec == "balanced":
+        if y is None:
+            raise ValueError("--class-weight balanced needs the labels: train from the data, not a packed file")
+        from sklearn.utils.class_weight import compute_class_weight
+        w = compute_class_weight("balanced", classes=job.classes, y=np.asarray(y))
+    else:
+        given = {}
+        for part in str(spec).split(","):
+            key, sep, val = part.partition("=")
+            try:
+                given[key.strip()] = float(val)
+            except ValueError:
+                raise ValueError(f"--class-weight {spec!r}: expected 'balanced' or CLASS=WEIGHT pairs, e.g. "
+                                 "0=1,1=3") from None
+        names = [str(_json_value(v)) for v in job.classes]
+        unknown = sorted(set(given) - set(names))
+        if unknown:
+            raise ValueError(f"--class-weight names {unknown}, which are not classes ({', '.join(names)})")
+        w = [given.get(n, 1.0) for n in names]
+    return job.with_class_weights(w[1], w[0])
+
+
 def _json_value(v):
     """numpy scalars as plain Python values (class labels for JSON)."""
     return v.item() if hasattr(v, "item") else v
@@ -423,13 +459,23 @@ def train(args) -> dict:
                           alpha=args.alpha, copies=args.copies, seed=args.seed, word_bits=args.word_bits,
                           scale=args.scale, fit_intercept=not args.no_intercept)
         name = ds.name
+    if job.n_classes > 2:
+        raise ValueError(f"{name}: the target has {job.n_classes} classes; zipsgd train fits two (the CLI reports a "
+                         "binary model): use zipsgd.SGDClassifier from Python for one-vs-rest, or pick two classes")
+    job = _with_class_weight(job, args.class_weight, y)
+    stop = None
+    if args.tol is not None:
+        from .job import EarlyStopping
+        if args.n_iter_no_change < 1:
+            raise ValueError(f"--n-iter-no-change must be at least 1, not {args.n_iter_no_change}")
+        stop = EarlyStopping(args.tol, args.n_iter_no_change, job.n_samples)
     t_prep = time.perf_counter()
     note = getattr(BACKENDS[backend], "progress_note", None)
     if note and not args.quiet:
         print(f"{PROG}: backend {backend}: {note}", file=sys.stderr, flush=True)
     bar = _Progress(job.epochs, args.quiet)
     try:
-        res = run_job(job, backend, progress=bar)
+        res = run_job(job, backend, progress=bar, stop=stop)
     finally:
         bar.close()
     t_run = time.perf_counter()
@@ -466,6 +512,7 @@ def train(args) -> dict:
         "baseline_float64_loss_curve": base_curve,
         "ratio_to_float64": final / base_final if base_ok and final is not None else None,
         "diverged": bool(problems), "warnings": problems,
+        "epochs_run": len(curve), "stopped_early": bool(res.stopped), "saturated_batches": int(res.saturated),
         "bits": job.bits, "sampling": job.sampling, "levels": job.levels, "backend": backend,
         "scale": job.scale,
         "bits_per_feature": job.bits_per_feature,
@@ -493,6 +540,8 @@ def _summary(out: dict) -> str:
                      f"seed {j['seed']}"),
         ("backend", f"{out['backend']}  ({out['seconds']:.2f} s)"),
     ]
+    if out.get("stopped_early"):
+        rows.append(("stopped", f"early, after {out['epochs_run']} of {j['epochs']} epochs (--tol)"))
     if out.get("classes") is not None:
         neg, pos = out["classes"][:2]
         rows.append(("classes", f"{neg} (negative), {pos} (positive)"))

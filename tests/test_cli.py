@@ -100,7 +100,7 @@ def test_errors_exit_2_one_line_no_json(case, tmp_path, capsys):
         data, match = str(tmp_path / "m.npz"), "different numbers of samples"
     elif case == "three_classes":
         np.savez(tmp_path / "c.npz", X=rng.normal(size=(12, 2)), y=np.arange(12) % 3)
-        data, match, extra = str(tmp_path / "c.npz"), "two classes, got 3 classes", ["--loss", "logistic"]
+        data, match, extra = str(tmp_path / "c.npz"), "the target has 3 classes", ["--loss", "logistic"]
     elif case == "bits3":
         data, match, extra = "sklearn:diabetes", "unsupported bits=3", ["--bits", "3"]
     elif case == "over_capacity":
@@ -507,3 +507,24 @@ def test_a_diverged_run_warns_and_its_json_says_so(tmp_path, capsys):
     assert "NaN" not in text and "Infinity" not in text
     assert cli.main(["train", "sklearn:diabetes", "--quiet", "--json", str(out)]) == 0       # step="auto"
     assert _json.loads(out.read_text())["diverged"] is False
+
+
+def test_train_early_stopping_and_class_weight(tmp_path, capsys):
+    js = tmp_path / "r.json"
+    code, out, err = _run(["train", "sklearn:diabetes", "--epochs", "40", "--decay", "0", "--tol", "0.01",
+                           "--n-iter-no-change", "2", "--json", str(js)], capsys)
+    assert code == 0, err
+    res = json.loads(js.read_text())
+    assert res["stopped_early"] and res["epochs_run"] == len(res["loss_curve"]) < 40
+    assert "stopped" in out and f"after {res['epochs_run']} of 40 epochs" in out
+    assert res["saturated_batches"] == 0
+    # class weights: the multipliers in the job, the weights by class name
+    code, out, err = _run(["train", "sklearn:breast_cancer", "--epochs", "2", "--class-weight", "0=3,1=1",
+                           "--json", str(js), "--quiet"], capsys)
+    assert code == 0, err
+    job = json.loads(js.read_text())["job"]
+    assert job["step_mult_neg"] and abs(job["step_mult"] / job["step_mult_neg"] - 1 / 3) < 1e-3
+    _assert_one_line_error(*_run(["train", "sklearn:breast_cancer", "--class-weight", "7=2"], capsys)[::2],
+                           "not classes")
+    _assert_one_line_error(*_run(["train", "sklearn:diabetes", "--class-weight", "balanced"], capsys)[::2],
+                           "classifiers")

@@ -23,8 +23,8 @@ def test_sim_backend_reports_start_and_end_and_says_so(monkeypatch, tmp_path, ca
     from zipsgd import reference
 
     def fake_run_jobs(jobs, params=None, **kw):
-        cfg, streams, cb = jobs[0]
-        return [reference.run(cfg, streams, cb, params=params)]
+        cfg, streams, cb, opts = jobs[0]
+        return [reference.run(cfg, streams, cb, params=params, **opts)]
     monkeypatch.setattr(board, "run_jobs", fake_run_jobs)
     monkeypatch.setattr(type(backends.BACKENDS["sim"]), "available", property(lambda self: True))
     seen = []
