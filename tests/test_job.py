@@ -301,3 +301,55 @@ def test_simulated_stats_are_projected_at_the_board_table_clock(monkeypatch):
     monkeypatch.setenv("ZIPSGD_BOARD", "zcu104")
     assert B.on_board_clock(sim_result(), 64).stats["clock_mhz"] == BOARDS["zcu104"].clock_mhz
     assert B.on_board_clock(reference.Result(model=np.zeros(1), loss_sums=[]), 64).stats == {}
+
+
+# ---- prepare_job's packer: compiled and numpy, in memory and chunked, the same words --------
+@pytest.mark.parametrize("bits,sampling,levels,intercept", [
+    (4, "double", "uniform", True), (2, "single", "uniform", False), (8, "nearest", "uniform", True),
+    (32, "double", "uniform", True), (1, "double", "uniform", True), (8, "double", "optimal", True),
+    (2, "double", "log", False), (4, "double", "weibull", True)])
+def test_packer_paths_give_the_same_words(bits, sampling, levels, intercept, monkeypatch, tmp_path):
+    from zipsgd import fastref, packfile
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(700, 13))
+    X[5, 3], X[6, 3] = 1e300, -1e300                               # the scaler's overflow path
+    y = X[:, :4] @ rng.normal(size=4)
+    kw = dict(bits=bits, sampling=sampling, levels=levels, epochs=3, step="auto", fit_intercept=intercept)
+    fast = J.prepare_job(X, y, chunk_rows=128, **kw)
+    pk = packfile.write(tmp_path / "a.zsgd", X, y, bits=bits, sampling=sampling, levels=levels, copies=3, seed=0,
+                        chunk_rows=77, fit_intercept=intercept)
+    monkeypatch.setattr(fastref, "_KERNELS", False)               # numpy: quant + packing.pack
+    slow = J.prepare_job(X, y, chunk_rows=300, **kw)
+    assert all(np.array_equal(a, b) for a, b in zip(fast.streams, slow.streams))
+    assert all(np.array_equal(a, b) for a, b in zip(fast.streams, pk.streams))
+    want = fast.scaler.transform(X)
+    want = np.hstack([want, np.ones((len(X), 1))]) if intercept else want
+    assert np.array_equal(fast.X_scaled, want) and np.array_equal(slow.X_scaled, want)
+    assert fast.extras["data_stats"] == slow.extras["data_stats"] and fast.step == slow.step
+    # the words decode to the data: each value rounded to one of its interval's ends
+    q1, q2, _ = packing.decode(fast.layout, fast.streams[1], fast.codebook)
+    x = want[fast.perms[1]]
+    if fast.codebook is None:
+        assert np.array_equal(q1, c.FEAT.to_fixed(x))
+    else:
+        lv = fast.levels_float
+        j = np.clip(np.searchsorted(lv, np.clip(x, lv[0], lv[-1]), side="right") - 1, 0, lv.size - 2)
+        for q in (q1, q2):
+            assert np.all((q == fast.codebook[j]) | (q == fast.codebook[j + 1]))
+
+
+def test_prepare_job_memory_is_a_small_multiple_of_the_data():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20_000, 40))
+    y = X @ rng.normal(size=40)
+    J.prepare_job(X[:100], y[:100], bits=4, epochs=10)         # compile / warm up
+    tracemalloc.start()
+    try:
+        J.prepare_job(X, y, bits=4, epochs=10)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * X.nbytes          # the scaled matrix (1.0x), four packed copies and their orders (0.7x)

@@ -433,3 +433,43 @@ def test_scaler_errors():
     sc = q.Scaler().fit(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="3"):
         sc.transform(np.zeros((2, 2)))
+
+
+# ---- counter-based random bits and rounding with them (prepare_job's quantizer) ------------
+def _splitmix64(seed, count):
+    """SplitMix64 as published (a sequential reference)."""
+    out, state, m = [], seed, (1 << 64) - 1
+    for _ in range(count):
+        state = (state + 0x9E3779B97F4A7C15) & m
+        z = state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+        out.append(z ^ (z >> 31))
+    return out
+
+
+def test_counter_bits_is_splitmix64_addressed_by_counter():
+    from zipsgd.quant import counter_bits
+
+    for key in (0, 1, 2**64 - 1, 0x123456789ABCDEF):
+        want = _splitmix64(key, 50)
+        got = counter_bits(key, np.arange(50))
+        assert [int(v) for v in got] == want
+        assert int(counter_bits(key, [37])[0]) == want[37]          # any counter, any order
+
+
+def test_round_with_bits_is_unbiased_and_keeps_levels():
+    from zipsgd.quant import counter_bits, interval, round_with_bits
+
+    lv = np.array([-1.0, -0.25, 0.5, 1.0])
+    a = np.array([-1.0, -0.6, 0.1, 0.5, 0.9, 1.0, 1.7])
+    j, p = interval(a, lv)
+    bits = counter_bits(7, np.arange(200_000 * a.size)).reshape(-1, a.size)
+    for high in (False, True):
+        codes = round_with_bits(j, p, bits, high=high)
+        assert set(np.unique(codes - j)) <= {0, 1}
+        mean = lv[codes].mean(axis=0)
+        assert np.allclose(mean, np.clip(a, -1, 1), atol=4e-3)
+        assert np.all(lv[codes[:, [0, 3, 5, 6]]] == np.array([-1.0, 0.5, 1.0, 1.0]))   # on a level: that level
+    lo, hi = round_with_bits(j, p, bits), round_with_bits(j, p, bits, high=True)
+    assert abs(np.corrcoef(lo[:, 2], hi[:, 2])[0, 1]) < 0.01      # the two halves are independent draws
