@@ -123,10 +123,19 @@ def mix32(x) -> np.ndarray:
     return x
 
 
+def _mix32_int(x: int) -> int:
+    """:func:`mix32` of one Python int (the same arithmetic, for per-update keys)."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
 def key32(seed: int, ctr: int) -> np.uint32:
     """``mix32(mix32(seed) ^ ctr)``: the per-update key every lane shares."""
-    s = mix32(int(seed) & 0xFFFFFFFF)
-    return mix32(s ^ np.uint32(int(ctr) & 0xFFFFFFFF))[0]
+    return np.uint32(_mix32_int(_mix32_int(int(seed)) ^ (int(ctr) & 0xFFFFFFFF)))
 
 
 def counter(step: int, stream: int) -> int:
