@@ -10,8 +10,8 @@ In one process, on synthetic 50,000 x 90 regression data, 10 epochs:
   the numpy reference);
 - the engine loop, compiled against the numpy specification (:func:`zipsgd.reference.run`),
   on one epoch;
-- the packing path (:func:`zipsgd.job.pack_copy`): numpy against compiled
-  (:func:`zipsgd.fastref.pack_copy`), time and peak memory per copy;
+- prepare_job's packer (:func:`zipsgd.job.pack_copies`: scale, quantize and pack every
+  copy), numpy against compiled (``zipsgd._fastpack``), time and peak memory;
 - ``prepare_job``'s peak memory (tracemalloc) against the data's size.
 
 Figures are CPU seconds of this process (:data:`clock`), the best of a few repeats after a
@@ -148,37 +148,29 @@ def run(quick: bool = False, n: int = 50_000, d: int = 90, epochs: int = 10, bat
             "engine_seconds": best["engine"], "engine_epoch_numpy_seconds": ref1, "engine_epoch_seconds": fast1,
             "bit_exact": bool(np.array_equal(want.model, got.model) and want.loss_sums == got.loss_sums)})
 
-    # the packing path: one copy of the last job, numpy against compiled
-    labels = c.MODEL.to_fixed(job.y_scaled) if job.y_scaled is not None else None
-    if labels is None or job.X_scaled is None:   # a slim job: prepare one afresh
-        job = jobmod.prepare_job(X, y, bits=4, epochs=epochs, batch_size=1)
-        labels = c.MODEL.to_fixed(job.y_scaled)
-    words = job.n_samples * job.layout.beats_per_sample * job.layout.host_words_per_beat
-    rows = (lambda idx: job.X_scaled[idx])
+    # the packing path prepare_job takes (job.pack_copies: scale, quantize, pack every copy),
+    # numpy against compiled
+    job = jobmod.prepare_job(X, y, bits=4, epochs=epochs, batch_size=1)
+    labels = c.MODEL.to_fixed(job.y_scaled)
 
     def pack(path: str):
-        """One copy: ``numpy``/``compiled``: job.pack_copy (quantize, pack, the automatic step's
-        statistics) without/with the compiled path; ``kernel``: fastref.pack_copy alone."""
-        buf = np.empty(words, dtype=np.uint64)
-        args = (buf, job.layout, labels, rows, job.perms[0], job.sampling, job.levels_float,
-                np.random.default_rng([job.seed, 2]), jobmod.PACK_CHUNK_ROWS)
-        if path == "kernel":
-            fastref.pack_copy(*args)
-        elif path == "compiled":
-            jobmod.pack_copy(*args)
-        else:
-            saved, fastref._KERNELS = fastref._KERNELS, False
-            try:
-                jobmod.pack_copy(*args)
-            finally:
-                fastref._KERNELS = saved
-        return buf
+        saved = fastref._KERNELS
+        if path == "numpy":
+            fastref._KERNELS = False
+        try:
+            streams, _, _ = jobmod.pack_copies(job.layout, labels, None, None, job.perms, job.sampling,
+                                               job.levels_float, np.random.default_rng([job.seed, 2]),
+                                               jobmod.PACK_CHUNK_ROWS, raw=(X, job.scaler, True))
+        finally:
+            fastref._KERNELS = saved
+        return streams
 
-    pk = {}
-    for path in ("numpy", "compiled", "kernel") if fastref.compiled() else ("numpy",):
-        pk[path] = {"seconds": _best(lambda: pack(path), repeats)[0], "peak_bytes": _peak(lambda: pack(path))[0]}
+    pk = {"copies": job.copies}
+    for path in ("numpy", "compiled") if fastref.compiled() else ("numpy",):
+        pk[path] = {"seconds": _best(lambda: pack(path), 1 if path == "numpy" else repeats)[0],
+                    "peak_bytes": _peak(lambda: pack(path))[0]}
     if fastref.compiled():
-        pk["same_words"] = bool(np.array_equal(pack("numpy"), pack("compiled")))
+        pk["same_words"] = bool(all(np.array_equal(a, b) for a, b in zip(pack("numpy"), pack("compiled"))))
     out["pack_copy"] = pk
     peak, _ = _peak(lambda: jobmod.prepare_job(X, y, bits=4, epochs=epochs, batch_size=1))
     out["prepare_peak_bytes"], out["data_bytes"] = peak, X.nbytes
@@ -204,9 +196,8 @@ def format_report(data: dict) -> str:
     lines.append(f"first fit in a process: {data['first_fit_seconds']:.2f} s on 300 x 5 (importing numba and "
                  "loading its cached code; once per process, not in the figures above)")
     pk = data["pack_copy"]
-    names = {"numpy": "job.pack_copy, numpy", "compiled": "job.pack_copy, compiled",
-             "kernel": "  of which fastref.pack_copy (quantize + pack)"}
-    lines.append("one packed copy (job.pack_copy also computes the automatic step's statistics):")
+    names = {"numpy": "numpy (quant + packing.pack)", "compiled": "compiled (zipsgd._fastpack)"}
+    lines.append(f"scale, quantize and pack all {pk['copies']} copies (job.pack_copies, prepare_job's packer):")
     for path, name in names.items():
         if path in pk:
             lines.append(f"  {name:<46} {pk[path]['seconds']:>7.3f} s, peak {pk[path]['peak_bytes'] / 2**20:>6.1f} MiB "
