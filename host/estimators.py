@@ -253,6 +253,26 @@ class _ZipSGD(BaseEstimator):
         self._set_model(fits, job)
         return self
 
+    def _fit_packed(self, packed, y):
+        """Train on a packed file (:func:`zipsgd.packfile.open_packed`): its labels, copies,
+        codebook and scaling; this estimator's training settings (max_iter, batch_size, step,
+        decay, alpha, backend). The file's quantization (bits, sampling, levels, copies,
+        seed, scale, fit_intercept) replaces the estimator's; ``packed_settings_`` says which."""
+        from .job import job_from_packed
+
+        if y is not None:
+            raise ValueError("a packed file holds its labels: call fit(packed) without y")
+        h = packed.header
+        if h["loss"] != self._engine_loss():
+            raise ValueError(f"{packed.path} was packed for loss={h['loss']!r}; {type(self).__name__}(loss="
+                             f"{self.loss!r}) needs a file packed with that loss (zipsgd pack --loss {self.loss})")
+        job = job_from_packed(packed, epochs=self.max_iter, batch_size=self.batch_size, step=self.step,
+                              decay=self.decay, alpha=self.alpha, params=self.engine_params)
+        self.packed_settings_ = {k: h[k] for k in ("bits", "sampling", "levels", "copies", "seed", "scale",
+                                                   "fit_intercept")}
+        self.n_features_in_ = h["n_features"]
+        return self._fit_job(None, None, job=job)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = True  # densified (the engine streams dense samples)

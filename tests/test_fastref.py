@@ -209,25 +209,6 @@ def test_pack_copy_equals_the_numpy_path(sampling, monkeypatch):
 
 
 @needs_numba
-@pytest.mark.parametrize("bits,sampling", [(4, "double"), (2, "single"), (8, "nearest"), (32, "double")])
-def test_prepare_job_does_not_depend_on_the_path(bits, sampling, monkeypatch):
-    """The same streams, data statistics and automatic step, compiled or not."""
-    rng = np.random.default_rng(5)
-    X, y = rng.normal(size=(300, 7)), rng.normal(size=300)
-    kw = dict(bits=bits, sampling=sampling, epochs=3, chunk_rows=64, step="auto")
-    took, compiled_pack = [], fastref.pack_copy
-    monkeypatch.setattr(fastref, "pack_copy", lambda *a: took.append(compiled_pack(*a)) or took[-1])
-    fast = jobmod.prepare_job(X, y, **kw)
-    assert took == [True] * 3                                      # the compiled path packed every copy
-    monkeypatch.setattr(fastref, "_KERNELS", False)
-    slow = jobmod.prepare_job(X, y, **kw)
-    assert len(fast.streams) == len(slow.streams) == 3
-    assert all(np.array_equal(a, b) for a, b in zip(fast.streams, slow.streams))
-    assert fast.extras.get("data_stats") == slow.extras.get("data_stats")
-    assert fast.config == slow.config and fast.step == slow.step
-
-
-@needs_numba
 def test_pack_copy_raises_the_numpy_errors(monkeypatch):
     lay = c.Layout(64, c.Encoding.SINGLE, 2, 3)
     X = np.zeros((4, 3))

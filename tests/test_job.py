@@ -95,13 +95,29 @@ def test_dimension_over_capacity_names_it():
     assert job.dim == 8
 
 
-@pytest.mark.parametrize("labels, n_classes", [([0, 1, 2], 3), ([5], 1)])
-def test_classifier_needs_two_classes(labels, n_classes):
+def test_classifier_needs_two_classes():
     X, _ = _regression(n=30)
-    y = np.resize(labels, 30)
     for loss in ("logistic", "hinge"):
-        with pytest.raises(ValueError, match=f"two classes, got {n_classes} class"):
-            J.prepare_job(X, y, loss=loss, epochs=1)
+        with pytest.raises(ValueError, match="at least two classes, got 1 class"):
+            J.prepare_job(X, np.full(30, 5), loss=loss, epochs=1)
+
+
+def test_more_classes_pack_class_indices():
+    """Three classes or more: the label words are class indices (POS_CLASS jobs); two: the
+    loss's labels."""
+    from zipsgd import packing
+    X, _ = _regression(n=30)
+    job = J.prepare_job(X, np.resize(["b", "a", "c"], 30), loss="hinge", epochs=1)
+    assert list(job.classes) == ["a", "b", "c"] and job.n_classes == 3
+    _, _, y = packing.decode(job.layout, job.streams[0], job.codebook)
+    assert sorted(set(y.tolist())) == [0, 1, 2]
+    assert np.array_equal(y, np.resize([1, 0, 2], 30)[job.perms[0]])
+    assert job.for_class(2).config.pos_class == 3
+    two = J.prepare_job(X, np.resize([3, 7], 30), loss="hinge", epochs=1)
+    _, _, y2 = packing.decode(two.layout, two.streams[0], two.codebook)
+    assert sorted(set(y2.tolist())) == [-c.MODEL.one, c.MODEL.one]
+    with pytest.raises(ValueError, match="fewer than three"):
+        two.for_class(0)
 
 
 # --------------------------------------------------------------------------------------
