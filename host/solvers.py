@@ -20,8 +20,9 @@ counter = the update's index over the whole fit).
 quantity       rule
 ============== ==================================================================================
 dot ``z_i``    fixed model: ``sat_MODEL(rshift_round(Q1_i . x, 16 + F - 24))`` (exact int64 sum;
-               a left shift when ``F < 8``); float/log model: ``Q1_i . x`` summed in float64,
-               then rounded half up to MODEL
+               a left shift when ``F < 8``); float/log model: ``Q1_i . x`` summed in float64
+               (numpy's pairwise ``sum``, not BLAS: the same order everywhere), then rounded
+               half up to MODEL
 residual       ``r_i``, sample loss: :func:`zipsgd.reference.residual_and_loss` (MODEL ints:
                PLAN sigmoid, softplus table, hinge)
 step           ``r'_i = sat_MODEL(rshift_round(r_i m, 15 + k))``
@@ -171,7 +172,7 @@ class _FloatState:
         self.x = np.zeros(d) if x is None else np.asarray(x, dtype=np.float64)
 
     def dot(self, q1):
-        acc = q1.astype(np.float64) @ self.x                # units of 2**-16
+        acc = (q1 * self.x).sum(axis=-1)                    # units of 2**-16; numpy's pairwise sum
         return _sat_model(np.floor(np.clip(np.ldexp(acc, _MODEL_F - _FEAT_F), -2.0 ** 62, 2.0 ** 62) + 0.5)
                           .astype(np.int64))
 
@@ -475,26 +476,40 @@ def _full_gradient(job, a: np.ndarray, pass_index: int) -> tuple[np.ndarray, int
     return gbar, min(total, c.LOSS_ACC.max)
 
 
-def auto_mu(job) -> float:
-    """HALP's ``mu="auto"`` (module docstring)."""
-    lam = l2_lambda(job)
-    if lam > 0:
-        return lam
-    if job.loss != "squared" or job.dim > MU_DIM_MAX:
-        raise ValueError("HALP needs mu: give mu=..., or an L2 term (alpha > 0), whose strength is then mu "
-                         f"(automatic without L2 only for the squared loss and d <= {MU_DIM_MAX})")
-    q1s, q2s = [], []
-    got = 0
+def _curvature_sample(job):
+    """Copy 0's first :data:`MU_ROWS` samples as floats (Q1, Q2)."""
+    q1s, q2s, got = [], [], 0
     for q1, q2, _ in _batches(job, 0):
         q1s.append(c.FEAT.to_float(q1))
         q2s.append(c.FEAT.to_float(q2))
         got += q1.shape[0]
         if got >= MU_ROWS:
             break
-    q1, q2 = np.vstack(q1s)[:MU_ROWS], np.vstack(q2s)[:MU_ROWS]
-    H = q1.T @ q2 / q1.shape[0]
+    return np.vstack(q1s)[:MU_ROWS], np.vstack(q2s)[:MU_ROWS]
+
+
+def auto_mu(job, anchor=None, sample=None) -> float:
+    """HALP's ``mu="auto"``: ``lambda`` (the L2 term) plus the data's curvature, the smallest
+    eigenvalue of ``sym(Q1^T D Q2) / m`` over copy 0's first :data:`MU_ROWS` samples, with
+    ``D = 1`` (squared) or ``D = sigmoid'(Q1 . anchor)`` (logistic, at the outer epoch's
+    anchor); hinge: ``lambda`` alone. Without L2 it needs the curvature (d <= MU_DIM_MAX)."""
+    lam = l2_lambda(job)
+    if job.loss == "hinge" or job.dim > MU_DIM_MAX:
+        if lam > 0:
+            return lam
+        raise ValueError("HALP needs mu: give mu=..., or an L2 term (alpha > 0) whose strength is then mu "
+                         f"(the data's curvature is estimated for the squared and logistic losses at d <= "
+                         f"{MU_DIM_MAX})")
+    q1, q2 = _curvature_sample(job) if sample is None else sample
+    if job.loss == "logistic":
+        a = np.zeros(job.dim) if anchor is None else np.asarray(anchor, dtype=np.float64)
+        e = np.exp(-np.abs(q1 @ a))
+        wgt = e / (1.0 + e) ** 2
+        H = (q1 * wgt[:, None]).T @ q2 / q1.shape[0]
+    else:
+        H = q1.T @ q2 / q1.shape[0]
     ev = np.linalg.eigvalsh(0.5 * (H + H.T))
-    return float(max(ev[0], 1e-12 * max(ev[-1], 1e-300)))
+    return lam + max(float(ev[0]), 0.0) if lam + max(float(ev[0]), 0.0) > 0 else 1e-12
 
 
 def _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, record, out):
@@ -502,11 +517,17 @@ def _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, rec
     loss = job.config.loss
     l2 = job.config.l2_shift
     lam = l2_lambda(job)
+    auto = isinstance(mu, str) and mu == "auto"
+    sample = None
     if solver == "halp":
-        mu = auto_mu(job) if (isinstance(mu, str) and mu == "auto") else float(mu)
+        if auto:
+            if not (job.loss == "hinge" or job.dim > MU_DIM_MAX):
+                sample = _curvature_sample(job)
+            mu = auto_mu(job, None, sample)
+        mu = float(mu)
         if not mu > 0:
             raise ValueError(f"mu must be positive, not {mu!r}")
-        out.info.update(mu=mu, offset_formats=[], grad_norms=[])
+        out.info.update(mu=[], offset_formats=[], grad_norms=[])
     a = np.zeros(d, dtype=np.int64)                      # the anchor, MODEL ints
     sums, t, p = [], 0, 0
     cls = _state_class(mfmt)
@@ -533,6 +554,9 @@ def _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, rec
             break
         if solver == "halp":
             g = np.ldexp(gbar.astype(np.float64), -_ACC_F) + lam * c.MODEL.to_float(a)
+            if auto and job.loss == "logistic" and sample is not None:
+                mu = auto_mu(job, c.MODEL.to_float(a), sample)
+            out.info["mu"].append(mu)
             radius = float(np.linalg.norm(g)) / mu
             zf = mfmt.scaled_to(radius)
             if isinstance(zf, fm.FixedFormat) and zf.frac > HALP_FRAC_MAX:
