@@ -46,9 +46,9 @@ def _estimator_init(default_loss: str):
     the signature of its own ``__init__``, which must store every argument unchanged; the
     two estimators differ only in the default loss, so each takes one made here.
     """
-    def __init__(self, loss=default_loss, *, bits=8, sampling="double", levels="uniform", max_iter=10,
+    def __init__(self, loss=default_loss, *, bits=8, sampling="double", levels="uniform", max_iter=1000,
                  batch_size=1, step="auto", decay="auto", alpha=0.0, copies=None, random_state=0, backend="cpu",
-                 word_bits=64, scale="feature", fit_intercept=True, engine_params=None, verbose=0, tol=None,
+                 word_bits=64, scale="feature", fit_intercept=True, engine_params=None, verbose=0, tol=1e-3,
                  n_iter_no_change=5, class_weight=None, warm_start=False):
         self.loss = loss
         self.bits = bits
@@ -165,6 +165,11 @@ class _ZipSGD(BaseEstimator):
             for problem in diagnose(job, res):
                 who = "" if len(jobs) == 1 else f" (class {job.classes[k]!r} against the rest)"
                 warnings.warn(f"{type(self).__name__}{who}: {problem}", ConvergenceWarning, stacklevel=4)
+            if self.tol is not None and not res.stopped and job.epochs > 1 and len(res.loss_sums) == job.epochs:
+                who = "" if len(jobs) == 1 else f" (class {job.classes[k]!r} against the rest)"
+                warnings.warn(f"{type(self).__name__}{who}: the maximum number of epochs (max_iter={job.epochs}) ran "
+                              f"before the loss stopped improving by tol={self.tol:g}: consider increasing max_iter",
+                              ConvergenceWarning, stacklevel=4)
             out.append((coef, intercept))
             results.append(res)
         job = jobs[0]
@@ -294,7 +299,8 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
     levels : {"uniform", "optimal", "log", "weibull"}
         Codebook placement (:func:`zipsgd.quant.make_codebook`).
     max_iter : int
-        Epochs (passes over the data), as scikit-learn's ``max_iter``; ``n_iter_`` reports them.
+        Largest number of epochs (passes over the data), as scikit-learn's ``max_iter``
+        (default 1000, with early stopping); ``n_iter_`` reports the epochs run.
     batch_size : int
     step : float or "auto"
         Learning rate of the batch-mean gradient (the engine sums the batch and applies
@@ -321,6 +327,18 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
         Engine build limits to check the job against (None: the default build).
     verbose : int
         Print the loss of each epoch after fitting (as scikit-learn's SGD estimators do).
+    tol : float or None
+        Early stopping (default 1e-3, scikit-learn's): stop when ``n_iter_no_change`` epochs in
+        a row do not bring the engine's epoch loss (mean per sample, scaled units) below the
+        best by ``tol``. None: every one of ``max_iter`` epochs runs. On the engine the job
+        ends at an epoch boundary (its STOP bit).
+    n_iter_no_change : int
+        Epochs without improvement before stopping (default 5).
+    class_weight : dict, "balanced" or None
+        Classifiers: a step multiplier per class (scikit-learn's pos/neg rule; the heavier
+        class keeps the step, only the weights' ratio matters).
+    warm_start : bool
+        ``fit`` starts from the last fit's model (mapped into the new scaling).
     """
 
     _losses = ("squared_error", "squared")

@@ -180,7 +180,7 @@ def test_divergence_warns_and_auto_step_does_not_diverge():
         SGDRegressor(step=1.0, decay=0, max_iter=4).fit(X, y)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
-        est = SGDRegressor(max_iter=6).fit(X, y)             # step="auto", decay="auto"
+        est = SGDRegressor(max_iter=6, tol=None).fit(X, y)   # step="auto", decay="auto"
     assert est.score(X, y) > 0.95 and 0 < est.step_ < 1 and est.decay_ == 2
     assert est.job_.streams == [] and est.job_.X_scaled is None
     assert len(pickle.dumps(est)) < 20_000                 # not the data: 600 x 61 floats alone are 290 kB
@@ -377,7 +377,7 @@ def test_early_stopping_on_the_engine_loss():
     job = est.make_job(X, y)
     want = reference.run(job.config, job.streams, job.codebook, stop=EarlyStopping(1e-3, 3, job.n_samples))
     assert want.model.tolist() == res.model.tolist()
-    full = SGDRegressor(max_iter=12, random_state=0, decay=0).fit(X, y)
+    full = SGDRegressor(max_iter=12, random_state=0, decay=0, tol=None).fit(X, y)
     assert full.n_iter_ == 12 and not full.engine_result_.stopped
     with pytest.raises(ValueError, match="n_iter_no_change"):
         SGDRegressor(tol=1e-3, n_iter_no_change=0).fit(X, y)
