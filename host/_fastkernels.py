@@ -186,13 +186,14 @@ def train_chunk(q1, q2, y, mult, x, g, cst, seg_thr, seg_shift, seg_off, softplu
             if rp != 0:
                 for i in range(d):
                     g[i] += rp * q2[s, i]
-        hit = False
+        hit = np.int64(0)
         for i in range(d):
             l2 = _rsr(x[i], l2s) if l2s else np.int64(0)
             v = x[i] - _rsr(g[i], ffrac) - l2
-            x[i] = _sat(v, mmin, mmax)
-            hit = hit or x[i] != v
-        if hit:
+            xn = _sat(v, mmin, mmax)
+            hit |= xn ^ v
+            x[i] = xn
+        if hit != 0:
             nsat += 1
     return total, nsat
 

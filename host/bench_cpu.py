@@ -66,12 +66,12 @@ def _peak(fn) -> tuple[int, object]:
 
 
 def regressor(**kw):
-    """``zipsgd.SGDRegressor`` with ``epochs`` under whichever name it takes (``max_iter``)."""
+    """``zipsgd.SGDRegressor`` running exactly ``epochs`` epochs (``max_iter``, early stopping
+    off: ``tol=None``, as scikit-learn's side of the comparison)."""
     from . import SGDRegressor
 
-    if "max_iter" in SGDRegressor().get_params():
-        kw["max_iter"] = kw.pop("epochs")
-    return SGDRegressor(**kw)
+    kw["max_iter"] = kw.pop("epochs")
+    return SGDRegressor(tol=None, **kw)
 
 
 def timed_fit(est, X, y) -> dict:
