@@ -387,6 +387,28 @@ def _scores(job, X, y, models: dict) -> dict | None:
     return out
 
 
+#: Largest n x d for which `zipsgd train` solves for the true optimum itself (a linear
+#: program for the hinge loss grows with n).
+OPTIMUM_HINGE_MAX_SAMPLES = 5000
+
+
+def _optimum(job):
+    """(L*, why not) for the job's objective (mean loss plus its L2 term) on the scaled
+    data: closed form for least squares, a converged solver for logistic and hinge
+    (:func:`zipsgd.solvers.optimum`); None with the reason where it is not computed."""
+    from . import solvers
+
+    if job.X_scaled is None:
+        return None, "a packed file holds no full-precision data"
+    if job.loss == "hinge" and job.n_samples > OPTIMUM_HINGE_MAX_SAMPLES:
+        return None, f"the hinge optimum is a linear program in n variables: not solved above n = " \
+                     f"{OPTIMUM_HINGE_MAX_SAMPLES}"
+    try:
+        return float(solvers.optimum(job)[1]), None
+    except Exception as exc:                     # a solver that fails costs the key, not the run
+        return None, f"the reference solver failed: {exc}"
+
+
 def _with_class_weight(job, spec, y):
     """``--class-weight``: the job with a step multiplier per class."""
     import numpy as np
@@ -488,6 +510,13 @@ def train(args) -> dict:
             final = baseline.objective(job.loss, job.X_scaled, job.y_scaled, w)
             base = baseline.sgd(job)
         base_final, base_curve, base_w = base.final_loss, [float(v) for v in base.loss_curve], base.model
+    if packed:
+        opt, opt_note, final_reg = None, "a packed file holds no full-precision data", None
+    else:
+        from . import solvers
+        opt, opt_note = _optimum(job)
+        with np.errstate(all="ignore"):
+            final_reg = solvers.objective(job, w)
     coef, intercept = job.unscale(res.model)
     problems = diagnose(job, res)
     for problem in problems:
@@ -511,6 +540,12 @@ def train(args) -> dict:
         "baseline_float64_final_loss": base_final,
         "baseline_float64_loss_curve": base_curve,
         "ratio_to_float64": final / base_final if base_ok and final is not None else None,
+        # the true optimum L* of the same objective (mean loss + the L2 term), and the engine's
+        # model's objective divided by it (None, with the reason, where it is not computed)
+        "optimum_loss": opt,
+        "ratio_to_optimum": (final_reg / opt if opt is not None and opt > 0 and final_reg is not None
+                             and math.isfinite(final_reg) else None),
+        "optimum_note": opt_note,
         "diverged": bool(problems), "warnings": problems,
         "epochs_run": len(curve), "stopped_early": bool(res.stopped), "saturated_batches": int(res.saturated),
         "bits": job.bits, "sampling": job.sampling, "levels": job.levels, "backend": backend,
@@ -561,6 +596,9 @@ def _summary(out: dict) -> str:
          f"{out['final_loss']:.6g}  (exact objective of the engine's model, scaled units)"),
         ("float64 SGD", _fmt(out["baseline_float64_final_loss"])),
         ("ratio", _fmt(out["ratio_to_float64"], ".4f")),
+        ("optimum L*", (f"{_fmt(out['optimum_loss'])}  (ratio to it {_fmt(out['ratio_to_optimum'], '.4f')}: the "
+                        "objective with its L2 term over the true optimum)") if out.get("optimum_loss") is not None
+         else f"n/a ({out.get('optimum_note')})"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]

@@ -13,7 +13,7 @@ from zipsgd import cli
 from zipsgd.datasets import load_data
 
 KEYS = {"final_loss", "loss_curve", "baseline_float64_final_loss", "baseline_float64_loss_curve", "bits",
-        "sampling", "levels", "backend", "bits_per_feature", "seconds"}
+        "sampling", "levels", "backend", "bits_per_feature", "seconds", "optimum_loss", "ratio_to_optimum"}
 
 
 @pytest.fixture(autouse=True)
@@ -48,6 +48,16 @@ def test_train_diabetes_json_and_plot(tmp_path, capsys):
     assert len(res["loss_curve"]) == 3 and len(res["baseline_float64_loss_curve"]) == 3
     assert 0 < res["final_loss"] < 0.1 and 0 < res["baseline_float64_final_loss"] < 0.1
     assert res["final_loss"] / res["baseline_float64_final_loss"] < 1.2
+    # the true optimum (least squares: closed form): below every model's loss, the ratio >= 1
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import LinearRegression
+    X, y = load_diabetes(return_X_y=True)
+    ols = LinearRegression().fit(X, y)
+    r2_opt = ols.score(X, y)                  # L* = (1 - R²) var(y') / 2 in the scaled units
+    scale = (np.abs(y - y.mean()).max()) ** 2
+    assert abs(res["optimum_loss"] - (1 - r2_opt) * y.var() / scale / 2) < 1e-9
+    assert 1.0 <= res["ratio_to_optimum"] < 1.2 and res["optimum_loss"] <= res["final_loss"]
+    assert "optimum L*" in out
     assert res["bits_per_feature"] > 4
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "final loss" in out and "float64" in out
