@@ -171,7 +171,9 @@ def part_d(quick: bool, log) -> list[dict]:
     epochs = 4 if quick else 6
     for d in dims:
         X, y = synthetic(n, d, noise=0.1)
-        job = prepare_job(X, y, bits=32, epochs=epochs, step="auto", decay=0, alpha=1e-3, copies=1, seed=0)
+        # a build with room for d = 10,000 (the reference itself has no dimension cap)
+        job = prepare_job(X, y, bits=32, epochs=epochs, step="auto", decay=0, alpha=1e-3, copies=1, seed=0,
+                          params=c.EngineParams(dim_max=1 << 14))
         _, best = S.optimum(job)
         f64 = baseline.sgd(job)
         f64_ratio = S.objective(job, f64.model) / best

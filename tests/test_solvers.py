@@ -187,3 +187,24 @@ def test_errors():
     with pytest.raises(ValueError, match="inner_epochs"):
         S.fit(job, solver="svrg", inner_epochs=0)
     assert S.fit(job, solver="halp", mu=0.1, epochs=3).passes == ["full", "inner", "inner"]
+
+
+# --------------------------------------------------------------------------------------
+# The benchmark, quick
+# --------------------------------------------------------------------------------------
+def test_bench_optimum_quick(tmp_path, capsys):
+    import json
+
+    from zipsgd import bench_optimum as B
+    assert B.main(["--quick", "--out", str(tmp_path), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "a. ZipML" in text and "d. Li & De Sa" in text and "e. HALP" in text and "claims pass" in text
+    res = json.loads((tmp_path / "optimum_quick.json").read_text())
+    for r in res["a"]:                        # single and nearest end at their predicted biased points
+        if r["sampling"] != "double":
+            assert r["pass"], r
+    for r in res["e"]:                        # SVRG/HALP far below low-precision SGD even in 12 passes
+        assert r["final"]["halp fixed8"] < 0.01 * r["final"]["sgd fixed8"]
+    assert (tmp_path / "optimum_quick.md").exists()
+    with __import__("pytest").raises(SystemExit):
+        B.main(["--parts", "x"])
