@@ -83,7 +83,6 @@ exact sigmoid, as :func:`zipsgd.baseline.objective`), ``lambda`` the engine's L2
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
