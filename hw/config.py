@@ -54,6 +54,8 @@ def settings_layout(params: EngineParams) -> data.StructLayout:
         "dim": range(params.dim_max + 1),
         "loss": 2,
         "step_mult": STEP_MULT.width,
+        "step_mult_neg": STEP_MULT.width,                # (0: STEP_MULT, see Scalar)
+        "pos_class": 32,                                 # (0: the label word is the label)
         "step_shift": range(STEP_SHIFT_MAX + 1),
         "decay": 32,
         "decay_m1": 32,
@@ -79,7 +81,8 @@ class Config(wiring.Component):
     cfg : In(CFG_LAYOUT)
         The configuration registers.
     load : In(1)
-        A job starts: ``job`` takes ``decoded``.
+        A job starts (or the host writes a model word while idle, in the layout of the
+        current configuration): ``job`` takes ``decoded``.
     decoded : Out(settings_layout)
         The settings of the current configuration (``LATENCY`` cycles after it changed).
     check : Out(8), check_ok : Out(1)
@@ -141,6 +144,7 @@ class Config(wiring.Component):
                      dec.first_last_h.eq(reg(cfg.dim <= slots_h, "cfg_first_last_h", 1))]
         # fields taken as they are, and the sequencing values
         m.d.comb += [dec.dim.eq(cfg.dim), dec.loss.eq(cfg.loss), dec.step_mult.eq(cfg.step_mult),
+                     dec.step_mult_neg.eq(cfg.step_mult_neg), dec.pos_class.eq(cfg.pos_class),
                      dec.step_shift.eq(cfg.step_shift), dec.decay.eq(cfg.decay_epochs),
                      dec.l2_shift.eq(cfg.l2_shift)]
         for name, value in (("decay_m1", cfg.decay_epochs - 1),
@@ -159,7 +163,8 @@ class Config(wiring.Component):
             (Error.BAD_LOSS, cfg.loss > max(Loss)),
             (Error.BAD_EPOCHS, (cfg.epochs < 1) | (cfg.epochs > p.epochs_max)),
             (Error.BAD_STEP, (cfg.step_mult < 1) | (cfg.step_mult > STEP_MULT.max)
-             | (cfg.step_shift > STEP_SHIFT_MAX) | (cfg.l2_shift > L2_SHIFT_MAX)),
+             | (cfg.step_shift > STEP_SHIFT_MAX) | (cfg.l2_shift > L2_SHIFT_MAX)
+             | (cfg.step_mult_neg > STEP_MULT.max)),
         ]
         bad = Signal(len(tests), reset_less=True)
         m.d.sync += [bad[i].eq(t) for i, (_, t) in enumerate(tests)]

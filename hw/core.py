@@ -99,14 +99,19 @@ class EngineSignature(wiring.Signature):
         AXI4-Stream beats (payload ``data``, ``last``).
     cfg : In(CFG_LAYOUT)
         The configuration registers.
-    start, soft_reset : In(1)
-        Pulses (a start while busy is ignored).
-    busy, done, error : Out
+    start, soft_reset, stop : In(1)
+        Pulses (a start while busy is ignored; a stop ends the job at an epoch boundary).
+    warm : In(1)
+        With ``start``: start from the model in memory instead of zero.
+    busy, done, error, stopped : Out
         Status.
     cb_we, cb_addr, cb_data : In
         Codebook writes.
     model_rewind, model_next : In(1), model_data : Out(32)
         The model, read back in feature order.
+    model_we : In(1), model_wdata : In(32)
+        A model word written at the read-back pointer (in the layout of ``cfg``, stable
+        ``CFG_SETTLE`` cycles before), which then advances; ignored while busy.
     loss_addr : In, loss_data : Out(64)
         Epoch loss sums.
     epochs_done : Out(32)
@@ -120,15 +125,20 @@ class EngineSignature(wiring.Signature):
             "cfg": In(CFG_LAYOUT),
             "start": In(1),
             "soft_reset": In(1),
+            "stop": In(1),
+            "warm": In(1),
             "busy": Out(1),
             "done": Out(1),
             "error": Out(8),
+            "stopped": Out(1),
             "cb_we": In(1),
             "cb_addr": In(8),
             "cb_data": In(FEAT.width),
             "model_rewind": In(1),
             "model_next": In(1),
             "model_data": Out(32),
+            "model_we": In(1),
+            "model_wdata": In(32),
             "loss_addr": In(range(params.epochs_max)),
             "loss_data": Out(64),
             "epochs_done": Out(32),
@@ -153,6 +163,8 @@ class Engine(wiring.Component):
         Latencies in cycles (see the module docstring; they depend on the parameters).
     CFG_SETTLE, READBACK_LATENCY, LOSS_READ_LATENCY, CB_WRITE_LATENCY : int
         Cycles the register block waits for (configuration, read-back, codebook).
+    MODEL_WRITE_LATENCY : int
+        Cycles from ``model_we`` to the model memory's write of the word.
     """
 
     def __init__(self, params: EngineParams, poison_collisions: bool = False):
@@ -181,6 +193,7 @@ class Engine(wiring.Component):
         self.gradient = GradientSum(params, bb, read)
         self.update = ModelUpdate(params, bb, read)
         self.UPDATE_LATENCY = Replay.LATENCY - self.update.SUM_DELAY + self.update.WRITE_STAGE
+        self.MODEL_WRITE_LATENCY = self.update.HOST_WRITE_LATENCY
         self.BATCH_STALL = self.REPLAY_START + self.UPDATE_LATENCY - 1
         # the replay's tag reaches the update and the gradient sum when their reads are due
         self._meta_to_update = Replay.LATENCY - self.update.SUM_DELAY
@@ -239,14 +252,21 @@ class Engine(wiring.Component):
         flush, job = control.flush, config.job
 
         # ---- configuration and control
+        # a host's model word (idle only): stored in the configuration's layout, which the
+        # job's settings then take (the model reads back in the layout it was written in)
+        host_we = self.model_we & control.idle
         m.d.comb += [
-            config.cfg.eq(self.cfg), config.load.eq(control.load),
+            config.cfg.eq(self.cfg), config.load.eq(control.load | host_we),
             control.start.eq(self.start), control.soft_reset.eq(self.soft_reset),
+            control.stop.eq(self.stop), control.warm.eq(self.warm),
             control.check.eq(config.check), control.check_ok.eq(config.check_ok),
             control.beat_taken.eq(stream_in.beat.valid), control.job_last.eq(stream_in.job_last),
+            control.stop_last.eq(stream_in.stop_last), control.stop_end.eq(stream_in.stop_end),
             control.fault_short.eq(stream_in.fault_short), control.fault_long.eq(stream_in.fault_long),
             control.drain_last.eq(stream_in.drain_last), control.job_end.eq(update.job_end),
+            control.x_written.eq(mems.x_write.en),
             self.busy.eq(control.busy), self.done.eq(control.done), self.error.eq(control.error),
+            self.stopped.eq(control.stopped),
             codebook.we.eq(self.cb_we), codebook.addr.eq(self.cb_addr), codebook.data.eq(self.cb_data),
         ]
 
@@ -256,7 +276,9 @@ class Engine(wiring.Component):
             stream_in.idle.eq(control.idle), stream_in.run.eq(control.run), stream_in.drain.eq(control.drain),
             stream_in.soft_reset.eq(self.soft_reset), stream_in.load.eq(control.load),
             stream_in.decoded.eq(config.decoded), stream_in.job.eq(job),
-            stream_in.w0_now.eq(update.w0_now), stream_in.readback_beat.eq(readback.beat_next),
+            stream_in.warm.eq(self.warm & ~control.model_zero), stream_in.stopping.eq(control.stopping),
+            stream_in.w0_now.eq(update.w0_now), stream_in.epoch_written.eq(update.epoch_written),
+            stream_in.readback_beat.eq(readback.beat_next),
             rowbuf.w_addr.eq(stream_in.rb_addr), rowbuf.w_data.eq(stream_in.beat.payload.data),
             rowbuf.w_en.eq(stream_in.beat.valid),
             mems.dot_beat.eq(stream_in.beat_addr),
@@ -264,8 +286,12 @@ class Engine(wiring.Component):
         # the model read back (idle: the dot port reads at the pointer's beat)
         m.d.comb += [
             readback.rewind.eq(self.model_rewind), readback.next.eq(self.model_next),
-            readback.lanes_f_m1.eq(job.lanes_f_m1), readback.words.eq(mems.dot_words),
+            readback.write.eq(host_we),
+            readback.lanes_f_m1.eq(job.lanes_f_m1), readback.w_lanes_f_m1.eq(config.decoded.lanes_f_m1),
+            readback.words.eq(mems.dot_words), readback.zero.eq(control.model_zero),
             self.model_data.eq(readback.data),
+            update.host.en.eq(host_we), update.host.beat.eq(readback.target_beat),
+            update.host.lane.eq(readback.target_lane), update.host.data.eq(self.model_wdata),
         ]
 
         # ---- dot product, scalar unit
@@ -277,6 +303,7 @@ class Engine(wiring.Component):
         token = stream_in.sample
         m.d.comb += [scalar.i_valid.eq(dot.sum.valid), scalar.acc.eq(dot.sum.payload.acc),
                      scalar.y.eq(dot.sum.payload.y), scalar.loss.eq(job.loss), scalar.step_mult.eq(job.step_mult),
+                     scalar.step_mult_neg.eq(job.step_mult_neg), scalar.pos_class.eq(job.pos_class),
                      scalar.k.eq(delay(m, token.payload.k, self.DOT_LATENCY, "tokk"))]
         to_loss = self.DOT_LATENCY + Scalar.LATENCY_LOSS
         loss_v = delay(m, token.valid, to_loss, "toklv", flush)
@@ -320,6 +347,7 @@ class Engine(wiring.Component):
             counters.events.idles.eq(control.running & self.i_data.ready & ~self.i_data.valid),
             counters.events.beats.eq(stream_in.accepted),
             counters.events.samples.eq(scalar.loss_valid & loss_v),
+            counters.events.saturated.eq(update.saturated),
         ]
         m.d.comb += [getattr(self, name).eq(getattr(counters, name)) for name in COUNTERS]
         return m

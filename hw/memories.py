@@ -85,8 +85,9 @@ def _clamped(beat, depth):
 
 
 def write_layout(beat_bits: int, lanes: int):
-    """A lane memory's write request: the beat, and lanes ``0 .. nvalid-1`` written."""
-    return data.StructLayout({"en": 1, "beat": beat_bits, "nvalid": range(lanes + 1)})
+    """A lane memory's write request: the beat, and lanes ``0 .. nvalid-1`` written (with
+    ``one``: lane ``nvalid - 1`` alone, a host's model word)."""
+    return data.StructLayout({"en": 1, "beat": beat_bits, "nvalid": range(lanes + 1), "one": 1})
 
 
 class LaneMemories(wiring.Component):
@@ -155,10 +156,12 @@ class LaneMemories(wiring.Component):
                     for gi, (_, _, depth) in enumerate(self.groups)]
 
         def lane_enables(req, name):
-            """The write enable of each lane (lanes below ``nvalid``), a register each."""
+            """The write enable of each lane (lanes below ``nvalid``, or lane ``nvalid - 1``
+            alone with ``one``), a register each."""
             en = []
             for lane in range(L):
-                en += copies(m, req.en & (req.nvalid > lane), 1, f"{name}{lane}")
+                sel = Mux(req.one, req.nvalid == lane + 1, req.nvalid > lane)
+                en += copies(m, req.en & sel, 1, f"{name}{lane}")
             return en
 
         dot_addr = addr_regs(self.dot_beat, "dotaddr")
@@ -307,16 +310,24 @@ class ModelReadBack(wiring.Component):
     memories' registered words in two registered steps (a lane of each group of
     ``REP_LANES``, then the group), so that the words need not travel to one place.
 
+    The host's writes share the pointer: ``write`` gives its (beat, lane) as ``target``
+    and steps it as ``next`` does, with the features per beat of the configuration the
+    word is written in (``w_lanes_f_m1``).
+
     Members
     -------
-    rewind, next : In(1)
-        Pointer to feature 0; to the next feature.
-    lanes_f_m1 : In
-        Features per beat minus one (the job's mode).
+    rewind, next, write : In(1)
+        Pointer to feature 0; to the next feature (a read; a write).
+    lanes_f_m1, w_lanes_f_m1 : In
+        Features per beat minus one: the job's mode (reads), the configuration's (writes).
     beat_next : Out(beat_bits)
         The pointer's beat, as it will be next cycle.
+    target_beat, target_lane : Out
+        The pointer (the feature a write stores).
     words : In(ArrayLayout)
         The dot port's words (:attr:`LaneMemories.dot_words`).
+    zero : In(1)
+        The model is zero (a job started from zero wrote none of it): ``data`` reads 0.
     data : Out(32)
         The word, ``LATENCY`` cycles after ``words``.
     """
@@ -327,10 +338,12 @@ class ModelReadBack(wiring.Component):
     def __init__(self, word_bits: int, lanes: int, beat_bits: int):
         self.lanes = lanes
         super().__init__({
-            "rewind": In(1), "next": In(1),
-            "lanes_f_m1": In(range(word_bits + 1)),
+            "rewind": In(1), "next": In(1), "write": In(1),
+            "lanes_f_m1": In(range(word_bits + 1)), "w_lanes_f_m1": In(range(word_bits + 1)),
             "beat_next": Out(beat_bits),
+            "target_beat": Out(beat_bits), "target_lane": Out(range(lanes)),
             "words": In(data.ArrayLayout(signed(MODEL.width), lanes)),
+            "zero": In(1),
             "data": Out(32),
         })
 
@@ -340,13 +353,13 @@ class ModelReadBack(wiring.Component):
         groups = -(-L // REP_LANES)
         beat = Signal.like(self.beat_next, name="rdb_beat", reset_less=False)
         lane = Signal(range(L), name="rdb_lane")
-        m.d.comb += self.beat_next.eq(beat)
+        m.d.comb += [self.beat_next.eq(beat), self.target_beat.eq(beat), self.target_lane.eq(lane)]
         m.d.sync += beat.eq(self.beat_next)
         with m.If(self.rewind):
             m.d.comb += self.beat_next.eq(0)
             m.d.sync += lane.eq(0)
-        with m.Elif(self.next):
-            with m.If(lane == self.lanes_f_m1):
+        with m.Elif(self.next | self.write):
+            with m.If(lane == Mux(self.write, self.w_lanes_f_m1, self.lanes_f_m1)):
                 m.d.comb += self.beat_next.eq(beat + 1)
                 m.d.sync += lane.eq(0)
             with m.Else():
@@ -363,6 +376,6 @@ class ModelReadBack(wiring.Component):
             m.d.sync += r.eq(Array(ws)[lane2[g] % REP_LANES] if len(ws) > 1 else ws[0])
             sel.append(r)
         q = Signal(32, name="model_q", reset_less=True)
-        m.d.sync += q.eq(Array(sel)[group3])
+        m.d.sync += q.eq(Mux(self.zero, 0, Array(sel)[group3]))
         m.d.comb += self.data.eq(q)
         return m

@@ -12,20 +12,24 @@ Behaviour
 * Configuration registers (``rw``, named like the fields of the engine's ``cfg``
   struct) hold their value and drive ``cfg``; reset values are the defaults of
   :class:`~zipsgd.contract.EngineConfig` (0 where it has none). Byte enables apply.
-* ``CTRL`` writes give one-cycle ``start`` / ``soft_reset`` pulses
-  (``contract.CTRL_FIELDS``; ``start`` comes ``CFG_SETTLE`` cycles after the write, when
-  the engine's registered decode of the configuration has settled); ``STATUS`` shows
-  ``busy``, ``done``, ``error`` (``contract.STATUS_FIELDS``), and busy, not done, while a
-  start is on its way to the engine (a STATUS read after a START never sees the last job).
+* ``CTRL`` writes give one-cycle ``start`` / ``soft_reset`` / ``stop`` pulses
+  (``contract.CTRL_FIELDS``; ``start``, with ``warm``, comes ``CFG_SETTLE`` cycles after the
+  write, when the engine's registered decode of the configuration has settled); ``STATUS``
+  shows ``busy``, ``done``, ``stopped``, ``error`` (``contract.STATUS_FIELDS``), and busy, not
+  done nor stopped, while a start is on its way to the engine (a STATUS read after a START
+  never sees the last job).
 * ``CODEBOOK_DATA`` writes pulse ``cb_we`` at ``CODEBOOK_ADDR``, which then
   increments.
-* A write to ``MODEL_ADDR`` rewinds the model read pointer (any value; reads of
-  ``MODEL_ADDR`` give the number of ``MODEL_DATA`` reads since). A ``MODEL_DATA``
-  read returns the current word, then pulses ``model_next``.
+* A write to ``MODEL_ADDR`` rewinds the model pointer (any value; reads of
+  ``MODEL_ADDR`` give the number of ``MODEL_DATA`` reads and writes since). A ``MODEL_DATA``
+  read returns the current word, then pulses ``model_next``; a write while not busy pulses
+  ``model_we`` with the word ``CFG_SETTLE`` cycles later (as a start: the configuration's
+  layout has settled), a write while busy is dropped.
 * ``LOSS_ADDR`` selects the epoch shown by ``LOSS_LO`` / ``LOSS_HI``.
 * Reading a counter's ``*_LO`` latches its upper half, which ``*_HI`` returns.
 * Wait states: after a model pulse or a ``LOSS_ADDR`` write, reads are held off
-  for ``HOLD_CYCLES`` cycles so the engine's registered read ports have settled.
+  for ``HOLD_CYCLES`` cycles so the engine's registered read ports have settled
+  (``HOLD_WRITE_CYCLES`` after a ``MODEL_DATA`` write: the word reaches the memory first).
 * Both directions are registered (no bus decode and no read multiplexer shares a cycle
   with the slave's logic): a write lands the cycle after ``w_stb``; a read is sampled,
   with its side effects, in its first cycle past the hold and answered (``r_ack``)
@@ -47,12 +51,16 @@ from zipsgd.contract import (
 )
 
 from .core import CFG_SETTLE, LOSS_READ_LATENCY, READBACK_LATENCY, counter_port
+from .update import ModelUpdate
 
 #: Cycles a read waits after a model pulse or a LOSS_ADDR write: the pulse (or the loss
 #: address) is registered here, the engine's read pointer moves the cycle it sees the
 #: pulse, then its read-back latency; a MODEL_DATA read is acknowledged at the earliest
 #: HOLD_CYCLES + 1 cycles after its pulse.
 HOLD_CYCLES = max(READBACK_LATENCY, LOSS_READ_LATENCY) + 2
+#: Cycles a read waits after a MODEL_DATA write: the write's way to the engine
+#: (``CFG_SETTLE``), to the model memory (the update's write port), then as a model pulse.
+HOLD_WRITE_CYCLES = CFG_SETTLE + ModelUpdate.HOST_WRITE_LATENCY + HOLD_CYCLES
 
 #: Constant registers: name -> function of EngineParams.
 CONSTANTS = {
@@ -95,11 +103,12 @@ class Registers(wiring.Component):
     ----------
     bus_addr, w_stb, w_data, w_strb, r_stb, r_ack, r_data : Signal
         Register bus (see :mod:`zipsgd.hw.axil`).
-    cfg, start, soft_reset, cb_we, cb_addr, cb_data, model_rewind, model_next, loss_addr : Signal
+    cfg, start, soft_reset, stop, warm, cb_we, cb_addr, cb_data, model_rewind, model_next,
+    model_we, model_wdata, loss_addr : Signal
         Driven towards the engine.
     irq : Signal
         ``STATUS.done`` as shown (low while a start is on its way): the interrupt.
-    busy, done, error, model_data, loss_data, epochs_done, cnt_* : Signal
+    busy, done, stopped, error, model_data, loss_data, epochs_done, cnt_* : Signal
         Read from the engine.
     """
 
@@ -112,10 +121,11 @@ class Registers(wiring.Component):
             "bus_addr": In(REG_ADDR_BITS), "w_stb": In(1), "w_data": In(32), "w_strb": In(4),
             "r_stb": In(1), "r_ack": Out(1), "r_data": Out(32),
             "cfg": Out(cfg_layout),
-            "start": Out(1), "soft_reset": Out(1), "irq": Out(1),
-            "busy": In(1), "done": In(1), "error": In(8),
+            "start": Out(1), "soft_reset": Out(1), "stop": Out(1), "warm": Out(1), "irq": Out(1),
+            "busy": In(1), "done": In(1), "stopped": In(1), "error": In(8),
             "cb_we": Out(1), "cb_addr": Out(8), "cb_data": Out(FEAT.width),
             "model_rewind": Out(1), "model_next": Out(1), "model_data": In(32),
+            "model_we": Out(1), "model_wdata": Out(32),
             "loss_addr": Out(range(params.epochs_max)), "loss_data": In(64),
             "epochs_done": In(32),
             **{counter_port(n): In(64) for n in COUNTER_NAMES},
@@ -160,19 +170,20 @@ class Registers(wiring.Component):
         start_way = []
         for f in CTRL_FIELDS:
             pulse = wr["CTRL"] & self.w_data[f.lsb]
-            if f.name == "start":
-                start_way.append(pulse)
+            if f.name in ("start", "warm"):                # (warm comes with its start)
+                way = [pulse]
                 for i in range(CFG_SETTLE - 1):
-                    d = Signal(name=f"start_d{i}")
+                    d = Signal(name=f"{f.name}_d{i}")
                     m.d.sync += d.eq(pulse)
                     pulse = d
-                    start_way.append(d)
-                start_way.append(self.start)
+                    way.append(d)
+                if f.name == "start":
+                    start_way += way + [self.start]
             m.d.sync += getattr(self, f.name).eq(pulse)
         starting = Signal()
         m.d.comb += starting.eq(Cat(*start_way).any())
         shown = {f.name: getattr(self, f.name) for f in STATUS_FIELDS}
-        shown.update(busy=self.busy | starting, done=self.done & ~starting)
+        shown.update(busy=self.busy | starting, done=self.done & ~starting, stopped=self.stopped & ~starting)
         m.d.comb += self.irq.eq(shown["done"])                 # the interrupt is STATUS.done
         status = Signal(32)
         m.d.comb += status.eq(sum(shown[f.name].as_unsigned() << f.lsb for f in STATUS_FIELDS))
@@ -187,7 +198,7 @@ class Registers(wiring.Component):
         # ---- read acknowledge with hold-off
         # Reads: one wait state. The value is sampled into a register (and the read's side
         # effects happen) in the first cycle of r_stb without hold; r_ack the next.
-        hold = Signal(range(HOLD_CYCLES + 2))
+        hold = Signal(range(HOLD_WRITE_CYCLES + 2))
         sample = Signal()
         ack = Signal()
         m.d.comb += [sample.eq(self.r_stb & (hold == 0) & ~ack), self.r_ack.eq(ack)]
@@ -199,16 +210,29 @@ class Registers(wiring.Component):
         # ---- model readback
         model_ptr = Signal(32)
         m.d.sync += [self.model_rewind.eq(wr["MODEL_ADDR"]), self.model_next.eq(rd["MODEL_DATA"])]
+        # a model word written (not while busy, a start on its way included): delayed as a
+        # start is, so that the configuration's layout has settled in the engine
+        model_w = wr["MODEL_DATA"] & ~shown["busy"]
+        with m.If(model_w):
+            m.d.sync += self.model_wdata.eq(self.w_data)
+        pulse = model_w
+        for i in range(CFG_SETTLE - 1):
+            d = Signal(name=f"model_we_d{i}")
+            m.d.sync += d.eq(pulse)
+            pulse = d
+        m.d.sync += self.model_we.eq(pulse)
         with m.If(wr["MODEL_ADDR"]):
             m.d.sync += model_ptr.eq(0)
-        with m.Elif(rd["MODEL_DATA"]):
+        with m.Elif(rd["MODEL_DATA"] | model_w):
             m.d.sync += model_ptr.eq(model_ptr + 1)
 
         # ---- loss readback
         with m.If(wr["LOSS_ADDR"]):
             m.d.sync += self.loss_addr.eq(self.w_data)
 
-        with m.If(wr["MODEL_ADDR"] | rd["MODEL_DATA"] | wr["LOSS_ADDR"]):
+        with m.If(wr["MODEL_DATA"]):
+            m.d.sync += hold.eq(HOLD_WRITE_CYCLES + 1)
+        with m.Elif(wr["MODEL_ADDR"] | rd["MODEL_DATA"] | wr["LOSS_ADDR"]):
             m.d.sync += hold.eq(HOLD_CYCLES + 1)
         with m.Elif(hold != 0):
             m.d.sync += hold.eq(hold - 1)

@@ -49,6 +49,7 @@ def meta_layout(beat_bits: int, word_bits: int) -> data.StructLayout:
         "nvalid": range(word_bits + 1),  # lanes that carry a feature
         "fb": 1,                         # the sample is the first of its batch
         "lb": 1,                         # ... the last of its batch
+        "le": 1,                         # ... the last of its epoch
         "lj": 1,                         # ... the last of the job
         "zero": 1,                       # ... in the job's first batch (the model is 0)
         "last": 1,                       # the beat is the sample's last
@@ -165,7 +166,7 @@ class Replay(wiring.Component):
         meta = self.meta.payload
         m.d.comb += [self.meta.valid.eq(cur_v & ~flush),
                      meta.beat.eq(cur_beat), meta.nvalid.eq(cur_nvalid), meta.fb.eq(cur_tok.fb),
-                     meta.lb.eq(cur_tok.lb), meta.lj.eq(cur_tok.lj), meta.zero.eq(cur_tok.zero),
+                     meta.lb.eq(cur_tok.lb), meta.le.eq(cur_tok.le), meta.lj.eq(cur_tok.lj), meta.zero.eq(cur_tok.zero),
                      meta.last.eq(cur_last)]
 
         # ---- the beat's Q2 codes (R2, registered at R3), the lanes' levels (R4)

@@ -1,7 +1,10 @@
 """Per-sample scalar unit: dot accumulator -> step-scaled residual r' and sample loss.
 
 Implements exactly ``reference.residual_and_loss`` followed by
-``r' = sat(rshift_round(r * m, STEP_MULT.frac + k))`` (see :mod:`zipsgd.contract`).
+``r' = sat(rshift_round(r * m, STEP_MULT.frac + k))`` (see :mod:`zipsgd.contract`), on the
+label ``EngineConfig.label_value`` gives (POS_CLASS: a class index mapped to ``ONE`` or
+``-ONE``/0) with the sample's multiplier ``EngineConfig.sample_mult`` (STEP_MULT for a label
+above zero, else STEP_MULT_NEG unless it is 0).
 
 The accumulator input is *pre-rounded*: ``acc = dot + 2**(FEAT.frac - 1)`` (the core starts
 every sample's sum at that constant), so ``z = sat(acc >> FEAT.frac)`` needs no adder.
@@ -12,10 +15,15 @@ deep, for 125 MHz on a slow ECP5; LATENCY is counted from ``i_valid``):
 0. From the raw ``acc`` bits in parallel: whether ``z`` is out of range, ``sat(z - y)``
    and ``sat(MAX - y)`` / ``sat(MIN - y)``, each PLAN sigmoid segment's value (one constant
    add of ``z`` for both signs) and its compare (on the bits of ``z`` above the
-   threshold's trailing zeros), the hinge compares. (The stage starts at the core's
-   accumulator register; with the choices below in the same stage it ran at ~95-106 MHz.)
+   threshold's trailing zeros), the hinge compares; whether the label word is the
+   positive class (``y == POS_CLASS - 1``, a short carry chain on the static POS_CLASS and a
+   compare) and whether ``y > 0``. (The stage starts at the core's accumulator register; with
+   the choices below in the same stage it ran at ~95-106 MHz.)
 1. ``z`` (saturated), the residual of the squared or hinge loss, ``sigma(z)`` (the segment
-   chosen by the compares).
+   chosen by the compares); the label mapped (POS_CLASS) and the sample's multiplier chosen.
+   With POS_CLASS the squared loss's residual ``sat(z - y)`` is not taken from stage 0 (it
+   saw the label word, not the label): ``z`` takes the place of ``sigma(z)`` and the
+   logistic loss's subtraction at 2 gives it.
 2. ``r`` for the job's loss (saturations and selection), the softplus argument ``t`` and the
    hinge margin.
 3. Partial products ``r_hi * m``, ``r_lo * m`` and those of ``r * r`` (17x17, one DSP each);
@@ -109,11 +117,15 @@ class Scalar(wiring.Component):
     ----------
     i_valid, acc, y : In
         Sample dot accumulator (ACC, pre-rounded: the dot sum plus :data:`ACC_ROUND`)
-        and label (MODEL).
+        and label word (MODEL, or a class index when ``pos_class`` is set).
     loss : In(2)
         Loss selector (``Loss``), held for the job.
-    step_mult : In(16)
-        Step multiplier ``m`` (u16, frac 15), held for the job.
+    pos_class : In(32)
+        POS_CLASS (0: ``y`` is the label; ``c``: the label is ``ONE`` when ``y == c - 1``,
+        else ``-ONE`` for the hinge loss, 0 for the others), held for the job.
+    step_mult, step_mult_neg : In(16)
+        Step multipliers ``m`` (u16, frac 15) of samples whose label is above zero / of the
+        others (0: ``step_mult``), held for the job.
     k : In(range(STEP_SHIFT_MAX + 1))
         Step shift of the sample's epoch, valid with ``i_valid``.
     rp_valid, rp : Out
@@ -135,7 +147,9 @@ class Scalar(wiring.Component):
             "acc": In(signed(ACC.width)),
             "y": In(signed(MODEL.width)),
             "loss": In(2),
+            "pos_class": In(32),
             "step_mult": In(STEP_MULT.width),
+            "step_mult_neg": In(STEP_MULT.width),
             "k": In(range(STEP_SHIFT_MAX + 1)),
             "rp_valid": Out(1),
             "rp": Out(signed(MODEL.width)),
@@ -197,27 +211,44 @@ class Scalar(wiring.Component):
         zlt0 = reg(~ge_const(zr, one), "zlt0")
         zgt0 = reg(~le_const(zr, -one), "zgt0")
         ls0, sm0, k0 = reg(self.loss, "ls0"), reg(self.step_mult, "sm0"), reg(self.k, "k0")
+        # POS_CLASS: is the label word the positive class (a signed word equal to c - 1, which
+        # is >= 0)? the multipliers: is y > 0, is STEP_MULT_NEG set
+        pc = self.pos_class
+        pc_on0 = reg(pc != 0, "pc_on0")
+        hit0 = reg((y.as_unsigned() == (pc - 1)[:MW]) & ~y[-1], "pc_hit0")
+        ypos0 = reg(~y[-1] & (y != 0), "ypos0")
+        smn0 = reg(self.step_mult_neg, "smn0")
+        smn_on0 = reg(self.step_mult_neg != 0, "smn_on0")
         v0 = valid(self.i_valid, "v0")
 
         # ---- stage 1: z saturated, the residual candidates --------------------------------
-        z1 = reg(Mux(ovf0, Mux(neg0, MODEL.min, MODEL.max), z0), "z1", signed(MW))
-        y1 = reg(y0, "y1")
+        z_sat = Mux(ovf0, Mux(neg0, MODEL.min, MODEL.max), z0)
+        z1 = reg(z_sat, "z1", signed(MW))
+        # the label: the word, or (POS_CLASS) ONE for the class, else -ONE (hinge) or 0
+        hinge0 = ls0 == Loss.HINGE
+        y1 = reg(Mux(pc_on0, Mux(hit0, one, Mux(hinge0, -one, 0)), y0), "y1", signed(MW))
+        y_neg = Mux(pc_on0, ~hit0, y0[-1])             # (hinge: the mapped label is -ONE)
+        sq_pc = pc_on0 & (ls0 == Loss.SQUARED)         # squared with POS_CLASS: sat(z - y) at 2
         sig = 0
         for i, cand in enumerate(cands):            # the first segment whose compare holds
             sel = ovf0 | hits[i] if i == 0 else ~ovf0 & hits[i]
             for h in hits[:i]:
                 sel = sel & ~h
             sig = sig | Mux(sel, cand, 0)
-        sig1 = reg(sig, "sig1", signed(MW + 1))
+        sig1 = reg(Mux(sq_pc, z_sat, sig), "sig1", signed(MW + 1))
         zlt = Mux(ovf0, neg0, zlt0)
         zgt = Mux(ovf0, ~neg0, zgt0)
-        r_hg = Mux(~y0[-1], Mux(zlt, -one, 0), Mux(zgt, one, 0))        # sign bits, not compares
-        # the residual of the squared and hinge losses is final here; the logistic one
-        # needs sigma(z) - y next stage
+        r_hg = Mux(~y_neg, Mux(zlt, -one, 0), Mux(zgt, one, 0))         # sign bits, not compares
+        # the residual of the squared (label word) and hinge losses is final here; the
+        # logistic one (and the squared one of a mapped label) needs sigma(z) - y (z - y)
+        # next stage
         rot1 = reg(Mux(ls0 == Loss.SQUARED, Mux(ovf0, rsq_o0, rsq_i0), r_hg), "rot1", signed(MW))
         ls1 = reg(ls0, "ls1")
-        llg1 = reg(ls0 == Loss.LOGISTIC, "llg1")
-        sm1 = reg(sm0, "sm1")
+        llg1 = reg((ls0 == Loss.LOGISTIC) | sq_pc, "llg1")
+        # the sample's multiplier: STEP_MULT if its label is above zero, else STEP_MULT_NEG
+        # (STEP_MULT when that is 0)
+        pos = Mux(pc_on0, hit0, ypos0)
+        sm1 = reg(Mux(pos | ~smn_on0, sm0, smn0), "sm1")
         k1 = reg(k0, "k1")
         v1 = valid(v0, "v1")
 

@@ -12,6 +12,13 @@ of a beat depend on a few gates of registers only.
 
 Out of a job, the beat address follows the model read-back pointer (``readback_beat``),
 so no multiplexer sits in the model memory's address.
+
+A job started warm (``warm`` with ``load``) reads the model memory from its first batch on
+(the ``zero`` flag stays 0). A stop request (``stopping``) ends the job at an epoch
+boundary: no beat of an epoch not yet begun is taken; the last beat of the epoch in
+progress becomes the job's last (``job_last``, ``stop_last``), or, when the request comes
+between epochs, ``stop_end`` ends the job once the epoch's last model beat is written
+(``epoch_written``).
 """
 
 from __future__ import annotations
@@ -83,8 +90,14 @@ class StreamIn(wiring.Component):
         Abort (nothing advances); a job starts (every count restarts).
     decoded, job : In(settings_layout)
         The configuration's settings (for ``load``) and the job's.
+    warm : In(1)
+        With ``load``: the job starts from the model in memory (the first batch reads it).
+    stopping : In(1)
+        A stop was requested (a register): end the job at the next epoch boundary.
     w0_now : In(1)
         The update writes model beat 0 this cycle (a register): a batch may start.
+    epoch_written : In(1)
+        The update writes the last model beat of an epoch this cycle.
     readback_beat : In(beat_bits)
         The read-back pointer's next beat.
     beat : Out(stream, always_ready)
@@ -98,6 +111,11 @@ class StreamIn(wiring.Component):
     accepted, job_last, fault_short, fault_long, drain_last : Out(1)
         A bus transfer; the beat taken is the job's last; TLAST inside a sample; no TLAST
         on the epoch's last beat; TLAST while draining.
+    stop_last : Out(1)
+        With ``job_last``: the job ends early, on the stop request (epochs remained).
+    stop_end : Out(1)
+        On a stop request between epochs: no beat of the next epoch was taken and every
+        update of the last one is written: the job ends now.
     """
 
     #: Cycles from a change of ``readback_beat`` to ``beat_addr``.
@@ -113,7 +131,8 @@ class StreamIn(wiring.Component):
             "idle": In(1), "run": In(1), "drain": In(1),
             "soft_reset": In(1), "load": In(1),
             "decoded": In(settings), "job": In(settings),
-            "w0_now": In(1),
+            "warm": In(1), "stopping": In(1),
+            "w0_now": In(1), "epoch_written": In(1),
             "readback_beat": In(beat_bits),
             "beat": Out(stream.Signature(beat_layout(W), always_ready=True)),
             "beat_addr": Out(beat_bits),
@@ -121,6 +140,7 @@ class StreamIn(wiring.Component):
             "rb_addr": Out(rb_bits),
             "accepted": Out(1), "job_last": Out(1),
             "fault_short": Out(1), "fault_long": Out(1), "drain_last": Out(1),
+            "stop_last": Out(1), "stop_end": Out(1),
         })
 
     def elaborate(self, platform):
@@ -139,6 +159,8 @@ class StreamIn(wiring.Component):
         wptr = Signal(rb_bits, reset_less=True)                  # row-buffer write pointer
         wptr_first = Signal(rb_bits, reset_less=True)            # ... at the sample's first beat
         pending = Signal()          # a batch-end update has not written model beat 0 yet
+        epoch_start = Signal(reset_less=True)   # the next beat is an epoch's first (none taken)
+        quiet = Signal(reset_less=True)         # no update in flight (every beat taken is written)
 
         # split modes: the upper half of the bus beat is next (``keep``: its copies for the
         # beat multiplexer below load the same value, and synthesis would merge it into one)
@@ -171,14 +193,14 @@ class StreamIn(wiring.Component):
             nvalid.eq(Mux(remaining <= 0, 0, Mux(remaining >= job.lanes_f, job.lanes_f, remaining))),
             batch_last.eq(last_of_batch | last_of_epoch),
             epoch_last_beat.eq(sample_last & last_of_epoch),
-            job_last_beat.eq(epoch_last_beat & last_epoch),
+            job_last_beat.eq(epoch_last_beat & (last_epoch | self.stopping)),
         ]
 
         # acceptance
         ready = Signal()            # the engine can take a beat (or half a beat)
         hold = Signal()             # taking the lower half of a split beat: no transfer yet
         m.d.comb += [
-            ready.eq((self.run & (~pending | self.w0_now)) | self.drain),
+            ready.eq((self.run & (~pending | self.w0_now) & ~(self.stopping & epoch_start)) | self.drain),
             hold.eq(self.run & job.split & ~half & ~sample_last),
             self.i_data.ready.eq(ready & ~hold),
         ]
@@ -200,6 +222,8 @@ class StreamIn(wiring.Component):
             self.fault_short.eq(accept & self.run & tlast & ~sample_last),
             self.fault_long.eq(accept & self.run & epoch_last_beat & ~tlast),
             self.drain_last.eq(accept & tlast),
+            self.stop_last.eq(self.stopping & ~last_epoch),
+            self.stop_end.eq(self.run & self.stopping & epoch_start & quiet),
         ]
 
         # the beat and its sample's token
@@ -225,20 +249,22 @@ class StreamIn(wiring.Component):
         # the counts: restarted by a job's start, advanced by every beat taken
         with m.If(self.w0_now):
             m.d.sync += pending.eq(0)
+        with m.If(self.epoch_written):          # (a beat taken in the same cycle wins, below)
+            m.d.sync += quiet.eq(1)
         with m.If(self.soft_reset):
             m.d.sync += pending.eq(0)
         with m.Elif(self.load):
             m.d.comb += [beat_next.eq(0), half_next.eq(0)]
             m.d.sync += [
                 sample_in_batch.eq(0), sample_in_epoch.eq(0), epoch.eq(0), step_shift.eq(dec.step_shift), decay_count.eq(0),
-                model_zero.eq(1), pending.eq(0), wptr.eq(0),
+                model_zero.eq(~self.warm), pending.eq(0), wptr.eq(0), epoch_start.eq(1), quiet.eq(1),
                 remaining.eq(dec.dim), last_lo.eq(dec.first_last_l), last_hi.eq(dec.first_last_h),
                 last_of_epoch.eq(dec.n_one), last_of_batch.eq(dec.b_one), last_epoch.eq(dec.e_one),
             ]
         with m.Elif(run_accept):
             # (the beat's updates do not wait for the fault tests: TLAST stays off their
             # enables; after a fault the job ends, and a start sets them all again)
-            m.d.sync += wptr.eq(wptr + 1)
+            m.d.sync += [wptr.eq(wptr + 1), epoch_start.eq(epoch_last_beat), quiet.eq(0)]
             m.d.comb += half_next.eq(hold)
             with m.If(beat_index == 0):
                 m.d.sync += wptr_first.eq(wptr)

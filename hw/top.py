@@ -97,10 +97,10 @@ class Top(wiring.Component):
             axil.r_ack.eq(regs.r_ack), axil.r_data.eq(regs.r_data),
         ]
         # register block <-> engine
-        for name in ("cfg", "start", "soft_reset", "cb_we", "cb_addr", "cb_data", "model_rewind",
-                     "model_next", "loss_addr"):
+        for name in ("cfg", "start", "soft_reset", "stop", "warm", "cb_we", "cb_addr", "cb_data", "model_rewind",
+                     "model_next", "model_we", "model_wdata", "loss_addr"):
             m.d.comb += getattr(core, name).eq(getattr(regs, name))
-        for name in ("busy", "done", "error", "model_data", "loss_data", "epochs_done",
+        for name in ("busy", "done", "stopped", "error", "model_data", "loss_data", "epochs_done",
                      *(counter_port(n) for n in COUNTER_NAMES)):
             m.d.comb += getattr(regs, name).eq(getattr(core, name))
         # stream

@@ -19,11 +19,20 @@ Stages, from the cycle a beat's tag arrives (its model read is issued then):
 
 The L2 shift is static during a job: each lane reads its own copy, through a tree of
 registered copies (``REP_LANES`` per register) that takes ``L2_SETTLE`` cycles after a start.
+
+Saturation (the SATURATED counter): each lane's flag (the subtraction left MODEL's range,
+lanes below ``nvalid`` only) is registered with the word at ``WRITE_STAGE``, where an OR over
+the lanes, sticky over the sample's beats, gives one event at the batch's last model beat.
+
+The host's model words (``host``, while the engine is idle: the update's write port is
+free) take the same port: a request for one lane of one beat (``one``), the word loaded
+into every lane's write register in place of the update's (a multiplexer input merged into
+the saturation's), ``HOST_WRITE_LATENCY`` cycles from ``host.en`` to the memory's write.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -39,6 +48,13 @@ from .scalar import sat
 
 #: |G >> 16| clamp: beyond this the update saturates the same way whatever the value.
 H_CLAMP = 1 << (MODEL.width + 1)
+#: Lanes that read one copy of the host's model word.
+HOST_DATA_LANES = 16
+
+
+def host_layout(beat_bits: int, lanes: int) -> data.StructLayout:
+    """A host's model word: its beat and lane, and the word (MODEL)."""
+    return data.StructLayout({"en": 1, "beat": beat_bits, "lane": range(lanes), "data": signed(MODEL.width)})
 
 
 class ModelUpdate(wiring.Component):
@@ -71,7 +87,18 @@ class ModelUpdate(wiring.Component):
         start.
     job_end : Out(1)
         The update writes the job's last model beat this cycle.
+    epoch_written : Out(1)
+        The update writes the last model beat of an epoch this cycle.
+    saturated : Out(1)
+        The update writes the last model beat of a batch this cycle, and some word of the
+        batch's update saturated (an event for the SATURATED counter).
+    host : In(host_layout)
+        A host's model word (``en`` for one cycle; only while no update is in flight).
     """
+
+    #: Cycles from ``host.en`` to the memory write of the word (the request registered
+    #: here, then the memory's ``WRITE_LATENCY``).
+    HOST_WRITE_LATENCY = 2
 
     def __init__(self, params: EngineParams, beat_bits: int, read_latency: int):
         W = params.word_bits
@@ -98,6 +125,9 @@ class ModelUpdate(wiring.Component):
             "x_write_data": Out(words),
             "w0_now": Out(1),
             "job_end": Out(1),
+            "epoch_written": Out(1),
+            "saturated": Out(1),
+            "host": In(host_layout(beat_bits, L)),
         })
 
     def elaborate(self, platform):
@@ -146,15 +176,49 @@ class ModelUpdate(wiring.Component):
             m.d.sync += h.eq(Mux(in_range, g_int[:len(h)].as_signed(), Mux(g_int[-1], -H_CLAMP, H_CLAMP - 1)))
             step.append(h)
 
-        # U2: subtract and saturate (registered); U3: written into the model (a register
-        # between the update's logic and the model's block RAMs, which may sit far apart)
+        # the host's word: its request registered (at U2 of no update), the word and the
+        # select in copies (a select per REP_LANES lanes, a word per HOST_DATA_LANES)
+        host = self.host
+        h_en = Signal(name="host_en")
+        h_beat = Signal.like(host.beat, name="host_beat", reset_less=True)
+        h_nvalid = Signal(range(L + 1), name="host_nvalid", reset_less=True)
+        m.d.sync += [h_en.eq(host.en), h_beat.eq(host.beat), h_nvalid.eq(host.lane + 1)]
+        h_sel = copies(m, host.en, -(-L // REP_LANES), "host_sel")
+        h_word = copies(m, host.data, -(-L // HOST_DATA_LANES), "host_word")
+
+        # U2: subtract and saturate (registered) or the host's word; U3: written into the
+        # model (a register between the update's logic and the model's block RAMs, which
+        # may sit far apart); each live lane's saturation flag registered beside it
+        sat_u3 = []
         for l in range(L):
             x_new = Signal(signed(XW), name=f"x_new{l}", reset_less=True)
-            m.d.sync += x_new.eq(sat(m, x_less_l2[l] - step[l], MODEL, f"x_sat{l}"))
+            diff = Signal(signed(XW + 3), name=f"x_diff{l}")
+            m.d.comb += diff.eq(x_less_l2[l] - step[l])
+            m.d.sync += x_new.eq(Mux(h_sel[l // REP_LANES], h_word[l // HOST_DATA_LANES],
+                                     sat(m, diff, MODEL, f"x_sat{l}")))
             m.d.comb += self.x_write_data[l].eq(x_new)
-        m.d.comb += [self.x_write.en.eq(Mux(flush, 0, valids[U2]) & tags[U2].lb),
-                     self.x_write.beat.eq(tags[U2].beat), self.x_write.nvalid.eq(tags[U2].nvalid)]
-        m.d.comb += self.job_end.eq(valids[U3] & tags[U3].lj & tags[U3].last)
+            top = diff[XW - 1:]
+            out = Signal(name=f"x_out{l}", reset_less=True)
+            m.d.sync += out.eq(~((top == 0) | (top == (1 << len(top)) - 1)) & (tags[U2].nvalid > l))
+            sat_u3.append(out)
+        upd_en = Mux(flush, 0, valids[U2]) & tags[U2].lb
+        m.d.comb += [self.x_write.en.eq(upd_en | h_en),
+                     self.x_write.beat.eq(Mux(h_en, h_beat, tags[U2].beat)),
+                     self.x_write.nvalid.eq(Mux(h_en, h_nvalid, tags[U2].nvalid)),
+                     self.x_write.one.eq(h_en)]
+        m.d.comb += [self.job_end.eq(valids[U3] & tags[U3].lj & tags[U3].last),
+                     self.epoch_written.eq(valids[U3] & tags[U3].le & tags[U3].last)]
+
+        # U3: the batch saturated if a word of any of its last sample's beats did
+        beat_sat = Signal(name="beat_sat")
+        m.d.comb += beat_sat.eq(Cat(*sat_u3).any())
+        sticky = Signal(name="sat_sticky")
+        at_u3 = valids[U3] & tags[U3].lb
+        with m.If(flush):
+            m.d.sync += sticky.eq(0)
+        with m.Elif(at_u3):
+            m.d.sync += sticky.eq(~tags[U3].last & (sticky | beat_sat))
+        m.d.comb += self.saturated.eq(at_u3 & tags[U3].last & (sticky | beat_sat))
         # "beat 0 written", computed a stage early and registered (keeps TREADY off the tags)
         w0 = Signal(name="w0_now")
         m.d.sync += w0.eq(~flush & valids[U2] & tags[U2].lb & (tags[U2].beat == 0))

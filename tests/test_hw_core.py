@@ -19,7 +19,7 @@ from zipsgd.contract import (
 from zipsgd.hw.core import BATCH_STALL_BUDGET, COUNTERS, Engine
 from zipsgd.hw.decode import modes
 from zipsgd.sim.cases import beats_of
-from zipsgd.testing import bad_configs, job_for
+from zipsgd.testing import bad_configs, job_for, random_config
 from zipsgd.packing import pack
 
 ONE = MODEL.one
@@ -29,12 +29,21 @@ ONE = MODEL.one
 # Job generation
 # ------------------------------------------------------------------------------------
 def make_job(rng, word_bits, enc, bits, dim, n, *, loss=Loss.SQUARED, batch=1, epochs=1,
-             step_shift=4, step_mult=STEP_MULT.one, decay=0, l2=0, copies=1):
+             step_shift=4, step_mult=STEP_MULT.one, decay=0, l2=0, copies=1, pos_class=0, step_mult_neg=0):
     """Random job of this configuration: (cfg, streams, codebook) from zipsgd.testing."""
     cfg = EngineConfig(n_samples=n, dim=dim, bits=bits, encoding=enc, loss=loss,
                        step_shift=step_shift, step_mult=step_mult, decay_epochs=decay,
-                       l2_shift=l2, batch=batch, epochs=epochs, copies=copies, word_bits=word_bits)
+                       l2_shift=l2, batch=batch, epochs=epochs, copies=copies, word_bits=word_bits,
+                       pos_class=pos_class, step_mult_neg=step_mult_neg)
     return job_for(rng, cfg)
+
+
+def random_model(rng, dim):
+    """A model to start from (CTRL.warm): small values, some at the rails (saturating)."""
+    x = rng.integers(-2 * ONE, 2 * ONE, size=dim)
+    rails = rng.random(dim) < 0.2
+    x[rails] = rng.choice([MODEL.min, MODEL.max, MODEL.max - 1, MODEL.min + 1], size=int(rails.sum()))
+    return x
 
 
 # ------------------------------------------------------------------------------------
@@ -50,6 +59,22 @@ class Driver:
         self.ctx.set(sig, 1)
         await self.ctx.tick()
         self.ctx.set(sig, 0)
+
+    async def start(self, warm=False):
+        """A start pulse (``warm``: from the model in memory)."""
+        self.ctx.set(self.dut.warm, int(warm))
+        await self.pulse(self.dut.start)
+        self.ctx.set(self.dut.warm, 0)
+
+    async def write_model(self, words):
+        """Rewind the model pointer and write ``words`` (in the layout of the configuration
+        set), one per cycle; wait until the last has reached the memory."""
+        ctx, d = self.ctx, self.dut
+        await self.pulse(d.model_rewind)
+        for v in words:
+            ctx.set(d.model_wdata, int(v) & 0xFFFFFFFF)
+            await self.pulse(d.model_we)
+        await ctx.tick().repeat(d.MODEL_WRITE_LATENCY + 1)
 
     async def set_cfg(self, cfg: EngineConfig):
         for name in CONFIG_FIELDS:
@@ -119,14 +144,26 @@ class Driver:
     def counters(self):
         return {name: self.ctx.get(getattr(self.dut, name)) for name in COUNTERS}
 
-    async def run_job(self, cfg, streams, codebook, rng=None, gap_p=0.0, tlast_every=0):
+    async def result(self, epochs, dim):
+        """The status, counters, model and losses of the job that ended."""
+        ctx, d = self.ctx, self.dut
+        res = {"error": ctx.get(d.error), "done": ctx.get(d.done), "stopped": ctx.get(d.stopped),
+               "counters": self.counters(), "epochs_done": ctx.get(d.epochs_done)}
+        res["model"] = await self.read_model(dim)
+        res["losses"] = await self.read_losses(epochs)
+        return res
+
+    async def run_job(self, cfg, streams, codebook, rng=None, gap_p=0.0, tlast_every=0, model0=None):
         """Configure, start, stream every epoch, wait; returns a result dict.
         ``tlast_every``: TLAST also on the last beat of every ``tlast_every``-th sample
-        (an epoch sent in several DMA transfers)."""
+        (an epoch sent in several DMA transfers). ``model0``: written through the model
+        write port, then a warm start."""
         ctx, d = self.ctx, self.dut
         await self.write_codebook(codebook)
         await self.set_cfg(cfg)
-        await self.pulse(d.start)
+        if model0 is not None:
+            await self.write_model(model0)
+        await self.start(warm=model0 is not None)
         res = {"error": ctx.get(d.error), "done": ctx.get(d.done), "busy": ctx.get(d.busy)}
         if res["error"] != Error.NONE:
             return res
@@ -139,10 +176,7 @@ class Driver:
                     lasts[i] = 1
             await self.send(beats, lasts, rng, gap_p)
         await self.wait_done()
-        res.update(error=ctx.get(d.error), done=ctx.get(d.done), counters=self.counters())
-        res["model"] = await self.read_model(cfg.dim)
-        res["losses"] = await self.read_losses(cfg.epochs)
-        res["epochs_done"] = ctx.get(d.epochs_done)
+        res.update(await self.result(cfg.epochs, cfg.dim))
         return res
 
 
@@ -174,15 +208,22 @@ def run_sim(params, body, vcd=None, poison=False):
     return dut, out.get("value")
 
 
-def check_job(res, cfg, streams, codebook, params):
-    ref = reference.run(cfg, streams, codebook, params)
+def check_job(res, cfg, streams, codebook, params, model0=None, epochs_run=None, stopped=False):
+    """The job's results equal the reference's (``epochs_run``: a job stopped after that
+    many epochs equals the job of that many epochs)."""
+    epochs_run = cfg.epochs if epochs_run is None else epochs_run
+    ran = EngineConfig(**{**cfg.__dict__, "epochs": epochs_run})
+    ref = reference.run(ran, streams, codebook, params, model0=model0)
     assert res["error"] == Error.NONE, Error(res["error"]).name
     assert res["done"] == 1
+    assert res["stopped"] == int(stopped)
     np.testing.assert_array_equal(res["model"], ref.model, err_msg=f"model mismatch for {cfg}")
-    assert res["losses"] == [int(v) for v in ref.loss_sums], f"loss mismatch for {cfg}"
+    assert res["losses"][:epochs_run] == [int(v) for v in ref.loss_sums], f"loss mismatch for {cfg}"
     assert res["counters"]["cnt_beats"] == ref.beats
     assert res["counters"]["cnt_samples"] == ref.samples
-    assert res["epochs_done"] == cfg.epochs
+    assert res["counters"]["cnt_saturated"] == ref.saturated, f"SATURATED mismatch for {cfg}"
+    assert res["epochs_done"] == epochs_run
+    return ref
 
 
 # ------------------------------------------------------------------------------------
@@ -329,9 +370,7 @@ def test_stream_faults_and_soft_reset():
             await drv.pulse(d.start)
             await drv.send(beats[3:], [0] * (len(beats) - 4) + [1])
         await drv.wait_done()
-        out["busy_job"] = {"error": ctx.get(d.error), "done": ctx.get(d.done), "counters": drv.counters(),
-                           "model": await drv.read_model(cfg.dim), "losses": await drv.read_losses(cfg.epochs),
-                           "epochs_done": ctx.get(d.epochs_done)}
+        out["busy_job"] = await drv.result(cfg.epochs, cfg.dim)
         return out
 
     _, out = run_sim(params, body)
@@ -440,3 +479,217 @@ def test_beat_edges_and_saturation():
         check_job(res, cfg, streams, cb, params)
         sat_seen |= bool(np.any(np.abs(res["model"]) == MODEL.max) or np.any(res["model"] == MODEL.min))
     assert sat_seen
+    assert any(res["counters"]["cnt_saturated"] for res in results)
+
+
+# ------------------------------------------------------------------------------------
+# Contract 3.0: class labels and multipliers, SATURATED, warm start, stop
+# ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("params", [P64, P128], ids=["W64", "W128"])
+def test_random_jobs_with_class_labels_class_multipliers_and_saturation(params):
+    """Random jobs of ``zipsgd.testing`` (POS_CLASS and STEP_MULT_NEG among them; here at
+    least every other job sets each, POS_CLASS up to 2**32 - 1: a class index no signed
+    label word equals, and 2**31: the index MODEL.max), half of them warm from a model at
+    the rails: model, losses, counts and SATURATED equal the reference's."""
+    rng = np.random.default_rng(21 + params.word_bits)
+    jobs = []
+    for i in range(14):
+        cfg = random_config(rng, params, n_max=10, d_max=70, epochs_max=2)
+        over = {}
+        if i % 2 == 0:
+            over["pos_class"] = int(rng.choice([1, 2, 3, 4, 1 << 31, (1 << 32) - 1]))
+        if i % 3 != 2:
+            over["step_mult_neg"] = int(rng.integers(1, STEP_MULT.max + 1))
+        if i % 4 == 1:
+            over.update(step_shift=0, step_mult=STEP_MULT.max)        # saturating steps
+        cfg = EngineConfig(**{**cfg.__dict__, **over})
+        _, streams, cb = job_for(rng, cfg)
+        jobs.append((cfg, streams, cb, random_model(rng, cfg.dim) if i % 2 else None))
+
+    async def body(drv):
+        return [await drv.run_job(cfg, streams, cb, rng, gap_p=0.1, model0=x0) for cfg, streams, cb, x0 in jobs]
+
+    _, results = run_sim(params, body)
+    seen = set()
+    for (cfg, streams, cb, x0), res in zip(jobs, results):
+        ref = check_job(res, cfg, streams, cb, params, model0=x0)
+        seen |= {"pos_class"} if cfg.pos_class else set()
+        seen |= {"step_mult_neg"} if cfg.step_mult_neg else set()
+        seen |= {"saturated"} if ref.saturated else set()
+        seen |= {"unsaturated"} if not ref.saturated else set()
+    assert seen == {"pos_class", "step_mult_neg", "saturated", "unsaturated"}, seen
+
+
+def test_pos_class_and_step_mult_neg_for_every_loss():
+    """Every loss with a class index (the label mapped to ONE / -ONE / 0) and a multiplier
+    for the samples whose label is not above zero; also STEP_MULT_NEG alone on plain labels."""
+    rng = np.random.default_rng(22)
+    jobs = []
+    for loss in Loss:
+        for pc, neg in ((2, 0), (3, STEP_MULT.one // 4), (0, 3 * STEP_MULT.one // 2)):
+            jobs.append(make_job(rng, 64, Encoding.COMPACT, 4, 21, 9, loss=loss, batch=2, epochs=2, l2=6,
+                                 step_shift=2, pos_class=pc, step_mult_neg=neg))
+
+    async def body(drv):
+        return [await drv.run_job(c, s, cb) for c, s, cb in jobs]
+
+    _, results = run_sim(P64, body)
+    for (cfg, streams, cb), res in zip(jobs, results):
+        check_job(res, cfg, streams, cb, P64)
+    # the multiplier matters: the same job with STEP_MULT_NEG = 0 gives another model
+    cfg, streams, cb = jobs[1]
+    plain = reference.run(EngineConfig(**{**cfg.__dict__, "step_mult_neg": 0}), streams, cb)
+    assert not np.array_equal(plain.model, results[1]["model"])
+
+
+@pytest.mark.parametrize("params", [P64, P128, P64F], ids=["W64", "W128", "W64-full-lanes"])
+def test_warm_start_from_a_written_model(params):
+    """The host writes a model through the model write port (placed as the configuration's
+    mode places it: every mode, split beats included), reads it back unchanged, and a
+    START with warm trains from it (reference.run(model0=...)); a warm start after a job
+    continues from the model that job left."""
+    rng = np.random.default_rng(23 + params.word_bits + params.lanes)
+    W = params.word_bits
+    jobs = []
+    for i, (enc, bits) in enumerate(valid_modes()):
+        dim = int(rng.choice([1, 7, 40, 97, 130]))
+        jobs.append(make_job(rng, W, enc, bits, dim, n=int(rng.integers(3, 7)), loss=Loss(i % 3),
+                             batch=int(rng.choice([1, 2, 4])), epochs=1 + i % 2, l2=(0, 5)[i % 2],
+                             step_shift=int(rng.integers(0, 6))))
+    models = [random_model(rng, cfg.dim) for cfg, _, _ in jobs]
+
+    async def body(drv):
+        out = []
+        for (cfg, streams, cb), x0 in zip(jobs, models):
+            await drv.set_cfg(cfg)
+            await drv.write_model(x0)
+            back = await drv.read_model(cfg.dim)
+            res = await drv.run_job(cfg, streams, cb, rng, gap_p=0.1, model0=x0)
+            # a warm start from the model the job left (no write): the same job again
+            await drv.start(warm=True)
+            for e in range(cfg.epochs):
+                beats = beats_of(streams[e % len(streams)], W)
+                await drv.send(beats, [0] * (len(beats) - 1) + [1])
+            await drv.wait_done()
+            again = await drv.result(cfg.epochs, cfg.dim)
+            out.append((back, res, again))
+        return out
+
+    _, results = run_sim(params, body)
+    for (cfg, streams, cb), x0, (back, res, again) in zip(jobs, models, results):
+        np.testing.assert_array_equal(back, x0, err_msg=f"model read back after writes, {cfg}")
+        ref = check_job(res, cfg, streams, cb, params, model0=x0)
+        check_job(again, cfg, streams, cb, params, model0=ref.model)
+
+
+def test_model_writes_are_ignored_while_busy():
+    """A model word written while a job runs changes nothing (nor the pointer)."""
+    rng = np.random.default_rng(24)
+    cfg, streams, cb = make_job(rng, 64, Encoding.SINGLE, 4, 40, 6, batch=2, epochs=1)
+    beats = beats_of(streams[0], 64)
+
+    async def body(drv):
+        ctx, d = drv.ctx, drv.dut
+        await drv.write_codebook(cb)
+        await drv.set_cfg(cfg)
+        await drv.start()
+        await drv.send(beats[:7], [0] * 7)
+        ctx.set(d.model_wdata, 0x12345)
+        for _ in range(5):
+            await drv.pulse(d.model_we)
+        await drv.send(beats[7:], [0] * (len(beats) - 8) + [1])
+        await drv.wait_done()
+        return await drv.result(cfg.epochs, cfg.dim)
+
+    _, res = run_sim(P64, body)
+    check_job(res, cfg, streams, cb, P64)
+
+
+def _epoch_beats(cfg, streams, e):
+    beats = beats_of(streams[e % len(streams)], cfg.word_bits)
+    return beats, [0] * (len(beats) - 1) + [1]
+
+
+@pytest.mark.parametrize("params", [P64, P64F], ids=["W64", "W64-full-lanes"])
+def test_stop_ends_the_job_at_an_epoch_boundary(params):
+    """CTRL.stop: between epochs (long after the last one's updates, and right after its
+    last beat, the updates in flight), inside an epoch (the rest of it is taken, no beat of
+    the next), in the last epoch (a normal end), before the first beat (no epoch run), and
+    while idle (nothing). Each stopped job equals the reference run for the epochs it ran;
+    STATUS.stopped shows it; a START clears it."""
+    rng = np.random.default_rng(25)
+    cfg, streams, cb = make_job(rng, 64, Encoding.SINGLE, 1, 70, 7, batch=3, epochs=4, l2=5, copies=2,
+                                loss=Loss.LOGISTIC, pos_class=2, step_mult_neg=STEP_MULT.one // 3)
+    x0 = random_model(rng, cfg.dim)
+
+    async def body(drv):
+        ctx, d = drv.ctx, drv.dut
+        out = {}
+
+        async def job(when, warm=False):
+            """Run ``cfg`` and stop it ``when``: (epoch, beats of it taken before the stop)
+            or ``("wait", epoch)``: after the epoch, once idle."""
+            await drv.write_codebook(cb)
+            await drv.set_cfg(cfg)
+            if warm:
+                await drv.write_model(x0)
+            await drv.start(warm=warm)
+            taken_after = None
+            for e in range(cfg.epochs):
+                beats, lasts = _epoch_beats(cfg, streams, e)
+                if when == ("wait", e):
+                    await drv.send(beats, lasts)
+                    await ctx.tick().repeat(200)
+                    await drv.pulse(d.stop)
+                    continue
+                if isinstance(when, tuple) and when[0] == e:
+                    k = when[1]
+                    await drv.send(beats[:k], lasts[:k])
+                    await drv.pulse(d.stop)
+                    sent = await drv.send(beats[k:], lasts[k:])
+                    assert sent == (len(beats) - k if k else 0), (when, sent)   # (k = 0: not begun)
+                    continue
+                if not ctx.get(d.busy):
+                    taken_after = 0
+                    break
+                sent = await drv.send(beats, lasts)
+                if sent < len(beats):
+                    taken_after = sent
+                    break
+            await drv.wait_done()
+            res = await drv.result(cfg.epochs, cfg.dim)
+            res["taken_after"] = taken_after
+            return res
+
+        out["between"] = await job(("wait", 1))
+        out["after_last_beat"] = await job((0, len(_epoch_beats(cfg, streams, 0)[0])))
+        out["inside"] = await job((2, 5), warm=True)
+        out["first_beat"] = await job((1, 1))
+        out["last_epoch"] = await job((3, 4))
+        out["before_any"] = await job((0, 0))
+        out["before_any_warm"] = await job((0, 0), warm=True)
+        # a plain job after a stopped one (its start clears stopped), then a stop while
+        # idle: nothing changes
+        out["plain"] = await job(None)
+        await drv.pulse(d.stop)
+        await ctx.tick().repeat(5)
+        out["idle"] = (ctx.get(d.busy), ctx.get(d.done), ctx.get(d.stopped), ctx.get(d.epochs_done),
+                       await drv.read_model(cfg.dim))
+        return out
+
+    _, out = run_sim(params, body)
+    check_job(out["between"], cfg, streams, cb, params, epochs_run=2, stopped=True)
+    check_job(out["after_last_beat"], cfg, streams, cb, params, epochs_run=1, stopped=True)
+    check_job(out["inside"], cfg, streams, cb, params, epochs_run=3, stopped=True, model0=x0)
+    check_job(out["first_beat"], cfg, streams, cb, params, epochs_run=2, stopped=True)
+    check_job(out["last_epoch"], cfg, streams, cb, params)
+    check_job(out["plain"], cfg, streams, cb, params)
+    for key in ("between", "after_last_beat", "inside", "first_beat"):
+        assert out[key]["taken_after"] == 0, key          # no beat of the next epoch taken
+    for key, x in (("before_any", np.zeros(cfg.dim, dtype=np.int64)), ("before_any_warm", x0)):
+        res = out[key]
+        assert (res["done"], res["stopped"], res["error"], res["epochs_done"]) == (1, 1, 0, 0), key
+        assert res["counters"]["cnt_beats"] == 0 and res["counters"]["cnt_saturated"] == 0, key
+        np.testing.assert_array_equal(res["model"], x, err_msg=key)
+    assert out["idle"][:4] == (0, 1, 0, cfg.epochs), out["idle"]
+    np.testing.assert_array_equal(out["idle"][4], out["plain"]["model"])
