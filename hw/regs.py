@@ -170,7 +170,9 @@ class Registers(wiring.Component):
         start_way = []
         for f in CTRL_FIELDS:
             pulse = wr["CTRL"] & self.w_data[f.lsb]
-            if f.name in ("start", "warm"):                # (warm comes with its start)
+            if f.name == "warm":                            # (warm comes with its start only)
+                pulse = pulse & self.w_data[next(g.lsb for g in CTRL_FIELDS if g.name == "start")]
+            if f.name in ("start", "warm"):
                 way = [pulse]
                 for i in range(CFG_SETTLE - 1):
                     d = Signal(name=f"{f.name}_d{i}")

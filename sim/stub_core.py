@@ -13,6 +13,9 @@ second). Behaviour:
   busy cycles, ``cnt_samples`` counts TLAST beats too, the rest stay 0.
 * ``start`` while busy is ignored (as by the engine); the codebook port is ignored (tests
   of it watch the port itself).
+* ``stop`` while busy ends the job at once, ``done`` and ``stopped`` (the engine waits for an
+  epoch boundary); ``start`` and ``soft_reset`` clear ``stopped``. ``warm`` and the model
+  write port are ignored (tests of them watch the ports).
 """
 
 from __future__ import annotations
@@ -48,14 +51,16 @@ class StubEngine(wiring.Component):
         m.d.comb += self.i_data.ready.eq(self.busy)
         acc = self.i_data.valid & self.i_data.ready
         with m.If(self.soft_reset):
-            m.d.sync += [self.busy.eq(0), self.done.eq(0), self.error.eq(0)]
+            m.d.sync += [self.busy.eq(0), self.done.eq(0), self.error.eq(0), self.stopped.eq(0)]
         with m.Elif(self.start & ~self.busy):
-            m.d.sync += [self.done.eq(0), self.epochs_done.eq(0),
+            m.d.sync += [self.done.eq(0), self.epochs_done.eq(0), self.stopped.eq(0),
                          *[getattr(self, n).eq(0) for n in COUNTERS]]
             with m.If(self.cfg.dim == 0):
                 m.d.sync += [self.error.eq(Error.BAD_DIM), self.done.eq(1)]
             with m.Else():
                 m.d.sync += [self.error.eq(0), self.busy.eq(1)]
+        with m.Elif(self.busy & self.stop):
+            m.d.sync += [self.busy.eq(0), self.done.eq(1), self.stopped.eq(1)]
         with m.Elif(self.busy):
             m.d.sync += self.cnt_cycles.eq(self.cnt_cycles + 1)
             with m.If(acc):

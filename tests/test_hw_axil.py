@@ -363,3 +363,120 @@ def test_codebook_writes_reach_the_core():
 
     seen = {}
     _run(top, bench, pulse_counter(top.core.cb_we, seen, "cb", (top.core.cb_addr, top.core.cb_data)))
+
+
+def test_ctrl_warm_and_stop_reach_the_core_and_stopped_shows():
+    """CTRL.warm comes with its start (the same cycle, CFG_SETTLE after the write), CTRL.stop
+    is a pulse of its own; STATUS.stopped shows the core's (the stub stops at once), hidden
+    while a start is on its way; a start clears it."""
+    top = _top()
+
+    async def bench(ctx):
+        ctx.set(top.aresetn, 1)
+        m = Master(ctx, top)
+        bits = lambda **f: c.field_bits(c.CTRL_FIELDS, **f)
+        st = lambda v, name: c.field_value(c.STATUS_FIELDS, name, v)
+        await m.write(c.REG["DIM"], 1)
+        await m.write(c.REG["CTRL"], bits(start=1, warm=1))
+        await m._wait(3)
+        await m.write(c.REG["CTRL"], bits(stop=1))
+        await m._wait(3)
+        v = (await m.read(c.REG["STATUS"]))[0]
+        assert (st(v, "busy"), st(v, "done"), st(v, "stopped")) == (0, 1, 1), hex(v)
+        await m.write(c.REG["CTRL"], bits(start=1))
+        v = (await m.read(c.REG["STATUS"]))[0]             # the start on its way: not stopped
+        assert (st(v, "busy"), st(v, "done"), st(v, "stopped")) == (1, 0, 0), hex(v)
+        await m._wait(5)
+        v = (await m.read(c.REG["STATUS"]))[0]
+        assert (st(v, "busy"), st(v, "stopped")) == (1, 0), hex(v)
+        await m.write(c.REG["CTRL"], bits(stop=1, warm=1))   # warm without start: nothing
+        await m._wait(5)
+        assert seen["start"] == [(1,), (0,)], seen["start"]
+        assert len(seen["stop"]) == 2 and not seen["warm_alone"], seen
+
+    seen = {}
+    _run(top, bench, pulse_counter(top.core.start, seen, "start", (top.core.warm,)),
+         pulse_counter(top.core.stop, seen, "stop"),
+         pulse_counter(top.core.warm & ~top.core.start, seen, "warm_alone"))
+
+
+def test_model_data_writes_reach_the_core():
+    """MODEL_DATA writes pulse model_we with the word, CFG_SETTLE cycles after the write
+    lands (as a start: the configuration's layout has settled); MODEL_ADDR counts reads and
+    writes; writes while busy are dropped (no pulse, no count); a read after a write waits
+    until the word can have reached the model memory."""
+    from zipsgd.hw.core import CFG_SETTLE
+    from zipsgd.hw.regs import HOLD_WRITE_CYCLES
+
+    top = _top()
+    words = [5, 0xFFFFFFFF, 0x80000000, 0x12345678]
+
+    async def bench(ctx):
+        ctx.set(top.aresetn, 1)
+        m = Master(ctx, top)
+        await m.write(c.REG["MODEL_ADDR"], 0)
+        for w in words:
+            await m.write(c.REG["MODEL_DATA"], w)
+        assert (await m.read(c.REG["MODEL_ADDR"]))[0] == len(words)
+        await m.read(c.REG["MODEL_DATA"])
+        assert (await m.read(c.REG["MODEL_ADDR"]))[0] == len(words) + 1
+        await m.write(c.REG["DIM"], 1)
+        await m.write(c.REG["CTRL"], c.field_bits(c.CTRL_FIELDS, start=1))
+        await m.write(c.REG["MODEL_DATA"], 99)              # busy: dropped
+        assert (await m.read(c.REG["MODEL_ADDR"]))[0] == len(words) + 1
+        await m._wait(5)
+        assert [v for _, v in seen] == words, seen
+        for (at, _), landed in zip(seen, lands):
+            assert at - landed == CFG_SETTLE, (at, landed)
+        # the read after the last write: sampled HOLD_WRITE_CYCLES after it or later
+        assert read_at[0] - lands[len(words) - 1] >= HOLD_WRITE_CYCLES, (read_at, lands)
+
+    seen, lands, read_at = [], [], []
+
+    async def monitor(ctx):
+        cycle = 0
+        async for _, _, we, wd, wr, rd, addr in ctx.tick().sample(
+                top.core.model_we, top.core.model_wdata, top.regs.w_stb, top.regs.r_ack, top.regs.bus_addr):
+            cycle += 1
+            if we:
+                seen.append((cycle, wd))
+            if wr and addr == c.REG["MODEL_DATA"]:
+                lands.append(cycle + 1)                     # (the write lands the next cycle)
+            if rd and len(lands) == len(words) and not read_at:
+                read_at.append(cycle - 1)                   # (sampled the cycle before r_ack)
+    _run(top, bench, monitor)
+
+
+@pytest.mark.parametrize("enc,bits,dim", [(c.Encoding.SINGLE, 1, 75), (c.Encoding.COMPACT, 4, 40),
+                                          (c.Encoding.FULL, 32, 5)])
+def test_model_written_over_the_bus_reads_back(enc, bits, dim):
+    """The real engine: a model written word by word through MODEL_DATA (back to back, in the
+    layout of the configuration registers) reads back unchanged at once (the read hold-off
+    covers the write's way to the memory), after a rewind, and again after another layout's
+    configuration is written (reads keep the layout the model was written in)."""
+    top = Top(PARAMS)
+    rnd = random.Random(dim)
+    words = [rnd.randrange(1 << 32) for _ in range(dim)]
+
+    async def bench(ctx):
+        ctx.set(top.aresetn, 1)
+        m = Master(ctx, top)
+        for name, v in (("DIM", dim), ("ENCODING", int(enc)), ("BITS", bits)):
+            await m.write(c.REG[name], v)
+        await m.write(c.REG["MODEL_ADDR"], 0)
+        await m.write(c.REG["MODEL_DATA"], words[0])
+        await m.write(c.REG["MODEL_ADDR"], 0)
+        assert (await m.read(c.REG["MODEL_DATA"]))[0] == words[0]        # at once after a write
+        await m.write(c.REG["MODEL_ADDR"], 0)
+        for w in words:
+            await m.write(c.REG["MODEL_DATA"], w)
+        await m.write(c.REG["MODEL_ADDR"], 0)
+        got = [(await m.read(c.REG["MODEL_DATA"]))[0] for _ in words]
+        assert got == words
+        await m.write(c.REG["ENCODING"], int(c.Encoding.FULL))
+        await m.write(c.REG["BITS"], 32)
+        await m.write(c.REG["MODEL_ADDR"], 0)
+        got = [(await m.read(c.REG["MODEL_DATA"]))[0] for _ in words]
+        assert got == words
+
+    _run(top, bench)

@@ -100,3 +100,64 @@ def test_constant_compares_on_the_high_bits_are_exact():
     sim.add_testbench(bench)
     sim.run()
     assert not wrong, wrong[:5]
+
+
+def test_scalar_class_labels_and_class_multipliers():
+    """POS_CLASS and STEP_MULT_NEG in the scalar unit: the label the engine trains on is
+    ``EngineConfig.label_value`` of the word (class indices at the edges of the signed word:
+    POS_CLASS 2**31 is the index MODEL.max, 2**31 + 1 and 2**32 - 1 are indices no signed word
+    equals), the multiplier ``EngineConfig.sample_mult`` of that label; every loss, new values
+    every cycle."""
+    from zipsgd.contract import MODEL, STEP_MULT, EngineConfig, Loss
+    from zipsgd.sim.cases import scalar_cases
+
+    rng = np.random.default_rng(4)
+    one = MODEL.one
+    words = [0, 1, 2, 3, -1, -2, one, -one, MODEL.max, MODEL.min, MODEL.max - 1]
+    classes = [0, 1, 2, 4, 1 << 31, (1 << 31) + 1, (1 << 32) - 1, one + 1]
+    base = scalar_cases(rng)
+    cases = []
+    for i, (a, y, loss, mult, k) in enumerate(base):
+        pc = classes[i % len(classes)]
+        word = int(rng.choice(words)) if pc else y
+        if pc and rng.random() < 0.3:
+            word = (pc - 1) - (1 << 32) if pc - 1 > MODEL.max else pc - 1     # the class (if a word is)
+        neg = int(rng.choice([0, 0, 1, STEP_MULT.max, int(rng.integers(1, STEP_MULT.max + 1))]))
+        cfg = EngineConfig(1, 1, 32, 0, loss=loss, step_mult=mult, pos_class=pc, step_mult_neg=neg)
+        label = int(cfg.label_value(word))
+        m = int(cfg.sample_mult(label))
+        cases.append(((a, word, loss, mult, k, pc, neg), scalar_expected((a, label, loss, m, k))))
+    hits = sum(1 for (_, w, _, _, _, pc, _), _ in cases if pc and w == pc - 1)
+    assert hits > 20
+    dut = Scalar()
+    got = []
+
+    async def tb(ctx):
+        pending = [c for c, _ in cases]
+        rp_seen, lo_seen = [], []
+        while len(lo_seen) < len(cases):
+            if pending:
+                a, word, loss, mult, k, pc, neg = pending.pop(0)
+                ctx.set(dut.i_valid, 1)
+                ctx.set(dut.acc, a + ACC_ROUND)
+                ctx.set(dut.y, word)
+                ctx.set(dut.loss, loss)
+                ctx.set(dut.step_mult, mult)
+                ctx.set(dut.step_mult_neg, neg)
+                ctx.set(dut.pos_class, pc)
+                ctx.set(dut.k, k)
+            else:
+                ctx.set(dut.i_valid, 0)
+            await ctx.tick()
+            if ctx.get(dut.rp_valid):
+                rp_seen.append(ctx.get(dut.rp))
+            if ctx.get(dut.loss_valid):
+                lo_seen.append(ctx.get(dut.loss_out))
+        got.extend(zip(rp_seen, lo_seen))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    bad = [(case, g, want) for (case, want), g in zip(cases, got) if g != want]
+    assert not bad, (len(bad), bad[:3])

@@ -120,14 +120,18 @@ def test_model_update_equals_the_reference_update():
             beats.append(None)
             continue
         beats.append(dict(beat=int(rng.integers(0, 6)), nvalid=int(rng.integers(1, 33)), lb=int(rng.random() < 0.6),
-                          zero=int(rng.random() < 0.2), lj=int(rng.random() < 0.3), last=int(rng.random() < 0.3)))
+                          zero=int(rng.random() < 0.2), lj=int(rng.random() < 0.3), last=int(rng.random() < 0.3),
+                          le=int(rng.random() < 0.3)))
     x = rng.integers(MODEL.min, MODEL.max + 1, size=(n, L))
     x[::7] = MODEL.max                                       # saturating corners
     x[3::7] = MODEL.min
     wide = rng.integers(-(1 << 62), 1 << 62, size=(n, L))    # beyond the clamp
     g = np.where(rng.random((n, L)) < 0.3, wide, rng.integers(-(1 << 50), 1 << 50, size=(n, L)))
+    small = (np.arange(n) // 15) % 2 == 0                    # runs of beats whose update stays in range
+    x[small] = rng.integers(-(1 << 28), 1 << 28, size=(int(small.sum()), L))
+    g[small] = rng.integers(-(1 << 42), 1 << 42, size=(int(small.sum()), L))
     for l2 in (0, 1, 5, 31):
-        writes, w0s, ends = {}, [], []
+        writes, w0s, ends, sats = {}, [], [], []
 
         async def tb(ctx, l2=l2):
             ctx.set(dut.job.l2_shift, l2)
@@ -146,7 +150,8 @@ def test_model_update_equals_the_reference_update():
                 if 0 <= c - U < n:
                     writes[c - U] = [ctx.get(dut.x_write_data[lane]) for lane in range(L)]
                     w0s.append((c - U, ctx.get(dut.w0_now)))
-                    ends.append((c - U, ctx.get(dut.job_end)))
+                    ends.append((c - U, ctx.get(dut.job_end), ctx.get(dut.epoch_written)))
+                    sats.append((c - U, ctx.get(dut.saturated)))
                 if 0 <= c - (U - 1) < n:
                     writes[("req", c - U + 1)] = (ctx.get(dut.x_write.en), ctx.get(dut.x_write.beat),
                                                  ctx.get(dut.x_write.nvalid))
@@ -156,23 +161,37 @@ def test_model_update_equals_the_reference_update():
         sim.add_clock(1e-8)
         sim.add_testbench(tb)
         sim.run()
+        sticky, want_sat = False, {}
         for c, b in enumerate(beats):
             en, beat, nvalid = writes["req", c]
             if b is None or not b["lb"]:
                 assert not en, c
+                want_sat[c] = 0
                 continue
             assert (en, beat, nvalid) == (1, b["beat"], b["nvalid"]), c
+            out = False
             for lane in range(L):
                 x0 = 0 if b["zero"] else int(x[c, lane])
                 l2_term = rshift_round(x0, l2) if l2 else 0
-                want = int(MODEL.saturate(x0 - rshift_round(int(g[c, lane]), FEAT.frac) - l2_term))
+                new = x0 - rshift_round(int(g[c, lane]), FEAT.frac) - l2_term
+                want = int(MODEL.saturate(new))
                 assert writes[c][lane] == want, (l2, c, lane)
+                out |= lane < b["nvalid"] and want != new          # (lanes past nvalid never count)
+            # SATURATED: one event at the sample's last beat if any of its beats saturated
+            sticky |= out
+            want_sat[c] = int(bool(b["last"] and sticky))
+            if b["last"]:
+                sticky = False
+        assert [s for _, s in sats] == [want_sat[c] for c, _ in sats]
+        assert sum(want_sat.values()) > 5 and sum(1 for c, b in enumerate(beats) if b and b["lb"] and b["last"]
+                                                  and not want_sat[c]) > 5
         for c, w0 in w0s:
             b = beats[c]
             assert w0 == (b is not None and b["lb"] and b["beat"] == 0), c
-        for c, end in ends:
+        for c, end, ew in ends:
             b = beats[c]
             assert end == (b is not None and b["lj"] and b["last"]), c
+            assert ew == (b is not None and b["le"] and b["last"]), c
 
 
 @pytest.mark.parametrize("params", [
@@ -193,3 +212,64 @@ def test_latencies_add_up_and_the_batch_boundary_keeps_its_budget(params):
     assert e.BATCH_STALL == e.REPLAY_START + e.UPDATE_LATENCY - 1
     assert e.BATCH_STALL <= BATCH_STALL_BUDGET[e.lanes]
     assert TERM_BITS == FEAT.width + MODEL.width
+
+
+class _HostWriteBench(wiring.Component):
+    """A model update wired to the engine's lane memories (its model write port)."""
+
+    def __init__(self):
+        self.mems = LaneMemories(PARAMS.word_bits, PARAMS.dim_max, PARAMS.lanes, BEAT_BITS)
+        self.dut = ModelUpdate(PARAMS, BEAT_BITS, LaneMemories.READ_LATENCY)
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mems, m.submodules.dut = self.mems, self.dut
+        m.d.comb += [self.mems.x_write.eq(self.dut.x_write), self.mems.x_write_data.eq(self.dut.x_write_data)]
+        return m
+
+
+def test_host_words_write_one_lane_each():
+    """The host's model words take the update's write port: one lane of one beat each, one
+    per cycle back to back (the same beat again and again), the other lanes untouched;
+    ``HOST_WRITE_LATENCY`` cycles from the request to the memory's write."""
+    rng = np.random.default_rng(7)
+    bench = _HostWriteBench()
+    dut, mems = bench.dut, bench.mems
+    L = PARAMS.lanes
+    beats = 4
+    want = {}
+    writes = []
+    for _ in range(3):                                       # every word, three times over
+        order = [(b, l) for b in range(beats) for l in range(L)]
+        if rng.random() < 0.5:
+            rng.shuffle(order)
+        for b, l in order:
+            v = int(rng.integers(MODEL.min, MODEL.max + 1))
+            writes.append((b, l, v))
+            want[b, l] = v
+    got = {}
+
+    async def tb(ctx):
+        for b, l, v in writes:
+            ctx.set(dut.host.en, 1)
+            ctx.set(dut.host.beat, b)
+            ctx.set(dut.host.lane, l)
+            ctx.set(dut.host.data, v)
+            await ctx.tick()
+            if rng.random() < 0.2:
+                ctx.set(dut.host.en, 0)
+                await ctx.tick()
+        ctx.set(dut.host.en, 0)
+        await ctx.tick().repeat(ModelUpdate.HOST_WRITE_LATENCY + 1)
+        for b in range(beats):
+            ctx.set(mems.dot_beat, b)
+            await ctx.tick().repeat(LaneMemories.READ_LATENCY)
+            for l in range(L):
+                got[b, l] = ctx.get(mems.dot_words[l])
+
+    sim = Simulator(bench)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    assert got == want
