@@ -320,6 +320,15 @@ def _train_parser(sub):
                    help="early stopping: stop when the engine's epoch loss has not fallen below the best by TOL "
                         "for --n-iter-no-change epochs (default: off, every epoch runs)")
     p.add_argument("--n-iter-no-change", type=int, default=5, help="epochs without improvement before stopping")
+    p.add_argument("--solver", default="sgd", help="sgd (the engine's), svrg or halp (backend cpu)")
+    p.add_argument("--model-format", default="fixed32",
+                   help="number format of the model: fixed32 (the engine's), fixed16, fixed8, float:e4m3, "
+                        "float:e5m10, log8, ... (others than fixed32: backend cpu)")
+    p.add_argument("--grad-format", default=None, help="number format of the gradient (default: none)")
+    p.add_argument("--rounding", default=None, choices=("stochastic", "nearest"),
+                   help="the formats' rounding (default: nearest for fixed32, stochastic otherwise)")
+    p.add_argument("--inner-epochs", type=int, default=2, help="svrg/halp: passes per outer epoch")
+    p.add_argument("--mu", type=_float_or_auto, default="auto", help="halp: the strong-convexity constant, or auto")
     p.add_argument("--class-weight", default=None, metavar="balanced|CLASS=W,...",
                    help="classifiers: a step multiplier per class, 'balanced' or e.g. 0=1,1=3 (default: none)")
     p.add_argument("--backend", default=None,
@@ -409,6 +418,26 @@ def _optimum(job):
         return None, f"the reference solver failed: {exc}"
 
 
+def _parse_format(formats, name, spec):
+    try:
+        return formats.parse(spec)
+    except ValueError as exc:
+        raise ValueError(f"{name} {spec!r}: {exc}") from None
+
+
+def _low_precision(args) -> bool:
+    """True when --solver/--model-format/--grad-format/--rounding ask for other arithmetic than
+    the engine's (then zipsgd.solvers trains, on the cpu)."""
+    from . import formats, solvers
+    if args.solver not in solvers.SOLVERS:
+        raise ValueError(f"--solver {args.solver!r}: choose one of {', '.join(solvers.SOLVERS)}")
+    model = _parse_format(formats, "--model-format", args.model_format)
+    if args.grad_format is not None:
+        _parse_format(formats, "--grad-format", args.grad_format)
+    return (args.solver != "sgd" or model != formats.ENGINE_MODEL or args.grad_format is not None
+            or args.rounding not in (None, "nearest"))
+
+
 def _with_class_weight(job, spec, y):
     """``--class-weight``: the job with a step multiplier per class."""
     import numpy as np
@@ -457,6 +486,11 @@ def train(args) -> dict:
     t0 = time.perf_counter()
     backend, _ = train_backend(getattr(args, "backend", None))
     check_backend(backend)
+    low = _low_precision(args)
+    if low and backend != "cpu":
+        raise ValueError(f"--solver {args.solver} / --model-format {args.model_format} / --grad-format "
+                         f"{args.grad_format} / --rounding {args.rounding} run on backend cpu only (the engine runs "
+                         "sgd with fixed32, nearest rounding)")
     packed = str(args.data).endswith(SUFFIX)
     if packed:
         data = open_packed(args.data)
@@ -495,13 +529,22 @@ def train(args) -> dict:
     note = getattr(BACKENDS[backend], "progress_note", None)
     if note and not args.quiet:
         print(f"{PROG}: backend {backend}: {note}", file=sys.stderr, flush=True)
-    bar = _Progress(job.epochs, args.quiet)
+    bar = _Progress(job.epochs, args.quiet or low)
     try:
-        res = run_job(job, backend, progress=bar, stop=stop)
+        if low:
+            from . import solvers
+            if job.config.step_mult_neg:
+                raise ValueError("--class-weight is not supported with --solver/--model-format/--grad-format")
+            fitted = solvers.fit(job, solver=args.solver, model_format=args.model_format,
+                                 grad_format=args.grad_format, rounding=args.rounding,
+                                 inner_epochs=args.inner_epochs, mu=args.mu, record=False, stop=stop)
+            res, w = fitted.result, fitted.model
+        else:
+            res = run_job(job, backend, progress=bar, stop=stop)
+            w = job.model_float(res.model)
     finally:
         bar.close()
     t_run = time.perf_counter()
-    w = job.model_float(res.model)
     curve = [float(v) for v in res.loss_curve(job.n_samples)]
     if packed:        # a packed file holds no full-precision data: no exact objective, no baseline
         final, base_final, base_curve, base_w = None, None, [], None
@@ -517,7 +560,7 @@ def train(args) -> dict:
         opt, opt_note = _optimum(job)
         with np.errstate(all="ignore"):
             final_reg = solvers.objective(job, w)
-    coef, intercept = job.unscale(res.model)
+    coef, intercept = job.unscale_float(w)
     problems = diagnose(job, res)
     for problem in problems:
         _warn(problem)
@@ -548,6 +591,8 @@ def train(args) -> dict:
         "optimum_note": opt_note,
         "diverged": bool(problems), "warnings": problems,
         "epochs_run": len(curve), "stopped_early": bool(res.stopped), "saturated_batches": int(res.saturated),
+        "solver": args.solver, "model_format": args.model_format, "grad_format": args.grad_format,
+        "rounding": args.rounding,
         "bits": job.bits, "sampling": job.sampling, "levels": job.levels, "backend": backend,
         "scale": job.scale,
         "bits_per_feature": job.bits_per_feature,

@@ -49,7 +49,8 @@ def _estimator_init(default_loss: str):
     def __init__(self, loss=default_loss, *, bits=8, sampling="double", levels="uniform", max_iter=1000,
                  batch_size=1, step="auto", decay="auto", alpha=0.0, copies=None, random_state=0, backend="cpu",
                  word_bits=64, scale="feature", fit_intercept=True, engine_params=None, verbose=0, tol=1e-3,
-                 n_iter_no_change=5, class_weight=None, warm_start=False):
+                 n_iter_no_change=5, class_weight=None, warm_start=False, solver="sgd", model_format="fixed32",
+                 grad_format=None, rounding=None, inner_epochs=2, mu="auto"):
         self.loss = loss
         self.bits = bits
         self.sampling = sampling
@@ -71,6 +72,12 @@ def _estimator_init(default_loss: str):
         self.n_iter_no_change = n_iter_no_change
         self.class_weight = class_weight
         self.warm_start = warm_start
+        self.solver = solver
+        self.model_format = model_format
+        self.grad_format = grad_format
+        self.rounding = rounding
+        self.inner_epochs = inner_epochs
+        self.mu = mu
     return __init__
 
 
@@ -118,6 +125,46 @@ class _ZipSGD(BaseEstimator):
                 or self.n_iter_no_change < 1:
             raise ValueError(f"n_iter_no_change must be a positive integer, not {self.n_iter_no_change!r}")
 
+    def _low_precision(self) -> bool:
+        """True when the solver or the number formats are not the engine's (sgd, fixed32,
+        no gradient format, nearest rounding): then :mod:`zipsgd.solvers` trains."""
+        from . import formats, solvers
+        if self.solver not in solvers.SOLVERS:
+            raise ValueError(f"unsupported solver={self.solver!r}: choose one of {solvers.SOLVERS}")
+        if self.rounding is not None and self.rounding not in formats.ROUNDINGS:
+            raise ValueError(f"unsupported rounding={self.rounding!r}: choose one of {formats.ROUNDINGS} or None")
+        parsed = {}
+        for name in ("model_format", "grad_format"):
+            spec = getattr(self, name)
+            if spec is None and name == "grad_format":
+                continue
+            try:
+                parsed[name] = formats.parse(spec)
+            except ValueError as exc:
+                raise ValueError(f"{name}={spec!r}: {exc}") from None
+        model = parsed["model_format"]
+        return (self.solver != "sgd" or model != formats.ENGINE_MODEL or self.grad_format is not None
+                or self.rounding not in (None, "nearest"))
+
+    def _fit_low_precision(self, job, mult, model0):
+        """One job by :func:`zipsgd.solvers.fit` (backend cpu): (Result, scaled float model)."""
+        from . import solvers
+        what = (f"solver={self.solver!r}, model_format={self.model_format!r}, grad_format={self.grad_format!r}, "
+                f"rounding={self.rounding!r}")
+        if self.backend != "cpu":
+            raise ValueError(f"backend={self.backend!r} runs the engine's arithmetic (solver='sgd', "
+                             f"model_format='fixed32', nearest rounding); {what} runs on backend='cpu' only until "
+                             "the engine implements it")
+        for given, name in ((mult is not None, "sample_weight"), (job.config.step_mult_neg, "class_weight"),
+                            (model0 is not None, "warm_start/partial_fit")):
+            if given:
+                raise ValueError(f"{name} is not supported with {what} (the low-precision solvers take the "
+                                 "engine's plain job)")
+        out = solvers.fit(job, solver=self.solver, model_format=self.model_format, grad_format=self.grad_format,
+                          rounding=self.rounding, inner_epochs=self.inner_epochs, mu=self.mu, record=False,
+                          stop=self._stopper(job))
+        return out.result, out.model
+
     def _stopper(self, job):
         return None if self.tol is None else EarlyStopping(float(self.tol), int(self.n_iter_no_change), job.n_samples)
 
@@ -155,10 +202,15 @@ class _ZipSGD(BaseEstimator):
         """Run the binary jobs; set the fitted attributes; (coef, intercept) per job."""
         out, results = [], []
         mult = self._sample_mult(jobs[0], sample_weight)
+        low = self._low_precision()
         for k, job in enumerate(jobs):
-            res = run_job(job, self.backend, model0=None if model0 is None else model0[k],
-                          stop=self._stopper(job), sample_mult=mult)
-            coef, intercept = job.unscale(res.model)
+            if low:
+                res, w = self._fit_low_precision(job, mult, None if model0 is None else model0[k])
+                coef, intercept = job.unscale_float(w)
+            else:
+                res = run_job(job, self.backend, model0=None if model0 is None else model0[k],
+                              stop=self._stopper(job), sample_mult=mult)
+                coef, intercept = job.unscale(res.model)
             if not (np.all(np.isfinite(coef)) and np.isfinite(intercept)):
                 raise ValueError(f"{type(self).__name__}: the model in the units of X and y overflows float64 "
                                  "(values near the float64 limit): rescale X or y, e.g. divide by 1e300")
@@ -339,6 +391,23 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
         class keeps the step, only the weights' ratio matters).
     warm_start : bool
         ``fit`` starts from the last fit's model (mapped into the new scaling).
+    solver : {"sgd", "svrg", "halp"}
+        "sgd" (the engine's); "svrg" (variance-reduced: a full gradient at an anchor each
+        outer epoch, then ``inner_epochs`` passes) and "halp" (SVRG with a low-precision
+        offset around the anchor, re-centred each outer epoch: De Sa et al. 2018) run on
+        backend "cpu" (:mod:`zipsgd.solvers`).
+    model_format, grad_format : str or None
+        Number formats of the model and of the gradient (:mod:`zipsgd.formats`): "fixed8",
+        "fixed16", "fixed32" (the engine's, default), "float:e4m3", "float:e5m10", "log8"...;
+        ``grad_format`` None: the update is rounded once, onto the model's grid. HALP takes
+        its offset's bits from ``model_format``. Other than the default: backend "cpu".
+    rounding : {"stochastic", "nearest"} or None
+        Both formats' rounding; None: nearest for fixed32, stochastic (unbiased) otherwise.
+    inner_epochs : int
+        SVRG/HALP: passes per outer epoch (each outer epoch adds one full-gradient pass).
+    mu : float or "auto"
+        HALP's strong-convexity constant (its grid's scale); "auto": the L2 term plus the
+        data's smallest curvature (:func:`zipsgd.solvers.auto_mu`).
     """
 
     _losses = ("squared_error", "squared")

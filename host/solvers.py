@@ -72,8 +72,12 @@ L2 term ``rshift_round(a 2**16 + z 2**(40-F), s)`` (40 fractional bits) joins ``
 ``a = sat(a + round(z))`` after the inner passes. ``mu``: the L2 term's strength
 ``lambda = 2**-s / (step_eff batch)`` when L2 is on, else (squared loss, d <= 2048) the
 smallest eigenvalue of ``sym(Q1^T Q2) / m`` over copy 0's first 4096 samples; otherwise
-give ``mu``. A ``mu`` too small only coarsens the grid; too large, the grid may not
-reach the optimum (HALP saturates).
+give ``mu``. A ``mu`` too small coarsens the grid until the offset's rounding noise
+swamps the steps (an 8-bit offset then diverges); too large, the grid may not reach the
+optimum (HALP saturates). ``mu="auto"`` for the squared and logistic losses at d <= 2048
+therefore sets the radius itself from the curvature sample: ``rho = 2 |(H + lambda I)^-1 g~|``
+(:func:`newton_radius`, the optimum's distance under the quadratic model, twice), and
+reports ``mu = |g~| / rho``.
 
 The objective every solver reports per pass is ``F(w) = mean_i loss_i(w) + lambda/2 |w|^2``
 on the job's scaled full-precision data (:func:`objective`; the loss in float64 with the
@@ -336,7 +340,7 @@ def _batches(job, pass_index: int):
     decode = _decoder()
     for at in range(0, n, chunk):
         q1, q2, y = decode(lay, np.asarray(stream[at * words:(at + chunk) * words]), job.codebook)
-        q1, q2, y = q1.astype(np.int64), q2.astype(np.int64), y.astype(np.int64)
+        q1, q2, y = q1.astype(np.int64), q2.astype(np.int64), job.config.label_value(y.astype(np.int64))
         for s in range(0, q1.shape[0], b):
             yield q1[s:s + b], q2[s:s + b], y[s:s + b]
 
@@ -360,7 +364,7 @@ def resolve_rounding(model_format, rounding) -> str:
 
 def fit(job, solver: str = "sgd", model_format="fixed32", grad_format=None, rounding: str | None = None,
         epochs: int | None = None, step: float | None = None, seed: int | None = None, inner_epochs: int = 2,
-        mu="auto", record: bool = True, engine: bool = True) -> FitResult:
+        mu="auto", record: bool = True, engine: bool = True, stop=None) -> FitResult:
     """Train ``job`` on the CPU with a solver and number formats (module docstring).
 
     Parameters
@@ -388,6 +392,9 @@ def fit(job, solver: str = "sgd", model_format="fixed32", grad_format=None, roun
     engine : bool
         Let the engine-equal case (sgd, fixed32, no gradient format, nearest) run on
         :func:`zipsgd.fastref.run` (equal bit for bit; False: this module's loop).
+    stop : callable (pass, loss_sum) -> bool, optional
+        Early stopping, as :func:`zipsgd.reference.run`'s: asked after each SGD pass (SVRG
+        and HALP: each inner pass) but the last; true ends the fit there.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unsupported solver={solver!r}: choose one of {SOLVERS}")
@@ -408,18 +415,18 @@ def fit(job, solver: str = "sgd", model_format="fixed32", grad_format=None, roun
                     grad_format=None if gfmt is None else gfmt.name, rounding=rounding)
     rb = fm.RandomBits(seed, job.dim)
     if solver == "sgd":
-        _fit_sgd(job, mfmt, gfmt, rounding, epochs, rb, record, engine, out)
+        _fit_sgd(job, mfmt, gfmt, rounding, epochs, rb, record, engine, out, stop)
     else:
-        _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, record, out)
+        _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, record, out, stop)
     return out
 
 
-def _fit_sgd(job, mfmt, gfmt, rounding, epochs, rb, record, engine, out):
+def _fit_sgd(job, mfmt, gfmt, rounding, epochs, rb, record, engine, out, stop=None):
     if engine and mfmt == fm.ENGINE_MODEL and gfmt is None and rounding == "nearest":
         from . import fastref
         cfg = dataclasses.replace(job.config, epochs=epochs)
         if not record:
-            res = fastref.run(cfg, job.streams, job.codebook, job.params)
+            res = fastref.run(cfg, job.streams, job.codebook, job.params, stop=stop)
         else:   # one pass at a time (model0 carries over): the same bits, an objective per pass
             x, sums = None, []
             for e in range(epochs):
@@ -428,10 +435,12 @@ def _fit_sgd(job, mfmt, gfmt, rounding, epochs, rb, record, engine, out):
                 x = r.model
                 sums += r.loss_sums
                 out.objective.append(objective(job, c.MODEL.to_float(x)))
-            res = Result(model=x, loss_sums=sums, beats=epochs * job.n_samples * job.layout.beats_per_sample,
-                         samples=epochs * job.n_samples)
+                if stop is not None and e + 1 < epochs and stop(e, sums[-1]):
+                    break
+            res = Result(model=x, loss_sums=sums, beats=len(sums) * job.n_samples * job.layout.beats_per_sample,
+                         samples=len(sums) * job.n_samples, stopped=len(sums) < epochs)
         out.result, out.model = res, c.MODEL.to_float(res.model)
-        out.passes = ["sgd"] * epochs
+        out.passes = ["sgd"] * len(res.loss_sums)
         return
     st = _state_class(mfmt)(mfmt, gfmt, rounding, rb, d=job.dim)
     t, sums = 0, []
@@ -450,9 +459,12 @@ def _fit_sgd(job, mfmt, gfmt, rounding, epochs, rb, record, engine, out):
         out.passes.append("sgd")
         if record:
             out.objective.append(objective(job, st.value()))
+        if stop is not None and e + 1 < epochs and stop(e, sums[-1]):
+            break
     out.model = st.value()
     out.result = Result(model=st.to_model("nearest", None), loss_sums=sums,
-                        beats=epochs * job.n_samples * job.layout.beats_per_sample, samples=epochs * job.n_samples)
+                        beats=len(sums) * job.n_samples * job.layout.beats_per_sample,
+                        samples=len(sums) * job.n_samples, stopped=len(sums) < epochs)
 
 
 def _full_gradient(job, a: np.ndarray, pass_index: int) -> tuple[np.ndarray, int]:
@@ -487,6 +499,37 @@ def _curvature_sample(job):
     return np.vstack(q1s)[:MU_ROWS], np.vstack(q2s)[:MU_ROWS]
 
 
+#: The HALP offset's automatic radius is this many times the Newton step's length.
+NEWTON_MARGIN = 2.0
+
+
+def _curvature(job, anchor, sample):
+    """``sym(Q1^T D Q2) / m`` on the curvature sample (D as in :func:`auto_mu`)."""
+    q1, q2 = sample
+    if job.loss == "logistic":
+        a = np.zeros(job.dim) if anchor is None else np.asarray(anchor, dtype=np.float64)
+        e = np.exp(-np.abs(q1 @ a))
+        H = (q1 * (e / (1.0 + e) ** 2)[:, None]).T @ q2 / q1.shape[0]
+    else:
+        H = q1.T @ q2 / q1.shape[0]
+    return 0.5 * (H + H.T)
+
+
+def newton_radius(job, g, anchor, sample, lam: float) -> float:
+    """HALP's automatic radius: :data:`NEWTON_MARGIN` times ``|(H + lambda I)^-1 g|``, the
+    distance from the anchor to the optimum of the objective's quadratic model there (``H``
+    the curvature on the sample, eigenvalues floored at 1e-9 of the largest). Far tighter
+    than ``|g| / mu`` when ``g`` does not point along the flattest direction, which is what
+    makes an 8-bit offset fine enough on ill-conditioned data."""
+    ev, V = np.linalg.eigh(_curvature(job, anchor, sample))
+    ev = ev + lam
+    top = float(ev.max()) if ev.size else 0.0
+    if not top > 0:
+        return 0.0
+    ev = np.maximum(ev, 1e-9 * top)
+    return NEWTON_MARGIN * float(np.linalg.norm(V @ ((V.T @ g) / ev)))
+
+
 def auto_mu(job, anchor=None, sample=None) -> float:
     """HALP's ``mu="auto"``: ``lambda`` (the L2 term) plus the data's curvature, the smallest
     eigenvalue of ``sym(Q1^T D Q2) / m`` over copy 0's first :data:`MU_ROWS` samples, with
@@ -511,7 +554,7 @@ def auto_mu(job, anchor=None, sample=None) -> float:
     return lam + max(float(ev[0]), 0.0) if lam + max(float(ev[0]), 0.0) > 0 else 1e-12
 
 
-def _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, record, out):
+def _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, record, out, stop=None):
     d = job.dim
     loss = job.config.loss
     l2 = job.config.l2_shift
@@ -528,7 +571,7 @@ def _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, rec
             raise ValueError(f"mu must be positive, not {mu!r}")
         out.info.update(mu=[], offset_formats=[], grad_norms=[])
     a = np.zeros(d, dtype=np.int64)                      # the anchor, MODEL ints
-    sums, t, p = [], 0, 0
+    sums, t, p, stopped = [], 0, 0, False
     cls = _state_class(mfmt)
     st = None
 
@@ -553,10 +596,12 @@ def _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, rec
             break
         if solver == "halp":
             g = np.ldexp(gbar.astype(np.float64), -_ACC_F) + lam * c.MODEL.to_float(a)
-            if auto and job.loss == "logistic" and sample is not None:
-                mu = auto_mu(job, c.MODEL.to_float(a), sample)
+            if auto and sample is not None:     # the Newton step's length: the optimum's distance
+                radius = newton_radius(job, g, c.MODEL.to_float(a), sample, lam)
+                mu = float(np.linalg.norm(g)) / radius if radius > 0 else auto_mu(job, c.MODEL.to_float(a), sample)
+            else:
+                radius = float(np.linalg.norm(g)) / mu
             out.info["mu"].append(mu)
-            radius = float(np.linalg.norm(g)) / mu
             zf = mfmt.scaled_to(radius)
             if isinstance(zf, fm.FixedFormat) and zf.frac > HALP_FRAC_MAX:
                 zf = fm.FixedFormat(zf.bits, HALP_FRAC_MAX)
@@ -596,6 +641,8 @@ def _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, rec
             if record:
                 out.objective.append(objective(job, current()))
             p += 1
+            if stop is not None and p < epochs and stop(p - 1, sums[-1]):
+                epochs, stopped = p, True                 # ends the fit after this pass
         final = current() if p >= epochs else None          # the last iterate, exact
         # re-centre: the next anchor
         if solver == "halp":
@@ -606,8 +653,8 @@ def _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, rec
         if final is not None:
             out.model = final
             out.result = Result(model=a, loss_sums=sums, beats=p * job.n_samples * job.layout.beats_per_sample,
-                                samples=p * job.n_samples)
+                                samples=p * job.n_samples, stopped=stopped)
             return
     out.model = c.MODEL.to_float(a)
     out.result = Result(model=a, loss_sums=sums, beats=p * job.n_samples * job.layout.beats_per_sample,
-                        samples=p * job.n_samples)
+                        samples=p * job.n_samples, stopped=stopped)

@@ -538,3 +538,22 @@ def test_train_early_stopping_and_class_weight(tmp_path, capsys):
                            "not classes")
     _assert_one_line_error(*_run(["train", "sklearn:diabetes", "--class-weight", "balanced"], capsys)[::2],
                            "classifiers")
+
+
+def test_train_low_precision_formats_and_solvers(tmp_path, capsys):
+    js = tmp_path / "r.json"
+    code, out, err = _run(["train", "sklearn:diabetes", "--epochs", "9", "--alpha", "0.001", "--solver", "halp",
+                           "--model-format", "fixed8", "--json", str(js), "--quiet"], capsys)
+    assert code == 0, err
+    res = json.loads(js.read_text())
+    assert res["solver"] == "halp" and res["model_format"] == "fixed8" and len(res["loss_curve"]) == 9
+    assert 1.0 <= res["ratio_to_optimum"] < 1.05          # HALP on 8-bit data with an 8-bit offset
+    code, out, err = _run(["train", "sklearn:diabetes", "--epochs", "3", "--model-format", "log8", "--rounding",
+                           "nearest", "--json", str(js), "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads(js.read_text())["rounding"] == "nearest"
+    _assert_one_line_error(*_run(["train", "sklearn:diabetes", "--solver", "adam"], capsys)[::2], "--solver")
+    _assert_one_line_error(*_run(["train", "sklearn:diabetes", "--model-format", "fixed99"], capsys)[::2],
+                           "fixed99")
+    _assert_one_line_error(*_run(["train", "sklearn:diabetes", "--solver", "svrg", "--backend", "sim"],
+                                 capsys)[::2], "backend cpu only")

@@ -404,3 +404,34 @@ def test_sim_backend_warm_start_stop_and_classes_match_the_cpu():
     assert sim.loss_curve_ == cpu.loss_curve_ and sim.n_iter_ == cpu.n_iter_
     assert [r.stopped for r in sim.engine_result_] == [r.stopped for r in cpu.engine_result_]
     assert [h["saturated"] for h in sim.hw_stats_] == [h["saturated"] for h in cpu.hw_stats_]
+
+
+def test_low_precision_formats_and_solvers_on_the_cpu():
+    """solver/model_format/grad_format train through zipsgd.solvers on backend cpu; the
+    defaults are the engine's job bit for bit; the engine backends refuse the others."""
+    from zipsgd import solvers
+
+    X, y = _ls(n=300)
+    base = SGDRegressor(max_iter=4, tol=None, random_state=2).fit(X, y)
+    same = SGDRegressor(max_iter=4, tol=None, random_state=2, model_format="fixed32", rounding="nearest").fit(X, y)
+    assert np.array_equal(base.coef_, same.coef_)
+    low = SGDRegressor(max_iter=4, tol=None, random_state=2, model_format="fixed16").fit(X, y)
+    job = low.make_job(X, y)
+    want = solvers.fit(job, model_format="fixed16", record=False)
+    assert np.allclose(low.coef_, job.unscale_float(want.model)[0], rtol=0, atol=0)
+    assert low.score(X, y) > 0.9 and not np.array_equal(low.coef_, base.coef_)
+    for solver in ("svrg", "halp"):
+        est = SGDRegressor(max_iter=7, tol=None, alpha=1e-3, solver=solver, model_format="fixed8",
+                           random_state=2).fit(X, y)
+        assert est.score(X, y) > 0.9 and len(est.loss_curve_) == 7
+    # early stopping reaches the solvers too; multiclass labels too
+    from sklearn.datasets import load_iris
+    Xi, yi = load_iris(return_X_y=True)
+    clf = SGDClassifier(model_format="float:e4m3", max_iter=200, random_state=0).fit(Xi, yi)
+    assert clf.score(Xi, yi) > 0.8 and clf.n_iter_ < 200
+    with pytest.raises(ValueError, match="backend='cpu' only"):
+        SGDRegressor(backend="sim", solver="halp").fit(X, y)
+    with pytest.raises(ValueError, match="solver"):
+        SGDRegressor(solver="adam").fit(X, y)
+    with pytest.raises(ValueError, match="class_weight is not supported"):
+        SGDClassifier(model_format="fixed8", class_weight={0: 2.0}).fit(Xi[:100], yi[:100])

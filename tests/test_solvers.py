@@ -69,10 +69,10 @@ GOLDEN = [
     ("sgd", "fixed32", None, "stochastic", "squared", 0x9E77DE6F),
     ("svrg", "fixed32", None, "nearest", "squared", 0x162C4134),
     ("svrg", "fixed16", None, "stochastic", "logistic", 0x447D955F),
-    ("halp", "fixed8", None, "stochastic", "squared", 0x4F0E7C61),
-    ("halp", "fixed8", None, "stochastic", "logistic", 0xFC900AC8),
+    ("halp", "fixed8", None, "stochastic", "squared", 0xDAF4105B),
+    ("halp", "fixed8", None, "stochastic", "logistic", 0x182207F1),
     ("halp", "log8", None, "stochastic", "squared", 0x4427596B),
-    ("halp", "fixed8", 'fixed8.12', "stochastic", "squared", 0xBC41B5B7),
+    ("halp", "fixed8", 'fixed8.12', "stochastic", "squared", 0xC1A42FEB),
     ("halp", "float:e4m3", None, "stochastic", "squared", 0xE4161148),
 ]
 
