@@ -778,10 +778,15 @@ def _bench_cpu(args) -> int:
     return bench_main(quick=args.quick, out=args.out, quiet=args.quiet)
 
 
+def _bench_optimum(args) -> int:
+    from .bench_optimum import main as bench_main
+    return bench_main(["--out", args.out] + (["--quick"] if args.quick else []) + (["--quiet"] if args.quiet else []))
+
+
 #: Benchmark name -> callable(args) -> exit status. ``bench all`` runs them in order.
 BENCHES = {"packing": _bench_packing, "codebook": _bench_codebook, "engine": _bench_engine,
            "streaming": _bench_streaming, "accuracy": _bench_accuracy, "convergence": _bench_convergence,
-           "cpu": _bench_cpu}
+           "optimum": _bench_optimum, "cpu": _bench_cpu}
 
 
 def _bench_parser(sub):

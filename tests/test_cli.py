@@ -182,6 +182,13 @@ def test_bench_subcommand_wiring(monkeypatch, tmp_path, capsys):
     code, _, err = _run(["bench", "convergence", "--quick", "--out", str(tmp_path)], capsys)
     assert code == 0, err
     assert seen["quick"] is True and seen["out"] == str(tmp_path)
+    # bench optimum hands its options to zipsgd.bench_optimum.main's argv
+    from zipsgd import bench_optimum
+    argvs = []
+    monkeypatch.setattr(bench_optimum, "main", lambda argv: argvs.append(argv) or 0)
+    code, _, err = _run(["bench", "optimum", "--quick", "--quiet", "--out", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert argvs == [["--out", str(tmp_path), "--quick", "--quiet"]]
 
 
 # --------------------------------------------------------------------------------------
