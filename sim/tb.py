@@ -113,24 +113,34 @@ class TB:
     # ---------------------------------------------------------------- job control
     async def configure(self, cfg: c.EngineConfig, codebook=None):
         """Write the configuration registers and the codebook."""
-        for name in ("N_SAMPLES", "DIM", "BITS", "ENCODING", "LOSS", "STEP_SHIFT", "STEP_MULT",
-                     "DECAY_EPOCHS", "L2_SHIFT", "BATCH", "EPOCHS", "COPIES"):
-            await self.write_reg(name, int(getattr(cfg, name.lower())))
+        for name in c.CONFIG_FIELDS:
+            await self.write_reg(name.upper(), int(getattr(cfg, name)))
         if codebook is not None:
             await self.write_reg("CODEBOOK_ADDR", 0)
             for lv in codebook:
                 await self.write_reg("CODEBOOK_DATA", int(lv) & 0xFFFFFFFF)
 
     async def ctrl(self, **fields):
-        """Write CTRL with the given fields (``start=1`` / ``soft_reset=1``)."""
+        """Write CTRL with the given fields (``start=1`` / ``soft_reset=1`` / ``stop=1``...)."""
         await self.write_reg("CTRL", c.field_bits(c.CTRL_FIELDS, **fields))
         await self.cycles(3)        # let the pulse reach the engine
 
-    async def start(self):
-        await self.ctrl(start=1)
+    async def start(self, warm: bool = False):
+        """START (``warm``: from the model in memory)."""
+        await self.ctrl(start=1, warm=int(warm))
 
     async def soft_reset(self):
         await self.ctrl(soft_reset=1)
+
+    async def stop(self):
+        await self.ctrl(stop=1)
+
+    async def write_model(self, words):
+        """Rewind the model pointer and write ``words`` (MODEL integers) through MODEL_DATA,
+        in the layout of the configuration registers."""
+        await self.write_reg("MODEL_ADDR", 0)
+        for v in words:
+            await self.write_reg("MODEL_DATA", int(v))
 
     async def wait_done(self, timeout_cycles: int = 1_000_000) -> dict:
         """Wait for ``irq`` (= STATUS.done); returns the decoded STATUS.
@@ -200,14 +210,18 @@ class TB:
         """All counters, by contract name."""
         return {n: await self.read_counter(n) for n in c.COUNTER_NAMES}
 
-    async def run_job(self, cfg: c.EngineConfig, streams, codebook=None, timeout_cycles=None, frame_samples=0):
+    async def run_job(self, cfg: c.EngineConfig, streams, codebook=None, timeout_cycles=None, frame_samples=0,
+                      model0=None):
         """Configure, start, stream every epoch, wait; returns the status.
 
         ``frame_samples``: send each epoch as frames of that many samples (TLAST on each
         frame's last beat, as a DMA that splits an epoch into transfers does); 0: one frame.
+        ``model0``: written through MODEL_DATA, then a warm start.
         """
         await self.configure(cfg, codebook)
-        await self.start()
+        if model0 is not None:
+            await self.write_model(model0)
+        await self.start(warm=model0 is not None)
         words = cfg.layout.beats_per_sample * cfg.layout.host_words_per_beat
         step = frame_samples * words if frame_samples else None
         for e in range(cfg.epochs):
@@ -233,8 +247,18 @@ def random_job(rng, params: c.EngineParams, n_max: int = 40, d_max: int = 100, e
     return cfg, [random_stream(rng, cfg) for _ in range(cfg.copies)], codebook
 
 
+def random_model(rng, dim: int) -> np.ndarray:
+    """A model to start from (CTRL.warm): small values, some at the rails (saturating)."""
+    one = c.MODEL.one
+    x = rng.integers(-2 * one, 2 * one, size=dim)
+    rails = rng.random(dim) < 0.2
+    x[rails] = rng.choice([c.MODEL.min, c.MODEL.max], size=int(rails.sum()))
+    return x
+
+
 def describe(cfg: c.EngineConfig) -> str:
     """One-line summary of a configuration."""
     return (f"W={cfg.word_bits} {c.Encoding(cfg.encoding).name}/{cfg.bits} n={cfg.n_samples} d={cfg.dim} "
             f"batch={cfg.batch} loss={c.Loss(cfg.loss).name} k={cfg.step_shift} m={cfg.step_mult} "
-            f"decay={cfg.decay_epochs} l2={cfg.l2_shift} epochs={cfg.epochs} copies={cfg.copies}")
+            f"m_neg={cfg.step_mult_neg} class={cfg.pos_class} decay={cfg.decay_epochs} l2={cfg.l2_shift} "
+            f"epochs={cfg.epochs} copies={cfg.copies}")

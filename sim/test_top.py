@@ -22,7 +22,7 @@ from cocotb.simtime import get_sim_time
 from zipsgd import contract as c
 from zipsgd import reference
 from zipsgd.sim.runner import params_from_env
-from zipsgd.sim.tb import CLOCK_NS, TB, describe, random_codebook, random_job, random_stream
+from zipsgd.sim.tb import CLOCK_NS, TB, describe, random_codebook, random_job, random_model, random_stream
 from zipsgd.testing import bad_configs
 
 PARAMS = params_from_env()
@@ -69,7 +69,7 @@ async def test_id_registers(dut):
         if r.access == "w":
             assert await tb.read_reg(r.name) == 0, f"write-only {r.name} reads non-zero"
     st = await tb.status()
-    assert st == {"busy": 0, "done": 0, "error": 0}, st
+    assert st == {"busy": 0, "done": 0, "stopped": 0, "error": 0}, st
     assert int(dut.irq.value) == 0
 
 
@@ -80,7 +80,7 @@ async def test_config_readback(dut):
     rng = np.random.default_rng(SEED)
     cfg_names = [r.name for r in c.REGISTERS if r.access == "rw" and r.name.lower() in
                  {f for f in c.EngineConfig.__dataclass_fields__}]
-    assert len(cfg_names) == 12, cfg_names
+    assert len(cfg_names) == len(c.CONFIG_FIELDS) == 14, cfg_names
     values = {n: int(rng.integers(0, 1 << 32)) for n in cfg_names}
     for n, v in values.items():
         await tb.write_reg(n, v)
@@ -123,7 +123,7 @@ async def test_stub_readback(dut):
     await tb.start()
     tb.send_epoch(np.arange(37 * PARAMS.word_bits // 64, dtype=np.uint64))
     st = await tb.wait_done(10_000)
-    assert st == {"busy": 0, "done": 1, "error": 0}, st
+    assert st == {"busy": 0, "done": 1, "stopped": 0, "error": 0}, st
     cnt = await tb.read_counters()
     assert cnt["BEATS"] == 37 and cnt["SAMPLES"] == 1, cnt
     assert await tb.read_reg("EPOCHS_DONE") == 1
@@ -145,7 +145,7 @@ async def test_bad_config(dut):
         await tb.configure(cfg)
         await tb.start()
         st = await tb.wait_done(1000)
-        assert st == {"busy": 0, "done": 1, "error": int(want)}, f"{label}: {st}, expected {want.name}"
+        assert st == {"busy": 0, "done": 1, "stopped": 0, "error": int(want)}, f"{label}: {st}, expected {want.name}"
         assert await tb.read_counter("BEATS") == 0, label
         assert int(dut.s_axis_tready.value) == 0, f"{label}: the engine accepts data"
         seen.add(want)
@@ -157,21 +157,30 @@ async def test_bad_config(dut):
 # ------------------------------------------------------------------------------------
 # Differential test against the reference
 # ------------------------------------------------------------------------------------
-async def check_job(tb: TB, cfg, streams, codebook, gaps=0.0, gap_seed=0, label="", frame_samples=0):
-    """Run one job and compare everything with zipsgd.reference; returns (mismatches, cycles)."""
-    ref = reference.run(cfg, streams, codebook, params=PARAMS)
+async def check_job(tb: TB, cfg, streams, codebook, gaps=0.0, gap_seed=0, label="", frame_samples=0,
+                    model0=None):
+    """Run one job (``model0``: written through MODEL_DATA, then a warm start) and compare
+    everything with zipsgd.reference; returns (mismatches, cycles)."""
+    ref = reference.run(cfg, streams, codebook, params=PARAMS, model0=model0)
     tb.set_gaps(gaps, gap_seed)
-    st = await tb.run_job(cfg, streams, codebook, frame_samples=frame_samples)
+    st = await tb.run_job(cfg, streams, codebook, frame_samples=frame_samples, model0=model0)
     tb.set_gaps(0)
+    return await compare(tb, cfg, ref, st, label)
+
+
+async def compare(tb: TB, cfg, ref, st, label="", stopped=False):
+    """Compare the engine's results (after its job ended with STATUS ``st``) with the
+    reference's ``ref``; returns (mismatches, cycles)."""
     bad = []
-    if st != {"busy": 0, "done": 1, "error": 0}:
+    epochs = len(ref.loss_sums)
+    if st != {"busy": 0, "done": 1, "stopped": int(stopped), "error": 0}:
         bad.append(f"status {st}")
     model = await tb.read_model(cfg.dim)
     if not np.array_equal(model, ref.model):
         idx = np.nonzero(model != ref.model)[0]
         bad.append(f"model differs at {len(idx)} of {cfg.dim} (first {idx[0]}: rtl {model[idx[0]]} "
                    f"ref {ref.model[idx[0]]})")
-    losses = await tb.read_losses(cfg.epochs)
+    losses = await tb.read_losses(epochs)
     if losses != [int(v) for v in ref.loss_sums]:
         bad.append(f"losses rtl {losses} ref {ref.loss_sums}")
     cnt = await tb.read_counters()
@@ -179,11 +188,13 @@ async def check_job(tb: TB, cfg, streams, codebook, gaps=0.0, gap_seed=0, label=
         bad.append(f"BEATS {cnt['BEATS']} != {ref.beats}")
     if cnt["SAMPLES"] != ref.samples:
         bad.append(f"SAMPLES {cnt['SAMPLES']} != {ref.samples}")
+    if cnt["SATURATED"] != ref.saturated:
+        bad.append(f"SATURATED {cnt['SATURATED']} != {ref.saturated}")
     if cnt["CYCLES"] != cnt["BEATS"] + cnt["STALLS"] + cnt["IDLES"]:
         bad.append(f"CYCLES {cnt['CYCLES']} != BEATS + STALLS + IDLES {cnt}")
     ed = await tb.read_reg("EPOCHS_DONE")
-    if ed != cfg.epochs:
-        bad.append(f"EPOCHS_DONE {ed} != {cfg.epochs}")
+    if ed != epochs:
+        bad.append(f"EPOCHS_DONE {ed} != {epochs}")
     if not tb.axis.idle():
         bad.append("stream source not drained")
         tb.flush_stream()
@@ -202,7 +213,9 @@ async def test_differential(dut):
     for i in range(SWEEP):
         cfg, streams, codebook = random_job(rng, PARAMS)
         gaps = float(rng.choice([0.0, 0.0, 0.1, 0.4]))
-        bad, cyc = await check_job(tb, cfg, streams, codebook, gaps, i, label=f"job {i} gaps={gaps}: ")
+        model0 = random_model(rng, cfg.dim) if i % 4 == 3 else None        # a warm start
+        bad, cyc = await check_job(tb, cfg, streams, codebook, gaps, i, model0=model0,
+                                   label=f"job {i} gaps={gaps}{' warm' if model0 is not None else ''}: ")
         cycles += cyc
         failures += bad
         if bad:
@@ -259,7 +272,7 @@ async def _stream_fault(tb, rng, cfg, cb, words, error, beats, what):
     await tb.start()
     tb.send_epoch(words)
     st = await tb.wait_done(50_000)
-    assert st == {"busy": 0, "done": 1, "error": int(error)}, (what, st)
+    assert st == {"busy": 0, "done": 1, "stopped": 0, "error": int(error)}, (what, st)
     await tb.stream_idle(1000)
     assert await tb.read_counter("BEATS") == beats, what
     await _good_job_after(tb, rng, what)
@@ -310,7 +323,7 @@ async def test_soft_reset(dut):
         assert st["busy"] == 1, f"not busy mid-job: {st}"
         await tb.soft_reset()
         st = await tb.status()
-        assert st == {"busy": 0, "done": 0, "error": 0}, st
+        assert st == {"busy": 0, "done": 0, "stopped": 0, "error": 0}, st
         assert int(dut.s_axis_tready.value) == 0
         # the rest of the job's stream waits at TREADY = 0: the engine cannot tell it from
         # the next job's, so whoever feeds it must drop it (on a board the driver resets the
@@ -335,10 +348,10 @@ async def test_start_while_busy(dut):
     await tb.cycles(beats // 2)
     await tb.start()                         # while busy
     st = await tb.status()
-    assert st == {"busy": 1, "done": 0, "error": 0}, f"STATUS after a START while busy: {st}"
+    assert st == {"busy": 1, "done": 0, "stopped": 0, "error": 0}, f"STATUS after a START while busy: {st}"
     tb.send_epoch(streams[0])
     st = await tb.wait_done(50_000)
-    assert st == {"busy": 0, "done": 1, "error": int(c.Error.NONE)}, st
+    assert st == {"busy": 0, "done": 1, "stopped": 0, "error": int(c.Error.NONE)}, st
     assert await tb.read_reg("EPOCHS_DONE") == cfg.epochs
     assert await tb.read_counter("BEATS") == cfg.epochs * beats
     model = await tb.read_model(cfg.dim)
@@ -378,3 +391,77 @@ async def test_edge_jobs(dut):
         bad, _ = await check_job(tb, cfg, streams, cb, gaps=0.1 * (i % 3), gap_seed=i, label=f"edge {i}: ")
         failures += bad
     assert not failures, "\n".join(failures)
+
+
+# ------------------------------------------------------------------------------------
+# Contract 3.0: warm start, stop, class labels
+# ------------------------------------------------------------------------------------
+def _class_job(rng, epochs=4):
+    """A POS_CLASS job (class indices in the stream) with a multiplier for the negatives."""
+    W = PARAMS.word_bits
+    cfg = c.EngineConfig(n_samples=9, dim=int(rng.integers(30, 80)), bits=4, encoding=c.double_encoding(4),
+                         loss=c.Loss.HINGE, step_shift=0, step_mult=c.STEP_MULT.max, l2_shift=12, batch=2,
+                         epochs=epochs, copies=2,
+                         pos_class=3, step_mult_neg=c.STEP_MULT.one // 3, word_bits=W)
+    cb = random_codebook(rng, cfg.bits)
+    return cfg, [random_stream(rng, cfg) for _ in range(cfg.copies)], cb
+
+
+@cocotb.test(skip=IS_STUB)
+async def test_warm_start_stop_and_class_labels(dut):
+    """A model written through MODEL_DATA (read back unchanged), a START with warm, class
+    labels (POS_CLASS) and STEP_MULT_NEG; a STOP inside epoch 1 (the rest of the epoch is
+    taken, then the job ends: STATUS.stopped, EPOCHS_DONE 2), equal to the reference run of
+    two epochs from that model. Then a STOP between epochs (after epoch 0, the engine
+    waiting for epoch 1) ends a job at once; a STOP while idle changes nothing; a START
+    clears stopped."""
+    tb = await _tb(dut)
+    rng = np.random.default_rng(SEED + 600)
+    cfg, streams, cb = _class_job(rng)
+    x0 = random_model(rng, cfg.dim)
+    words = cfg.layout.beats_per_sample * cfg.layout.host_words_per_beat
+    failures = []
+
+    # warm start, stop inside epoch 1
+    await tb.configure(cfg, cb)
+    await tb.write_model(x0)
+    back = await tb.read_model(cfg.dim)
+    if not np.array_equal(back, x0):
+        failures.append(f"model read back after MODEL_DATA writes differs at {np.nonzero(back != x0)[0][:5]}")
+    await tb.start(warm=True)
+    tb.send_epoch(streams[0])
+    tb.send_epoch(streams[1][:4 * words])              # 4 samples of epoch 1 (TLAST: a transfer)
+    await tb.stream_idle()
+    await tb.stop()
+    tb.send_epoch(streams[1][4 * words:])
+    tb.send_epoch(streams[0])                          # epoch 2: never taken
+    st = await tb.wait_done(50_000)
+    ref = reference.run(c.EngineConfig(**{**cfg.__dict__, "epochs": 2}), streams, cb, params=PARAMS, model0=x0)
+    assert ref.saturated and len(ref.loss_sums) == 2
+    if tb.axis.idle():
+        failures.append("the engine took beats of epoch 2")
+    tb.flush_stream()                                  # (the host drops the next epoch's stream)
+    bad, _ = await compare(tb, cfg, ref, st, "warm + stop inside epoch 1: ", stopped=True)
+    failures += bad
+
+    # cold start, stop between epochs (the engine waits for epoch 1)
+    await tb.start()
+    tb.send_epoch(streams[0])
+    await tb.stream_idle()
+    await tb.cycles(200)
+    st = await tb.status()
+    if st != {"busy": 1, "done": 0, "stopped": 0, "error": 0}:
+        failures.append(f"between epochs: {st}")
+    await tb.stop()
+    st = await tb.wait_done(10_000)
+    ref = reference.run(c.EngineConfig(**{**cfg.__dict__, "epochs": 1}), streams, cb, params=PARAMS)
+    bad, _ = await compare(tb, cfg, ref, st, "stop between epochs: ", stopped=True)
+    failures += bad
+
+    # STOP while idle: nothing; then a good job (its START clears stopped)
+    await tb.stop()
+    st = await tb.status()
+    if st != {"busy": 0, "done": 1, "stopped": 1, "error": 0}:
+        failures.append(f"STOP while idle changed STATUS: {st}")
+    assert not failures, "\n".join(failures)
+    await _good_job_after(tb, rng, "stopped jobs")
