@@ -47,3 +47,29 @@ def component_verilog(name: str, word_bits: int = c.WORD_BITS_DEFAULT) -> tuple[
         tmp.write_text(text)
         tmp.replace(out)
     return out, module
+
+
+def scalar_class_cases(rng) -> list[tuple[tuple, tuple[int, int]]]:
+    """Scalar-unit cases with POS_CLASS and STEP_MULT_NEG: ``((acc, word, loss, m, k,
+    pos_class, m_neg), (r', sample loss))``, the expected values from the contract
+    (``EngineConfig.label_value``, ``EngineConfig.sample_mult``) and the reference. Class
+    indices at the edges of the signed label word: POS_CLASS 2**31 is the index MODEL.max,
+    2**31 + 1 and 2**32 - 1 are indices no signed word equals."""
+    from zipsgd.sim.cases import scalar_cases, scalar_expected
+
+    one = c.MODEL.one
+    words = [0, 1, 2, 3, -1, -2, one, -one, c.MODEL.max, c.MODEL.min, c.MODEL.max - 1]
+    classes = [0, 1, 2, 4, 1 << 31, (1 << 31) + 1, (1 << 32) - 1, one + 1]
+    out = []
+    for i, (a, y, loss, mult, k) in enumerate(scalar_cases(rng)):
+        pc = classes[i % len(classes)]
+        word = int(rng.choice(words)) if pc else y
+        if pc and rng.random() < 0.3:                 # the class (as a signed word, if one is)
+            word = (pc - 1) - (1 << 32) if pc - 1 > c.MODEL.max else pc - 1
+        neg = int(rng.choice([0, 0, 1, c.STEP_MULT.max, int(rng.integers(1, c.STEP_MULT.max + 1))]))
+        cfg = c.EngineConfig(1, 1, c.FULL_BITS, c.Encoding.FULL, loss=loss, step_mult=mult, pos_class=pc,
+                             step_mult_neg=neg)
+        label = int(cfg.label_value(word))
+        out.append(((a, word, loss, mult, k, pc, neg),
+                    scalar_expected((a, label, loss, int(cfg.sample_mult(label)), k))))
+    return out

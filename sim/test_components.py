@@ -18,6 +18,7 @@ from cocotb.triggers import ReadOnly, RisingEdge, Timer
 from zipsgd import contract as c
 from zipsgd.hw.scalar import ACC_ROUND, Scalar
 from zipsgd.sim.cases import decoder_cases, scalar_cases, scalar_expected
+from zipsgd.sim.components import scalar_class_cases
 
 COMPONENT = os.environ.get("ZIPSGD_COMPONENT", "")
 W = int(os.environ.get("ZIPSGD_W", c.WORD_BITS_DEFAULT))
@@ -64,6 +65,8 @@ async def test_scalar_stream(dut):
     Clock(dut.clk, 10, unit="ns").start()
     dut.rst.value = 1
     dut.i_valid.value = 0
+    dut.pos_class.value = 0              # the label word is the label,
+    dut.step_mult_neg.value = 0          # one multiplier (contract 3.0's defaults)
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
@@ -93,3 +96,42 @@ async def test_scalar_stream(dut):
            if (rp, lo) != scalar_expected(case)]
     assert not bad, f"{len(bad)} of {len(cases)} wrong, first: {bad[0]}"
     assert cycles == len(cases) + max(Scalar.LATENCY_RP, Scalar.LATENCY_LOSS), cycles   # the later output
+
+
+@cocotb.test(skip=COMPONENT != "scalar")
+async def test_scalar_class_labels(dut):
+    """POS_CLASS (class-index labels) and STEP_MULT_NEG, new values every cycle: r' and the
+    sample loss of the mapped label with its class's multiplier."""
+    cases = scalar_class_cases(np.random.default_rng(4))
+    Clock(dut.clk, 10, unit="ns").start()
+    dut.rst.value = 1
+    dut.i_valid.value = 0
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    got_rp, got_lo = [], []
+    pending = [case for case, _ in cases]
+    for _ in range(len(cases) + 20):
+        await RisingEdge(dut.clk)
+        if pending:
+            a, word, loss, mult, k, pc, neg = pending.pop(0)
+            dut.i_valid.value = 1
+            dut.acc.value = a + ACC_ROUND
+            dut.y.value = word & 0xFFFFFFFF
+            dut.loss.value = int(loss)
+            dut.step_mult.value = mult
+            dut.step_mult_neg.value = neg
+            dut.pos_class.value = pc
+            dut.k.value = k
+        else:
+            dut.i_valid.value = 0
+        await ReadOnly()
+        if int(dut.rp_valid.value):
+            got_rp.append(_signed(int(dut.rp.value), c.MODEL.width))
+        if int(dut.loss_valid.value):
+            got_lo.append(int(dut.loss_out.value))
+        if len(got_lo) == len(cases):
+            break
+    assert len(got_rp) == len(got_lo) == len(cases)
+    bad = [(case, got, want) for (case, want), got in zip(cases, zip(got_rp, got_lo)) if got != want]
+    assert not bad, f"{len(bad)} of {len(cases)} wrong, first: {bad[0]}"

@@ -104,29 +104,12 @@ def test_constant_compares_on_the_high_bits_are_exact():
 
 def test_scalar_class_labels_and_class_multipliers():
     """POS_CLASS and STEP_MULT_NEG in the scalar unit: the label the engine trains on is
-    ``EngineConfig.label_value`` of the word (class indices at the edges of the signed word:
-    POS_CLASS 2**31 is the index MODEL.max, 2**31 + 1 and 2**32 - 1 are indices no signed word
-    equals), the multiplier ``EngineConfig.sample_mult`` of that label; every loss, new values
-    every cycle."""
-    from zipsgd.contract import MODEL, STEP_MULT, EngineConfig, Loss
-    from zipsgd.sim.cases import scalar_cases
+    ``EngineConfig.label_value`` of the word, the multiplier ``EngineConfig.sample_mult`` of
+    that label (``zipsgd.sim.components.scalar_class_cases``: class indices at the edges of
+    the signed word), every loss, new values every cycle."""
+    from zipsgd.sim.components import scalar_class_cases
 
-    rng = np.random.default_rng(4)
-    one = MODEL.one
-    words = [0, 1, 2, 3, -1, -2, one, -one, MODEL.max, MODEL.min, MODEL.max - 1]
-    classes = [0, 1, 2, 4, 1 << 31, (1 << 31) + 1, (1 << 32) - 1, one + 1]
-    base = scalar_cases(rng)
-    cases = []
-    for i, (a, y, loss, mult, k) in enumerate(base):
-        pc = classes[i % len(classes)]
-        word = int(rng.choice(words)) if pc else y
-        if pc and rng.random() < 0.3:
-            word = (pc - 1) - (1 << 32) if pc - 1 > MODEL.max else pc - 1     # the class (if a word is)
-        neg = int(rng.choice([0, 0, 1, STEP_MULT.max, int(rng.integers(1, STEP_MULT.max + 1))]))
-        cfg = EngineConfig(1, 1, 32, 0, loss=loss, step_mult=mult, pos_class=pc, step_mult_neg=neg)
-        label = int(cfg.label_value(word))
-        m = int(cfg.sample_mult(label))
-        cases.append(((a, word, loss, mult, k, pc, neg), scalar_expected((a, label, loss, m, k))))
+    cases = scalar_class_cases(np.random.default_rng(4))
     hits = sum(1 for (_, w, _, _, _, pc, _), _ in cases if pc and w == pc - 1)
     assert hits > 20
     dut = Scalar()
