@@ -85,7 +85,7 @@ class _SimBackend:
         if progress is not None:
             progress(0)
         opts = {"model0": model0, "stop": stop}
-        res = run_jobs([(job.config, job.streams, job.codebook, opts)], params=job.params)[0]
+        res = run_jobs([(job.config, job.streams, job.codebook, opts)], params=job.params.for_engine())[0]
         if progress is not None:
             progress(job.epochs)
         return on_board_clock(res, job.config.word_bits)

@@ -123,7 +123,11 @@ WORD_BITS_DEFAULT = 64
 #: Host storage unit of a beat.
 HOST_WORD_BITS = 64
 
-BITS_ALLOWED = (1, 2, 4, 8)
+#: Codebook bits b the contract defines (packer, reference, cpu backend): every b from 1 to 8.
+BITS_ALLOWED = tuple(range(1, 9))
+#: The widths an engine build decodes (``valid_modes``, PARAM_MODES): the others run on the
+#: cpu backend, and an engine refuses them by their missing PARAM_MODES bit.
+ENGINE_BITS = (1, 2, 4, 8)
 FULL_BITS = 32
 SAMPLINGS = ("double", "single", "nearest")
 
@@ -320,18 +324,25 @@ def feature_bits(encoding: Encoding, bits: int) -> int:
     return bits
 
 
-def valid_modes():
-    """All (encoding, bits) pairs the contract defines: FULL, SINGLE at every b, and
-    the smaller double-sample encoding at every b (``double_encoding``)."""
+def all_modes():
+    """Every (encoding, bits) pair the contract defines: FULL, SINGLE at every b of
+    BITS_ALLOWED, and the smaller double-sample encoding at every b (``double_encoding``).
+    Its order numbers the PARAM_MODES bits (:func:`mode_bit`)."""
     modes = [(Encoding.FULL, FULL_BITS)]
     modes += [(Encoding.SINGLE, b) for b in BITS_ALLOWED]
     modes += [(double_encoding(b), b) for b in BITS_ALLOWED]
     return modes
 
 
+def valid_modes():
+    """The modes an engine build decodes: :func:`all_modes` at b in ENGINE_BITS (and FULL),
+    in that order."""
+    return [(e, b) for e, b in all_modes() if e == Encoding.FULL or b in ENGINE_BITS]
+
+
 def mode_bit(encoding: Encoding, bits: int) -> int:
-    """Bit index of a mode in the PARAM_MODES register."""
-    return valid_modes().index((Encoding(encoding), bits))
+    """Bit index of a mode in the PARAM_MODES register (its place in :func:`all_modes`)."""
+    return all_modes().index((Encoding(encoding), bits))
 
 
 @dataclass(frozen=True)
@@ -420,6 +431,10 @@ class EngineParams:
     #: each, are then taken in two halves at half rate) or W (every mode at one beat per
     #: cycle, about twice the gradient/update logic: for the larger parts).
     lanes: int | None = None
+    #: Codebook widths the configuration check accepts (host side; not a register, not in
+    #: the build hash): ENGINE_BITS for an engine build, BITS_ALLOWED for the cpu backend
+    #: (:meth:`for_cpu`). An engine decodes ``valid_modes()`` whatever this says.
+    code_bits: tuple = ENGINE_BITS
 
     def __post_init__(self):
         if self.word_bits not in WORD_BITS_ALLOWED:
@@ -429,6 +444,9 @@ class EngineParams:
         if self.lanes not in (default_lanes(self.word_bits), self.word_bits):
             raise ValueError(f"lanes must be {default_lanes(self.word_bits)} or {self.word_bits} at "
                              f"word_bits={self.word_bits}, not {self.lanes!r}")
+        object.__setattr__(self, "code_bits", tuple(sorted(set(int(b) for b in self.code_bits))))
+        if not set(self.code_bits) <= set(BITS_ALLOWED):
+            raise ValueError(f"code_bits must be among {BITS_ALLOWED}, not {self.code_bits!r}")
         for name in ("dim_max", "batch_max", "epochs_max"):
             v = getattr(self, name)
             if v < 1 or v & (v - 1):
@@ -438,8 +456,23 @@ class EngineParams:
             raise ValueError("dim_max/batch_max too large for an exact 64-bit accumulator")
 
     @property
+    def modes(self) -> list:
+        """The modes a job may use under these parameters (:func:`check_config`)."""
+        return [(e, b) for e, b in all_modes() if e == Encoding.FULL or b in self.code_bits]
+
+    @property
     def modes_mask(self) -> int:
+        """PARAM_MODES of an engine build: the modes it decodes (``valid_modes()``)."""
         return sum(1 << mode_bit(e, b) for e, b in valid_modes())
+
+    def for_cpu(self) -> "EngineParams":
+        """The same limits with every codebook width of the contract (the cpu backend)."""
+        return EngineParams(self.word_bits, self.dim_max, self.batch_max, self.epochs_max, self.lanes,
+                            code_bits=BITS_ALLOWED)
+
+    def for_engine(self) -> "EngineParams":
+        """The same limits with the widths an engine decodes (what a build reports)."""
+        return EngineParams(self.word_bits, self.dim_max, self.batch_max, self.epochs_max, self.lanes)
 
 
 @dataclass
@@ -491,7 +524,7 @@ def check_config(cfg: EngineConfig, params: EngineParams) -> Error:
         enc = Encoding(cfg.encoding)
     except ValueError:
         return Error.BAD_ENCODING
-    if (enc, cfg.bits) not in valid_modes():
+    if (enc, cfg.bits) not in params.modes:
         return Error.BAD_BITS
     if cfg.dim < 1 or cfg.dim > params.dim_max:
         return Error.BAD_DIM
@@ -639,7 +672,7 @@ def build_hash(params: EngineParams) -> int:
     text = repr((
         CONTRACT_VERSION, [(r.name, r.access) for r in REGISTERS],
         [(f.name, f.width, f.frac, f.signed) for f in (FEAT, MODEL, STEP_MULT, ACC, LOSS_SAMPLE, LOSS_ACC)],
-        SIGMOID_SEGMENTS, SOFTPLUS_TABLE, [m for m in valid_modes()],
+        SIGMOID_SEGMENTS, SOFTPLUS_TABLE, [(m, mode_bit(*m)) for m in valid_modes()],
         params.word_bits, params.dim_max, params.batch_max, params.epochs_max, params.lanes,
     ))
     return zlib.crc32(text.encode())

@@ -271,7 +271,7 @@ class Engine:
         """Refuse a job whose data mode the engine was not built for (PARAM_MODES)."""
         bit = c.mode_bit(cfg.encoding, cfg.bits)
         if not self.modes >> bit & 1:
-            have = [f"{e.name} {b}-bit" for e, b in c.valid_modes() if self.modes >> c.mode_bit(e, b) & 1]
+            have = [f"{e.name} {b}-bit" for e, b in c.all_modes() if self.modes >> c.mode_bit(e, b) & 1]
             raise ValueError(f"the engine on {self.board.name} does not support {cfg.encoding.name} {cfg.bits}-bit "
                              f"data (PARAM_MODES 0x{self.modes:X}: {', '.join(have) or 'none'}): choose another "
                              "bits/sampling or rebuild the engine")

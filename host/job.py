@@ -846,7 +846,7 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
         raise ValueError(f"unsupported scale={scale!r}: choose one of {SCALE_MODES}")
     if word_bits not in c.WORD_BITS_ALLOWED:
         raise ValueError(f"unsupported word_bits={word_bits!r}: choose one of {c.WORD_BITS_ALLOWED}")
-    params = params or c.EngineParams(word_bits=word_bits)
+    params = params or c.EngineParams(word_bits=word_bits).for_cpu()
     if params.word_bits != word_bits:
         raise ValueError(f"word_bits={word_bits} but the engine streams W={params.word_bits}")
     epochs = _as_int("epochs", epochs)
@@ -1056,7 +1056,7 @@ def job_from_packed(packed, *, epochs: int = 10, batch_size: int = 1, step="auto
     ``X_scaled`` and ``perms`` are None (the file holds packed data only)."""
     h = packed.header
     word_bits = h["word_bits"]
-    params = params or c.EngineParams(word_bits=word_bits)
+    params = params or c.EngineParams(word_bits=word_bits).for_cpu()
     if params.word_bits != word_bits:
         raise ValueError(f"{packed.path} is packed for W={word_bits}, the engine streams W={params.word_bits}")
     epochs, batch_size = _as_int("epochs", epochs), _as_int("batch_size", batch_size)

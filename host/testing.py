@@ -42,7 +42,7 @@ def random_codes(rng, encoding: c.Encoding, bits: int, n: int, d: int) -> dict:
 def random_codebook(rng, bits: int, ends: bool | None = None) -> np.ndarray:
     """Sorted random levels (FEAT integers within [-1, 1]); ``ends``: force -1 and +1 at the
     ends (None: half the time)."""
-    lv = np.sort(rng.integers(-c.FEAT.one, c.FEAT.one + 1, size=1 << bits))
+    lv = np.sort(rng.choice(2 * c.FEAT.one + 1, size=1 << bits, replace=False) - c.FEAT.one)
     if ends if ends is not None else rng.random() < 0.5:
         lv[0], lv[-1] = -c.FEAT.one, c.FEAT.one
     return lv

@@ -94,7 +94,7 @@ def test_train_csv_target_column(tmp_path, capsys):
     assert json.loads(js.read_text())["n_features"] == 3
 
 
-@pytest.mark.parametrize("case", ["nan_csv", "mismatched_npz", "three_classes", "bits3", "over_capacity",
+@pytest.mark.parametrize("case", ["nan_csv", "mismatched_npz", "three_classes", "bits9", "over_capacity",
                                   "missing_file", "directory", "sampling", "backend_pynq", "bad_option",
                                   "bad_target"])
 def test_errors_exit_2_one_line_no_json(case, tmp_path, capsys):
@@ -111,8 +111,8 @@ def test_errors_exit_2_one_line_no_json(case, tmp_path, capsys):
     elif case == "three_classes":
         np.savez(tmp_path / "c.npz", X=rng.normal(size=(12, 2)), y=np.arange(12) % 3)
         data, match, extra = str(tmp_path / "c.npz"), "the target has 3 classes", ["--loss", "logistic"]
-    elif case == "bits3":
-        data, match, extra = "sklearn:diabetes", "unsupported bits=3", ["--bits", "3"]
+    elif case == "bits9":
+        data, match, extra = "sklearn:diabetes", "unsupported bits=9", ["--bits", "9"]
     elif case == "over_capacity":
         # 4096 feature columns + intercept > the default engine's dim_max of 4096
         rows = rng.integers(0, 9, size=(3, 4097)).tolist()

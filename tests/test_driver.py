@@ -526,6 +526,22 @@ def test_unsupported_mode_is_refused_before_any_configuration():
     assert not board.buffers and not any(e[0] == "dma" for e in board.events)
 
 
+def test_widths_an_engine_does_not_decode_are_refused_by_name():
+    """Codes at 3, 5, 6 and 7 bits run on the cpu; an engine build decodes 1, 2, 4 and 8
+    (PARAM_MODES says so) and the driver refuses the others before writing anything."""
+    board = FakeBoard()
+    board.overrides["PARAM_MODES"] = PARAMS.modes_mask
+    eng = Engine(board)
+    for bits in (3, 5, 6, 7):
+        cfg = c.EngineConfig(n_samples=30, dim=5, bits=bits, encoding=c.double_encoding(bits), batch=4)
+        words = 30 * cfg.layout.beats_per_sample * cfg.layout.host_words_per_beat
+        with pytest.raises(ValueError, match=f"does not support COMPACT {bits}-bit data.*COMPACT 4-bit"):
+            eng.run(cfg, [np.zeros(words, dtype=np.uint64)], np.arange(1 << bits))
+    assert not any(e[:2] == ("w", "CTRL") for e in board.log)
+    assert {b for e, b in c.valid_modes()} == {32, *c.ENGINE_BITS}
+    assert c.check_config(cfg, PARAMS) == c.Error.BAD_BITS and c.check_config(cfg, PARAMS.for_cpu()) == c.Error.NONE
+
+
 def test_epoch_over_the_dma_length_is_split_at_sample_boundaries():
     """An epoch longer than the DMA's largest transfer goes in several transfers, each
     ending on a sample (contract 2.1), each at most the largest transfer."""

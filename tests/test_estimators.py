@@ -136,8 +136,8 @@ def test_sim_backend_matches_reference_exactly():
 
 def test_fit_errors():
     X, y = _ls(n=30)
-    with pytest.raises(ValueError, match="bits=3"):
-        SGDRegressor(bits=3).fit(X, y)
+    with pytest.raises(ValueError, match="bits=9"):
+        SGDRegressor(bits=9).fit(X, y)
     with pytest.raises(ValueError, match="supports loss"):
         SGDRegressor(loss="logistic").fit(X, y)
     with pytest.raises(ValueError, match="at least two"):

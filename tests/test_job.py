@@ -73,7 +73,7 @@ def test_prepare_job_rejects_bad_data(mutate, match):
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(bits=3), "bits=3"), (dict(bits=16), "bits"), (dict(sampling="triple"), "sampling"),
+    (dict(bits=9), "bits=9"), (dict(bits=16), "bits"), (dict(sampling="triple"), "sampling"),
     (dict(levels="fancy"), "levels"), (dict(loss="huber"), "loss"), (dict(step=0), "step"),
     (dict(step=-0.1), "step"), (dict(epochs=0), "epochs"), (dict(batch_size=0), "batch_size"),
     (dict(word_bits=32), "word_bits"), (dict(alpha=-1), "alpha"), (dict(scale="minmax"), "scale"),

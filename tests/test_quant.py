@@ -349,7 +349,7 @@ def test_determinism():
 def test_errors():
     with pytest.raises(ValueError, match="kind='median'"):
         q.make_codebook("median", 4, np.zeros(3))
-    for bits in (3, 0, 16, True, "4", 4.0):
+    for bits in (9, 0, 16, True, "4", 4.0):
         with pytest.raises(ValueError, match=f"bits={bits!r}"):
             q.make_codebook("uniform", bits)
     for kind in ("optimal", "weibull"):

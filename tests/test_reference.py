@@ -107,6 +107,23 @@ def test_reference_matches_slow_model(seed):
     assert not res.stopped
 
 
+@pytest.mark.parametrize("bits", [3, 5, 6, 7])
+def test_reference_matches_slow_model_at_widths_only_the_cpu_runs(bits):
+    """Codes at every b from 1 to 8: the widths no engine build decodes follow the same
+    contract (PAIR 2b or COMPACT b+2, whichever is smaller; SINGLE b)."""
+    rng = np.random.default_rng(bits)
+    params = c.EngineParams(word_bits=64).for_cpu()
+    for enc in (c.Encoding.SINGLE, c.double_encoding(bits)):
+        cfg = testing.random_config(rng, params, n_max=24, d_max=39, epochs_max=2, copies_max=2)
+        cfg = c.EngineConfig(**{**cfg.__dict__, "bits": bits, "encoding": enc})
+        cfg, streams, cb = testing.job_for(rng, cfg)
+        with pytest.raises(ValueError, match="BAD_BITS"):
+            ref.run(cfg, streams, cb)                        # an engine build refuses it
+        res = ref.run(cfg, streams, cb, params=params)
+        x, sums = slow_run(cfg, streams, cb)
+        assert res.model.tolist() == x and res.loss_sums == sums
+
+
 def test_slow_model_sees_every_new_field():
     """The random jobs above cover class labels, class multipliers, warm starts and
     saturated updates (else the comparison proves nothing about them)."""
