@@ -58,7 +58,12 @@ LOSS_ALIASES = {"squared_error": "squared", "log_loss": "logistic"}
 LEVELS = ("uniform", "optimal", "log", "weibull")
 BITS_CHOICES = c.BITS_ALLOWED + (c.FULL_BITS,)
 SCALE_MODES = ("feature", "global", "quantile")
-DEFAULT_COPIES_MAX = 4
+#: Packed copies a default job keeps at least (fewer only when it has fewer epochs) ...
+DEFAULT_COPIES_MIN = 4
+#: ... and at most as many as fit this many bytes (one per epoch at most): a fresh copy for
+#: every epoch on small data, where reused copies bias double sampling (see
+#: docs/low-precision.md, "copies"), and 4 on large data, where packing time and memory matter.
+COPIES_BUDGET_BYTES = 16 << 20
 
 
 #: Rows scaled, quantized and packed at a time (bounds the packer's memory).
@@ -443,9 +448,18 @@ def check_memory(n: int, dim: int, copies: int, layout: c.Layout, available: int
                           "from that file")
 
 
-def default_copies(epochs: int) -> int:
-    """Packed copies when none are asked for: ``min(epochs, 4)``."""
-    return max(1, min(int(epochs), DEFAULT_COPIES_MAX))
+def default_copies(epochs: int, bytes_per_copy: int | None = None) -> int:
+    """Packed copies when none are asked for, from a memory budget:
+    ``clamp(COPIES_BUDGET_BYTES // bytes_per_copy, DEFAULT_COPIES_MIN, epochs)`` — every
+    epoch its own copy while the copies fit 16 MiB, never fewer than 4 (or ``epochs``).
+    ``bytes_per_copy`` None (unknown): ``min(epochs, 4)``.
+
+    E.g. at 4 bits, double sampling, W = 64: 50,000 x 90 (4.0 MB a copy) keeps 4 copies;
+    2,000 x 10 (32 kB) one per epoch."""
+    epochs = max(1, int(epochs))
+    if not bytes_per_copy:
+        return min(epochs, DEFAULT_COPIES_MIN)
+    return min(epochs, max(DEFAULT_COPIES_MIN, COPIES_BUDGET_BYTES // int(bytes_per_copy)))
 
 
 # --------------------------------------------------------------------------------------
@@ -865,7 +879,7 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
     alpha = _as_float("alpha", alpha)
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, not {alpha!r}")
-    copies = default_copies(epochs) if copies is None else _as_int("copies", copies)
+    copies = None if copies is None else _as_int("copies", copies)
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (1 << 63))
     seed = _as_int("seed", seed, lo=0)
@@ -908,6 +922,9 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
         classes, ys = map_labels(y, loss_name,
                                  None if given_classes is None else np.unique(np.asarray(given_classes)))
 
+    if copies is None:
+        lay = c.Layout(word_bits, c.encoding_for(sampling, bits), bits, dim)
+        copies = default_copies(epochs, n * lay.beats_per_sample * lay.host_words_per_beat * 8)
     if sink is None:
         check_memory(n, dim, copies, c.Layout(word_bits, c.encoding_for(sampling, bits), bits, dim))
     if fixed_scaling is not None:

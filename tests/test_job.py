@@ -195,7 +195,11 @@ def test_nearest_copies_differ_only_by_order():
 
 def test_default_copies_and_seeds():
     X, y = _regression(n=30, d=3)
-    assert J.prepare_job(X, y, epochs=10).copies == J.default_copies(10) == 4
+    assert J.prepare_job(X, y, epochs=10).copies == 10          # small data: a fresh copy every epoch
+    assert J.default_copies(10) == 4                                # size unknown: min(epochs, 4)
+    assert J.default_copies(10, 4_000_000) == 4                     # 50,000 x 90 at 4 bits: the floor of 4
+    assert J.default_copies(10, J.COPIES_BUDGET_BYTES // 6) == 6    # the budget between
+    assert J.default_copies(3, 10**9) == 3                          # never more than epochs
     assert J.prepare_job(X, y, epochs=2).copies == 2
     a = J.prepare_job(X, y, bits=2, epochs=3, seed=11)
     b = J.prepare_job(X, y, bits=2, epochs=3, seed=11)
@@ -364,7 +368,7 @@ def test_prepare_job_memory_is_a_small_multiple_of_the_data():
     J.prepare_job(X[:100], y[:100], bits=4, epochs=10)         # compile / warm up
     tracemalloc.start()
     try:
-        J.prepare_job(X, y, bits=4, epochs=10)
+        J.prepare_job(X, y, bits=4, epochs=10, copies=4)   # (the default would keep 10 copies: 16 MiB budget)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
