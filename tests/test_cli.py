@@ -550,7 +550,7 @@ def test_train_early_stopping_and_class_weight(tmp_path, capsys):
 def test_train_low_precision_formats_and_solvers(tmp_path, capsys):
     js = tmp_path / "r.json"
     code, out, err = _run(["train", "sklearn:diabetes", "--epochs", "9", "--alpha", "0.001", "--solver", "halp",
-                           "--model-format", "fixed8", "--json", str(js), "--quiet"], capsys)
+                           "--model-format", "fixed8", "--copies", "4", "--json", str(js), "--quiet"], capsys)
     assert code == 0, err
     res = json.loads(js.read_text())
     assert res["solver"] == "halp" and res["model_format"] == "fixed8" and len(res["loss_curve"]) == 9
