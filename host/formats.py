@@ -76,7 +76,8 @@ name             definition
 ``r(s, c, i)``   ``mix32(key(s, c) + 0x9E3779B9 * (i + 1))``: lane ``i`` (feature index)
 ``counter(t,k)`` ``(4 t + k) mod 2**32``: update ``t`` (0, 1, ... over the whole job),
                  stream ``k`` (:data:`STREAM_GRAD` 0: the gradient;
-                 :data:`STREAM_MODEL` 1: the model; :data:`STREAM_ANCHOR` 2: re-centring)
+                 :data:`STREAM_MODEL` 1: the model; :data:`STREAM_ANCHOR` 2: re-centring;
+                 :data:`STREAM_L2` 3: the L2 shrink of a fixed-point model)
 ``s``            the job's seed modulo 2**32
 ================ ==========================================================================
 """
@@ -92,7 +93,7 @@ import numpy as np
 from .contract import MODEL
 
 __all__ = [
-    "ROUNDINGS", "GUARD_BITS", "STREAM_GRAD", "STREAM_MODEL", "STREAM_ANCHOR",
+    "ROUNDINGS", "GUARD_BITS", "STREAM_GRAD", "STREAM_MODEL", "STREAM_ANCHOR", "STREAM_L2",
     "mix32", "key32", "random_bits", "counter", "RandomBits", "round_shift", "round_float", "Format", "FixedFormat", "FloatFormat", "LogFormat",
     "parse", "ENGINE_MODEL",
 ]
@@ -104,7 +105,7 @@ _GUARD = np.int64(GUARD_BITS)
 _HALF = np.int64(1 << (GUARD_BITS - 1))
 
 #: Streams of :func:`counter`: which quantity a random word rounds.
-STREAM_GRAD, STREAM_MODEL, STREAM_ANCHOR = 0, 1, 2
+STREAM_GRAD, STREAM_MODEL, STREAM_ANCHOR, STREAM_L2 = 0, 1, 2, 3
 
 _M1, _M2, _GOLDEN = np.uint32(0x7FEB352D), np.uint32(0x846CA68B), np.uint32(0x9E3779B9)
 
@@ -140,7 +141,7 @@ def key32(seed: int, ctr: int) -> np.uint32:
 
 def counter(step: int, stream: int) -> int:
     """``(4 step + stream) mod 2**32``."""
-    if stream not in (STREAM_GRAD, STREAM_MODEL, STREAM_ANCHOR):
+    if stream not in (STREAM_GRAD, STREAM_MODEL, STREAM_ANCHOR, STREAM_L2):
         raise ValueError(f"unknown random stream {stream!r}")
     return (4 * int(step) + int(stream)) & 0xFFFFFFFF
 

@@ -138,7 +138,9 @@ class _FixedState:
     def update(self, G, l2_shift: int, t: int):
         f = self.fmt
         x = self.x
-        l2 = c.rshift_round(x, l2_shift) if l2_shift else 0
+        # the L2 shrink x 2**-s, rounded with the fit's rounding (stochastic: unbiased, so a
+        # coarse grid keeps the shrink on average; nearest: the engine's rshift_round)
+        l2 = fm.round_shift(x, l2_shift, self.rounding, self._rb(t, fm.STREAM_L2)) if l2_shift else 0
         g = self.grad
         if g is None:
             u = fm.round_shift(G, _ACC_F - f.frac, self.rounding, self._rb(t, fm.STREAM_GRAD))
