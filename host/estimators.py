@@ -366,7 +366,8 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
     alpha : float
         L2 strength (applied as a power-of-two shrink per batch).
     copies : int or None
-        Independent quantized copies streamed in turn (None: ``min(epochs, 4)``).
+        Independent quantized copies streamed in turn (None: one per epoch while they fit
+        ``job.COPIES_BUDGET_BYTES``, at least ``min(epochs, 4)``: :func:`zipsgd.job.default_copies`).
     random_state : int, numpy RandomState/Generator or None
         Seed of the shuffles, the quantization and the codebook.
     backend : {"cpu", "sim", "pynq"}

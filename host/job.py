@@ -24,8 +24,9 @@ Pipeline
 4. Copies: ``copies`` independent quantizations (double: two stochastic roundings per
    feature; single: one stochastic rounding used for both dot product and gradient;
    nearest: deterministic rounding), each in its own random sample order, packed with
-   :func:`zipsgd.packing.pack`. Default ``copies = min(epochs, 4)``: fresh randomness for
-   the first epochs at bounded host memory (the engine cycles through the copies).
+   :func:`zipsgd.packing.pack`. Default copies (:func:`default_copies`): one per epoch while
+   they fit :data:`COPIES_BUDGET_BYTES`, at least ``min(epochs, 4)`` (the engine cycles
+   through them; reused copies bias double sampling where d/n is large).
 5. Step: the engine applies ``x -= step_eff * sum_batch g`` with
    ``step_eff = step / batch_size = m * 2**-(15 + k)``, ``m`` = STEP_MULT in
    [2**15, 2**16) (``m`` smaller only when ``k`` hits STEP_SHIFT_MAX). The step halves every
@@ -121,17 +122,30 @@ def pack_copy(out, layout: c.Layout, labels, rows, perm, sampling: str, levels, 
     return {"l_max": l_max, "lam": top if lam else 0.0}
 
 
+#: Above this dimension :func:`_top_eigenvalue` never forms the d x d matrix (at d =
+#: 10,000 it is 800 MB and seconds to build); it multiplies by the rows instead.
+EIG_MATRIX_DIM_MAX = 256
+
+
 def _top_eigenvalue(q1, q2, iters: int = 30) -> float:
-    """Largest eigenvalue of the symmetric part of ``q1^T q2 / m`` (power iteration on the
-    d x d matrix, formed once)."""
+    """Largest eigenvalue of the symmetric part of ``q1^T q2 / m`` (power iteration: on the
+    d x d matrix, formed once, up to :data:`EIG_MATRIX_DIM_MAX`; above it by products with
+    the m x d rows, O(m d) memory)."""
     m = q1.shape[0]
     q1, q2 = np.asarray(q1, dtype=np.float64), np.asarray(q2, dtype=np.float64)
-    cross = q1.T @ q2
-    sym = (cross + cross.T) / (2 * m)
+    if q1.shape[1] > EIG_MATRIX_DIM_MAX:
+        def sym_times(v):
+            return (q1.T @ (q2 @ v) + q2.T @ (q1 @ v)) / (2 * m)
+    else:
+        cross = q1.T @ q2
+        sym = (cross + cross.T) / (2 * m)
+
+        def sym_times(v):
+            return sym @ v
     v = np.ones(q1.shape[1]) / math.sqrt(q1.shape[1])
     lam = 0.0
     for _ in range(iters):
-        w = sym @ v
+        w = sym_times(v)
         norm = float(np.linalg.norm(w))
         if norm == 0:
             return 0.0

@@ -373,3 +373,12 @@ def test_prepare_job_memory_is_a_small_multiple_of_the_data():
     finally:
         tracemalloc.stop()
     assert peak < 2.5 * X.nbytes          # the scaled matrix (1.0x), four packed copies and their orders (0.7x)
+
+
+def test_top_eigenvalue_without_the_matrix_at_large_d():
+    rng = np.random.default_rng(0)
+    q1, q2 = rng.normal(size=(300, 400)), rng.normal(size=(300, 400))
+    q2 = q1 + 0.1 * q2
+    sym = (q1.T @ q2 + q2.T @ q1) / 600
+    want = float(np.abs(np.linalg.eigvalsh(sym)).max())
+    assert abs(J._top_eigenvalue(q1, q2, iters=200) - want) < 1e-6 * want
