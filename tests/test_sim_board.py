@@ -67,9 +67,10 @@ def test_board_matches_reference_and_reports_timing():
     results = run_jobs(jobs)
     _check(jobs, results)
     assert [r.stopped for r in results[-2:]] == [True, True] and [len(r.loss_sums) for r in results[-2:]] == [3, 3]
-    for r in results:
+    for r, job in zip(results, jobs):
         st = r.stats
-        assert st["idles"] < 64        # a never-stalling memory: only before the first beat arrives
+        if len(job) == 3:              # (early stopping sends an epoch once the last has ended: idles between)
+            assert st["idles"] < 64    # a never-stalling memory: only before the first beat arrives
         assert 0 < st["sim_job_seconds"] < st["sim_wall_seconds"]
         assert 0 <= st["sim_startup_seconds"] < st["sim_wall_seconds"] and st["sim_cpu_seconds"] > 0
         assert st["simulator"] == "verilator"
