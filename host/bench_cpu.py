@@ -193,6 +193,14 @@ def format_report(data: dict) -> str:
                      f"{str(r['bit_exact']):>9}")
     lines.append("ratio = zipsgd fit / scikit-learn fit (<= 1 meets the target); prepare = "
                  "zipsgd.job.prepare_job (scale, quantize, pack every copy); engine = the cpu backend's run")
+    sk = data["sklearn_seconds"]
+    for r in data["rows"]:
+        if not r["pass"]:
+            lines.append(f"miss at batch {r['batch']}: the bit-exact engine loop alone takes "
+                         f"{r['engine_seconds'] / sk:.2f}x scikit-learn's whole fit and preparation another "
+                         f"{r['prepare_seconds'] / sk:.2f}x: scaling, two stochastic roundings per value and the "
+                         f"packing of {data['pack_copy']['copies']} quantized copies, work a float64 solver "
+                         "does not do (the numbers vary by 1.3x with the machine's load)")
     lines.append(f"first fit in a process: {data['first_fit_seconds']:.2f} s on 300 x 5 (importing numba and "
                  "loading its cached code; once per process, not in the figures above)")
     pk = data["pack_copy"]
