@@ -13,14 +13,11 @@ the rows may come in any order and any chunking. Every constant comes in as an a
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-_jit = numba.njit(cache=True, nogil=True, boundscheck=False)
-_inline = numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
-
-#: Length the sorted arrays of :func:`_count_below` are padded to (2**8 levels at most).
-SEARCH_SIZE = 256
+# the compiled engine's decorators and binary search: one of each in the package
+from ._fastkernels import SEARCH_SIZE, _inline, _jit  # noqa: F401  (SEARCH_SIZE: the padded length)
+from ._fastkernels import _last_lt as _count_below    # the last index j with arr[j] < a (arr[0] = -inf)
 
 
 @_inline
@@ -29,22 +26,6 @@ def _mix(z):
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
-
-
-@_inline
-def _count_below(arr, a):
-    """How many entries of ``arr`` (increasing, padded with +inf to :data:`SEARCH_SIZE`,
-    ``arr[0] = -inf``) are < ``a``, minus one: a branchless binary search."""
-    j = np.int64(0)
-    j += 128 * np.int64(arr[j + 128] < a)
-    j += 64 * np.int64(arr[j + 64] < a)
-    j += 32 * np.int64(arr[j + 32] < a)
-    j += 16 * np.int64(arr[j + 16] < a)
-    j += 8 * np.int64(arr[j + 8] < a)
-    j += 4 * np.int64(arr[j + 4] < a)
-    j += 2 * np.int64(arr[j + 2] < a)
-    j += np.int64(arr[j + 1] < a)
-    return j
 
 
 @_jit
