@@ -178,7 +178,20 @@ def train_chunk(q1, q2, y, mult, x, g, cst, seg_thr, seg_shift, seg_off, softplu
                 lo = max(np.int64(0), one - mg)
             total += _sat(lo, 0, lsmax)
             rps[s - b0] = _sat(_rsr(r * mult[s], shift), mmin, mmax)
-        # the batch's gradient and the model update
+        # the batch's gradient and the model update (one sample: its gradient is its own term,
+        # no sum to gather first)
+        if b1 - b0 == 1:
+            rp = rps[0]
+            hit = np.int64(0)
+            for i in range(d):
+                l2 = _rsr(x[i], l2s) if l2s else np.int64(0)
+                v = x[i] - _rsr(rp * q2[b0, i], ffrac) - l2
+                xn = _sat(v, mmin, mmax)
+                hit |= xn ^ v
+                x[i] = xn
+            if hit != 0:
+                nsat += 1
+            continue
         for i in range(d):
             g[i] = 0
         for s in range(b0, b1):

@@ -259,7 +259,7 @@ class _ZipSGD(BaseEstimator):
     def _fit_job(self, X, y, job=None, sample_weight=None):
         """Train (regression, binary, or one-vs-rest on one packed stream) and set the model."""
         self._check_fit_params()
-        job = job or prepare_job(X, y, **self._job_kwargs())
+        job = job or prepare_job(X, y, **self._job_kwargs(), keep_scaled=False)   # (a fit keeps no data)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X)
         jobs = self._class_jobs(job, y) if job.classes is not None else [job]
@@ -281,8 +281,8 @@ class _ZipSGD(BaseEstimator):
         the classes, the next ones keep them and go on with the step schedule."""
         kw = {**self._job_kwargs(), "epochs": 1, "copies": 1}
         if not hasattr(self, "_models"):
-            return prepare_job(X, y, **kw, classes=classes)
-        job = prepare_job(X, y, **kw, fixed_scaling=self.job_)
+            return prepare_job(X, y, **kw, classes=classes, keep_scaled=False)
+        job = prepare_job(X, y, **kw, fixed_scaling=self.job_, keep_scaled=False)
         if job.decay:                         # the step schedule goes on where the last call left it
             k = min(job.config.step_shift + self.t_ // job.decay, STEP_SHIFT_MAX)
             job = dataclasses.replace(job, config=dataclasses.replace(job.config, step_shift=k))

@@ -130,7 +130,18 @@ EIG_MATRIX_DIM_MAX = 256
 def _top_eigenvalue(q1, q2, iters: int = 30) -> float:
     """Largest eigenvalue of the symmetric part of ``q1^T q2 / m`` (power iteration: on the
     d x d matrix, formed once, up to :data:`EIG_MATRIX_DIM_MAX`; above it by products with
-    the m x d rows, O(m d) memory)."""
+    the m x d rows, O(m d) memory). BLAS runs on one thread here: these products are small,
+    and OpenBLAS's other threads would spin on after them, burning the CPU the engine loop
+    needs next (0.1 s of a 0.3 s fit on 50,000 x 90, measured)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:                       # (scikit-learn brings it; without it, as BLAS likes)
+        return _power_iteration(q1, q2, iters)
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _power_iteration(q1, q2, iters)
+
+
+def _power_iteration(q1, q2, iters: int) -> float:
     m = q1.shape[0]
     q1, q2 = np.asarray(q1, dtype=np.float64), np.asarray(q2, dtype=np.float64)
     if q1.shape[1] > EIG_MATRIX_DIM_MAX:
@@ -708,7 +719,9 @@ def check_X(X) -> np.ndarray:
         raise ValueError("empty data: X has 0 samples")
     if X.shape[1] == 0:
         raise ValueError("empty data: X has 0 features")
-    if not np.all(np.isfinite(X)):
+    if not np.isfinite(np.add.reduce(X, axis=None)) and not np.all(np.isfinite(X)):
+        # (the sum is one pass without a temporary; only a sum that is not finite, which may
+        # also be an overflow of finite values near the float64 limit, looks closer)
         bad = np.argwhere(~np.isfinite(X))[0]
         raise ValueError(f"X contains NaN or infinity (first at row {bad[0]}, column {bad[1]})")
     return X
@@ -844,7 +857,8 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
                 decay: int = 0, alpha: float = 0.0, copies: int | None = None, seed: int | None = 0,
                 word_bits: int = c.WORD_BITS_DEFAULT, scale: str = "feature", fit_intercept: bool = True,
                 params: c.EngineParams | None = None, codebook=None, sink=None,
-                chunk_rows: int | None = None, fixed_scaling: "Job | None" = None, classes=None) -> Job:
+                chunk_rows: int | None = None, fixed_scaling: "Job | None" = None, classes=None,
+                keep_scaled: bool = True) -> Job:
     """Validate, scale, quantize and pack a training job (see the module docstring).
 
     ``codebook`` (optional, bits < 32): ``2**bits`` increasing float levels in [-1, 1] to
@@ -1005,7 +1019,9 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
         lv = c.FEAT.to_float(codebook)  # exactly what the engine holds
 
     streams, stats, Xs = pack_copies(layout, labels, Xs, scaled, perms, sampling, lv, q_rng, chunk_rows, sink,
-                                     raw=raw)
+                                     raw=raw, keep=keep_scaled)
+    if not keep_scaled:
+        Xs = None
 
     job = Job(config=cfg, params=params, codebook=codebook, streams=streams, perms=perms, X_scaled=Xs,
                y_scaled=ys, loss=loss_name, bits=bits, sampling=sampling, levels=levels, epochs=epochs,
@@ -1021,7 +1037,7 @@ def prepare_job(X, y, *, loss: str = "squared", bits: int = 8, sampling: str = "
 
 
 def pack_copies(layout: c.Layout, labels, Xs, scaled, perms, sampling: str, levels, rng, chunk_rows: int,
-                sink=None, raw=None) -> tuple[list, dict, np.ndarray | None]:
+                sink=None, raw=None, keep: bool = True) -> tuple[list, dict, np.ndarray | None]:
     """Quantize and pack every copy of a job (:func:`pack_rows`); returns (streams, data
     statistics for :func:`auto_step`, the scaled matrix).
 
@@ -1030,7 +1046,8 @@ def pack_copies(layout: c.Layout, labels, Xs, scaled, perms, sampling: str, leve
     (``sink`` None) the copies are one ``(copies, words)`` array, filled in one pass over
     the rows in their own order, each row written to its place in every copy (its interval
     found once, sequential reads): rows of ``Xs`` (scaled), or with ``raw = (X, scaler,
-    fit_intercept)`` rows of X scaled on the way into a new ``Xs`` (returned). With a
+    fit_intercept)`` rows of X scaled on the way into a new ``Xs`` (returned; not made when
+    ``keep`` is false). With a
     ``sink`` (``sink(k, words)``, e.g. a memory-mapped file) each copy is filled
     ``chunk_rows`` samples at a time in its sample order from ``scaled(idx)``. Both give
     the same words. Statistics: ``l_max`` the largest ``|q1_i| |q2_i|`` over every sample
@@ -1050,14 +1067,14 @@ def pack_copies(layout: c.Layout, labels, Xs, scaled, perms, sampling: str, leve
         step = max(chunk_rows, 1)
         if raw is not None:
             X, scaler, icpt = raw
-            Xs = np.empty((n, layout.dim))
+            Xs = np.empty((n, layout.dim)) if keep else None
         for at in range(0, n, step):
             sl = slice(at, at + step)
             if raw is None:
                 got = pack_rows(block, plan, labels[sl], Xs[sl], where[:, sl], keys)
             else:
                 got = pack_rows(block, plan, labels[sl], X[sl], where[:, sl], keys, scaling=(scaler, icpt),
-                                xs_out=Xs[sl])
+                                xs_out=None if Xs is None else Xs[sl])
             best = max(best, got)
         streams = list(block)
     else:

@@ -382,3 +382,13 @@ def test_top_eigenvalue_without_the_matrix_at_large_d():
     sym = (q1.T @ q2 + q2.T @ q1) / 600
     want = float(np.abs(np.linalg.eigvalsh(sym)).max())
     assert abs(J._top_eigenvalue(q1, q2, iters=200) - want) < 1e-6 * want
+
+
+def test_keep_scaled_false_keeps_no_matrix_and_the_same_words():
+    X, y = _regression(n=300)
+    for levels in ("uniform", "optimal"):
+        a = J.prepare_job(X, y, bits=4, levels=levels, epochs=3, seed=2)
+        b = J.prepare_job(X, y, bits=4, levels=levels, epochs=3, seed=2, keep_scaled=False)
+        assert a.X_scaled is not None and b.X_scaled is None
+        assert all(np.array_equal(s, t) for s, t in zip(a.streams, b.streams))
+        assert a.config == b.config and a.extras["data_stats"] == b.extras["data_stats"]
