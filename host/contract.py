@@ -518,6 +518,15 @@ class EngineConfig:
         return min(k, STEP_SHIFT_MAX)
 
 
+def check_registers(cfg: EngineConfig) -> None:
+    """Refuse a configuration a 32-bit register cannot hold (the host's check before the
+    engine's own: a negative POS_CLASS would be another value once written)."""
+    for name in CONFIG_FIELDS:
+        v = int(getattr(cfg, name))
+        if not 0 <= v <= 0xFFFFFFFF:
+            raise ValueError(f"{name.upper()} = {v} does not fit its 32-bit register (0 .. 2**32 - 1)")
+
+
 def check_config(cfg: EngineConfig, params: EngineParams) -> Error:
     """The engine's own validity check, in the order the gateware applies it."""
     try:

@@ -226,6 +226,7 @@ class Engine:
     def configure(self, cfg: c.EngineConfig, codebook=None) -> None:
         if cfg.word_bits != self.params.word_bits:
             raise ValueError(f"job packed for W={cfg.word_bits}, engine streams W={self.params.word_bits}")
+        c.check_registers(cfg)
         err = c.check_config(cfg, self.params)
         if err != c.Error.NONE:
             raise ValueError(f"configuration refused before sending: {err.name}: {c.ERROR_TEXT[err]}")

@@ -11,9 +11,10 @@ unscaled data.
 Fitted attributes: ``coef_``, ``intercept_``, ``loss_curve_`` (the engine's mean
 per-sample loss of each epoch, scaled units), ``n_iter_`` (epochs run: ``max_iter``, or
 fewer when early stopping ended the job; the largest over the classes), ``t_`` (epochs
-trained since the first ``fit``/``partial_fit``),
+trained since the last cold ``fit``: warm fits and ``partial_fit`` calls add to it),
 ``n_features_in_``, ``classes_`` (classifier), ``bits_per_feature_`` (stream bits per
-feature incl. padding), ``hw_stats_`` (backend counters; empty on the CPU),
+feature incl. padding), ``hw_stats_`` (backend counters: ``saturated`` on every backend,
+cycles, beats and stalls on the engine's),
 ``engine_result_`` (the raw :class:`~zipsgd.reference.Result`) and ``job_``.
 """
 
@@ -28,13 +29,10 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-import dataclasses
-
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import _check_sample_weight
 
 from .backends import run_job
-from .contract import STEP_SHIFT_MAX
 from .job import LOSS_ALIASES, EarlyStopping, diagnose, prepare_job
 from .packfile import PackedData
 
@@ -83,6 +81,11 @@ def _estimator_init(default_loss: str):
 
 
 
+#: partial_fit warns when more than this fraction of a call's values lie outside the range
+#: the first call fixed (they saturate).
+PARTIAL_OUTSIDE_WARN = 0.01
+
+
 def _seed(random_state) -> int | None:
     """An int seed from scikit-learn's ``random_state`` (int, None, or a numpy generator)."""
     if random_state is None or isinstance(random_state, (int, np.integer)):
@@ -118,7 +121,13 @@ class _ZipSGD(BaseEstimator):
         return LOSS_ALIASES.get(self.loss, self.loss)
 
     # -- training ------------------------------------------------------------------------
-    def _check_fit_params(self):
+    def _check_fit_params(self, partial: bool = False):
+        if self.class_weight is not None and self._engine_loss() == "squared":
+            raise ValueError("class_weight applies to classifiers; a regression has no classes (use sample_weight)")
+        if (self.warm_start or partial) and self._low_precision():
+            raise ValueError(f"{'partial_fit' if partial else 'warm_start'} is not supported with solver="
+                             f"{self.solver!r}, model_format={self.model_format!r}, grad_format={self.grad_format!r}, "
+                             f"rounding={self.rounding!r} (the low-precision solvers start from zero)")
         if self.tol is not None and not (isinstance(self.tol, (int, float, np.floating)) and np.isfinite(self.tol)):
             raise ValueError(f"tol must be a finite number or None, not {self.tol!r}")
         if isinstance(self.n_iter_no_change, bool) or not isinstance(self.n_iter_no_change, (int, np.integer)) \
@@ -163,6 +172,7 @@ class _ZipSGD(BaseEstimator):
         out = solvers.fit(job, solver=self.solver, model_format=self.model_format, grad_format=self.grad_format,
                           rounding=self.rounding, inner_epochs=self.inner_epochs, mu=self.mu, record=False,
                           stop=self._stopper(job))
+        out.result.stats = {"saturated": out.result.saturated}   # updates that left the model format's range
         return out.result, out.model
 
     def _stopper(self, job):
@@ -183,7 +193,7 @@ class _ZipSGD(BaseEstimator):
         K = job.n_classes
         jobs = [job] if K <= 2 else [job.for_class(k) for k in range(K)]
         cw = self.class_weight
-        if cw is None or self._engine_loss() == "squared":
+        if cw is None:
             return jobs
         if partial and isinstance(cw, str):
             raise ValueError(f"class_weight={cw!r} is not supported for partial_fit (it needs every label): "
@@ -192,6 +202,13 @@ class _ZipSGD(BaseEstimator):
             raise ValueError(f"class_weight must be a dict, 'balanced' or None, not {cw!r}")
         if isinstance(cw, str) and y is None:
             raise ValueError("class_weight='balanced' needs the labels: train from X and y, not a packed file")
+        if not isinstance(cw, (str, dict)):
+            raise ValueError(f"class_weight must be a dict, 'balanced' or None, not {cw!r}")
+        if isinstance(cw, dict):
+            unknown = [k for k in cw if k not in set(job.classes.tolist())]
+            if unknown:
+                raise ValueError(f"class_weight names {unknown}, which are not classes of y "
+                                 f"({', '.join(map(str, job.classes.tolist()))})")
         w = compute_class_weight(cw, classes=job.classes, y=y) if isinstance(cw, str) else \
             np.array([float(cw.get(k, 1.0)) for k in job.classes])
         if K <= 2:
@@ -259,6 +276,8 @@ class _ZipSGD(BaseEstimator):
     def _fit_job(self, X, y, job=None, sample_weight=None):
         """Train (regression, binary, or one-vs-rest on one packed stream) and set the model."""
         self._check_fit_params()
+        if not self.warm_start:
+            self.t_ = 0                           # a cold fit starts the count again (scikit-learn's t_)
         job = job or prepare_job(X, y, **self._job_kwargs(), keep_scaled=False)   # (a fit keeps no data)
         if sample_weight is not None:
             sample_weight = _check_sample_weight(sample_weight, X)
@@ -277,20 +296,24 @@ class _ZipSGD(BaseEstimator):
             self.coef_, self.intercept_ = coef, intercept
 
     def _partial_job(self, X, y, classes=None):
-        """The job of one partial_fit call: one epoch; the first call fixes the scaling and
-        the classes, the next ones keep them and go on with the step schedule."""
+        """The job of one partial_fit call: one epoch at the step rule's step (the calls'
+        sizes say nothing of the data's whole size, so no decay runs across them); the first
+        call fixes the scaling and the classes, the next ones keep them."""
         kw = {**self._job_kwargs(), "epochs": 1, "copies": 1}
         if not hasattr(self, "_models"):
             return prepare_job(X, y, **kw, classes=classes, keep_scaled=False)
-        job = prepare_job(X, y, **kw, fixed_scaling=self.job_, keep_scaled=False)
-        if job.decay:                         # the step schedule goes on where the last call left it
-            k = min(job.config.step_shift + self.t_ // job.decay, STEP_SHIFT_MAX)
-            job = dataclasses.replace(job, config=dataclasses.replace(job.config, step_shift=k))
-        return job
+        sc = self.job_.scaler
+        with np.errstate(all="ignore"):
+            outside = float(np.mean(np.abs((np.asarray(X, dtype=np.float64) - sc.center_) / sc.half_) > 1.0))
+        if outside > PARTIAL_OUTSIDE_WARN:
+            warnings.warn(f"{type(self).__name__}.partial_fit: {outside:.1%} of this call's values lie outside the "
+                          "range the first call fixed; they saturate at its ends (give the first call "
+                          "representative data, or use scale='quantile')", UserWarning, stacklevel=4)
+        return prepare_job(X, y, **kw, fixed_scaling=self.job_, keep_scaled=False)
 
     def _partial_fit(self, X, y, classes=None, sample_weight=None):
         self._check_loss()
-        self._check_fit_params()
+        self._check_fit_params(partial=True)
         first = not hasattr(self, "_models")
         X, y = validate_data(self, X, y, accept_sparse=("csr", "csc", "coo"), dtype=np.float64, reset=first,
                              y_numeric=self._engine_loss() == "squared")
@@ -343,8 +366,9 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
     ----------
     loss : {"squared_error"}
         ("squared" is accepted too.)
-    bits : {1, 2, 4, 8, 32}
-        Codebook bits per feature; 32 streams full-precision FEAT values.
+    bits : int, 1 to 8, or 32
+        Codebook bits per feature (engine builds decode 1, 2, 4 and 8; 3, 5, 6 and 7 run on
+        backend "cpu"); 32 streams full-precision FEAT values.
     sampling : {"double", "single", "nearest"}
         Double sampling (two independent stochastic roundings: unbiased gradients),
         one stochastic rounding used twice, or deterministic nearest rounding.
@@ -429,7 +453,8 @@ class SGDRegressor(RegressorMixin, _ZipSGD):
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over ``X``, ``y``, from the model of the last call. The first call fixes
         the scaling of X and y: later values beyond its range saturate (at the ends of the
-        scaled range [-1, 1]); the step schedule goes on across calls (``t_``)."""
+        scaled range [-1, 1]). Each call takes the step rule's step (no decay across calls:
+        their sizes do not tell the data's); ``t_`` counts the epochs."""
         return self._partial_fit(X, y, sample_weight=sample_weight)
 
     def predict(self, X):
@@ -469,8 +494,8 @@ class SGDClassifier(ClassifierMixin, _ZipSGD):
     def partial_fit(self, X, y, classes=None, sample_weight=None):
         """One epoch over ``X``, ``y``, from the model of the last call. ``classes`` (every
         class the labels may take) is required at the first call, which also fixes the
-        scaling of X (later values beyond its range saturate); the step schedule goes on
-        across calls (``t_``)."""
+        scaling of X (later values beyond its range saturate). Each call takes the step
+        rule's step (no decay across calls); ``t_`` counts the epochs."""
         return self._partial_fit(X, y, classes=classes, sample_weight=sample_weight)
 
     def decision_function(self, X):

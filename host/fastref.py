@@ -113,6 +113,7 @@ def run(cfg: c.EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.
     if k is None:
         return reference.run(cfg, streams, codebook, params=params, model0=model0, stop=stop,
                              sample_mult=sample_mult)
+    c.check_registers(cfg)
     err = c.check_config(cfg, params or c.EngineParams(word_bits=cfg.word_bits))
     if err != c.Error.NONE:
         raise ValueError(f"engine configuration rejected: {err.name}")

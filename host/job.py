@@ -637,7 +637,9 @@ class Job:
 
     def sample_multipliers(self, sample_weight) -> list:
         """Per-sample weights as the cpu backend's multipliers (STEP_MULT format, one array
-        per packed copy in its sample order), scaled so that the largest weight is 1.0."""
+        per packed copy in its sample order), scaled to a mean of 1.0: the average sample
+        keeps the step rule's step, a sample of twice the mean weight takes twice the step
+        (as scikit-learn's SGD multiplies its gradient by the weight)."""
         w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
         if w.shape != (self.n_samples,):
             raise ValueError(f"sample_weight has {w.size} values for {self.n_samples} samples")
@@ -645,7 +647,7 @@ class Job:
             raise ValueError("sample_weight must be finite, >= 0 and not all 0")
         if self.perms is None:
             raise ValueError("sample_weight: this job has no sample orders (a packed file): pack without weights")
-        mult = np.floor(w / w.max() * c.STEP_MULT.one + 0.5).astype(np.int64)
+        mult = np.floor(w / w.mean() * c.STEP_MULT.one + 0.5).astype(np.int64)
         return [mult[perm] for perm in self.perms]
 
     def model_ints(self, coef, intercept: float = 0.0) -> tuple[np.ndarray, int]:

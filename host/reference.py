@@ -20,7 +20,8 @@ import numpy as np
 
 from .contract import (
     FEAT, LOSS_ACC, LOSS_SAMPLE, MODEL, SIGMOID_SEGMENTS, SOFTPLUS_ENTRIES, SOFTPLUS_SHIFT,
-    SOFTPLUS_TABLE, STEP_MULT, EngineConfig, EngineParams, Error, Loss, check_config, rshift_round,
+    SOFTPLUS_TABLE, STEP_MULT, EngineConfig, EngineParams, Error, Loss, check_config, check_registers,
+    rshift_round,
 )
 from .packing import decode
 from .result import Result  # noqa: F401  (re-exported: reference.Result)
@@ -106,9 +107,10 @@ def run(cfg: EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.nd
         Asked after each epoch with its loss sum (LOSS_ACC): true ends the job there, as
         the engine's STOP between epochs does (``Result.stopped``).
     sample_mult : sequence of arrays or callable epoch -> array, optional
-        Host-side only (the engine has no such input): a per-sample weight in STEP_MULT
-        format for each sample of each copy, in stream order. A sample's multiplier becomes
-        ``rshift_round(m * w, STEP_MULT.frac)``, ``m`` its class's (weight 1.0 leaves it).
+        Host-side only (the engine has no such input): a per-sample weight in STEP_MULT's
+        fixed point (1.0 = 2**15, not bounded by its 16 bits) for each sample of each copy, in
+        stream order. A sample's multiplier becomes ``rshift_round(m * w, STEP_MULT.frac)``,
+        ``m`` its class's (weight 1.0 leaves it).
     """
     return run_many([cfg], [streams], [codebook], params=params,
                     model0=None if model0 is None else [model0],
@@ -133,6 +135,7 @@ def run_many(cfgs: Sequence[EngineConfig], streams: Sequence, codebooks: Sequenc
         if schedule_key(other) != schedule_key(cfg):
             raise ValueError("run_many: the jobs do not share a schedule (n, dim, loss, step, decay, L2, batch, "
                              "epochs)")
+        check_registers(other)
         err = check_config(other, params or EngineParams(word_bits=other.word_bits))
         if err != Error.NONE:
             raise ValueError(f"engine configuration rejected: {err.name}")

@@ -123,6 +123,7 @@ class _FixedState:
     def __init__(self, fmt: fm.FixedFormat, grad, rounding: str, rbits: fm.RandomBits, x=None, d: int = 0):
         self.fmt, self.grad, self.rounding, self.rb = fmt, grad, rounding, rbits
         self.x = np.zeros(d, dtype=np.int64) if x is None else np.asarray(x, dtype=np.int64)
+        self.saturated = 0                                  # updates that left the format's range
 
     def dot(self, q1):
         acc = q1 @ self.x                                   # frac 16 + F, exact
@@ -144,18 +145,18 @@ class _FixedState:
         g = self.grad
         if g is None:
             u = fm.round_shift(G, _ACC_F - f.frac, self.rounding, self._rb(t, fm.STREAM_GRAD))
-            self.x = np.clip(x - u - l2, f.code_min, f.code_max)
+            new = x - u - l2
         elif isinstance(g, fm.FixedFormat):
             u = g.codes_from_int(G, _ACC_F, self.rounding, self._rb(t, fm.STREAM_GRAD))
             if g.frac <= f.frac:
-                self.x = np.clip(x - l2 - (u << np.int64(f.frac - g.frac)), f.code_min, f.code_max)
+                new = x - l2 - (u << np.int64(f.frac - g.frac))
             else:   # round(x - l2 - u 2**-(Fg-F)) = x - l2 + round(-u 2**-(Fg-F)): x - l2 is an integer
-                du = fm.round_shift(-u, g.frac - f.frac, self.rounding, self._rb(t, fm.STREAM_MODEL))
-                self.x = np.clip(x - l2 + du, f.code_min, f.code_max)
+                new = x - l2 + fm.round_shift(-u, g.frac - f.frac, self.rounding, self._rb(t, fm.STREAM_MODEL))
         else:
             u = g.quantize(np.ldexp(G.astype(np.float64), -_ACC_F), self.rounding, self._rb(t, fm.STREAM_GRAD))
-            du = fm.round_float(np.ldexp(-u, f.frac), self.rounding, self._rb(t, fm.STREAM_MODEL))
-            self.x = np.clip(x - l2 + du, f.code_min, f.code_max)
+            new = x - l2 + fm.round_float(np.ldexp(-u, f.frac), self.rounding, self._rb(t, fm.STREAM_MODEL))
+        self.x = np.clip(new, f.code_min, f.code_max)
+        self.saturated += bool(np.any(self.x != new))      # (the engine's SATURATED, in this format)
 
     def value(self) -> np.ndarray:
         return np.ldexp(self.x.astype(np.float64), -self.fmt.frac)
@@ -175,6 +176,7 @@ class _FloatState:
     def __init__(self, fmt: fm.FloatFormat, grad, rounding: str, rbits: fm.RandomBits, x=None, d: int = 0):
         self.fmt, self.grad, self.rounding, self.rb = fmt, grad, rounding, rbits
         self.x = np.zeros(d) if x is None else np.asarray(x, dtype=np.float64)
+        self.saturated = 0                                  # updates that left the format's range
 
     def dot(self, q1):
         acc = (q1 * self.x).sum(axis=-1)                    # units of 2**-16; numpy's pairwise sum
@@ -195,7 +197,9 @@ class _FloatState:
                          .astype(np.float64), -g.frac)
         else:
             u = g.quantize(np.ldexp(G.astype(np.float64), -_ACC_F), self.rounding, self._rb(t, fm.STREAM_GRAD))
-        self.x = self.fmt.quantize(x - u - l2, self.rounding, self._rb(t, fm.STREAM_MODEL))
+        new = x - u - l2
+        self.x = self.fmt.quantize(new, self.rounding, self._rb(t, fm.STREAM_MODEL))
+        self.saturated += bool(np.any(np.abs(new) > self.fmt.max_value))
 
     def value(self) -> np.ndarray:
         return self.x.copy()
@@ -430,17 +434,18 @@ def _fit_sgd(job, mfmt, gfmt, rounding, epochs, rb, record, engine, out, stop=No
         if not record:
             res = fastref.run(cfg, job.streams, job.codebook, job.params, stop=stop)
         else:   # one pass at a time (model0 carries over): the same bits, an objective per pass
-            x, sums = None, []
+            x, sums, sat = None, [], 0
             for e in range(epochs):
                 one = dataclasses.replace(cfg, epochs=1, step_shift=cfg.epoch_shift(e), decay_epochs=0)
                 r = fastref.run(one, [job.streams[e % len(job.streams)]], job.codebook, job.params, model0=x)
                 x = r.model
                 sums += r.loss_sums
+                sat += r.saturated
                 out.objective.append(objective(job, c.MODEL.to_float(x)))
                 if stop is not None and e + 1 < epochs and stop(e, sums[-1]):
                     break
             res = Result(model=x, loss_sums=sums, beats=len(sums) * job.n_samples * job.layout.beats_per_sample,
-                         samples=len(sums) * job.n_samples, stopped=len(sums) < epochs)
+                         samples=len(sums) * job.n_samples, stopped=len(sums) < epochs, saturated=sat)
         out.result, out.model = res, c.MODEL.to_float(res.model)
         out.passes = ["sgd"] * len(res.loss_sums)
         return
@@ -466,7 +471,7 @@ def _fit_sgd(job, mfmt, gfmt, rounding, epochs, rb, record, engine, out, stop=No
     out.model = st.value()
     out.result = Result(model=st.to_model("nearest", None), loss_sums=sums,
                         beats=len(sums) * job.n_samples * job.layout.beats_per_sample,
-                        samples=len(sums) * job.n_samples, stopped=len(sums) < epochs)
+                        samples=len(sums) * job.n_samples, stopped=len(sums) < epochs, saturated=st.saturated)
 
 
 def _full_gradient(job, a: np.ndarray, pass_index: int) -> tuple[np.ndarray, int]:
@@ -573,7 +578,7 @@ def _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, rec
             raise ValueError(f"mu must be positive, not {mu!r}")
         out.info.update(mu=[], offset_formats=[], grad_norms=[])
     a = np.zeros(d, dtype=np.int64)                      # the anchor, MODEL ints
-    sums, t, p, stopped = [], 0, 0, False
+    sums, t, p, stopped, saturated = [], 0, 0, False, 0
     cls = _state_class(mfmt)
     st = None
 
@@ -651,12 +656,13 @@ def _fit_vr(job, solver, mfmt, gfmt, rounding, epochs, inner_epochs, rb, mu, rec
             a = _sat_model(a + st.to_model(rounding, anchor_rbits(t)))
         else:
             a = st.to_model(rounding, anchor_rbits(t))
+        saturated += st.saturated
         st = None
         if final is not None:
             out.model = final
             out.result = Result(model=a, loss_sums=sums, beats=p * job.n_samples * job.layout.beats_per_sample,
-                                samples=p * job.n_samples, stopped=stopped)
+                                samples=p * job.n_samples, stopped=stopped, saturated=saturated)
             return
     out.model = c.MODEL.to_float(a)
     out.result = Result(model=a, loss_sums=sums, beats=p * job.n_samples * job.layout.beats_per_sample,
-                        samples=p * job.n_samples, stopped=stopped)
+                        samples=p * job.n_samples, stopped=stopped, saturated=saturated)

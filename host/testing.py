@@ -50,7 +50,7 @@ def random_codebook(rng, bits: int, ends: bool | None = None) -> np.ndarray:
 
 def random_class_labels(rng, n: int, classes: int = 4) -> np.ndarray:
     """Class-index label words (POS_CLASS jobs): mostly ``0 .. classes-1``, some words no
-    class has (negative, large, and ``classes - 1`` plus 2**32 wrapped into 32 bits)."""
+    class has (negative, large, the MODEL range's ends)."""
     y = rng.integers(0, classes, size=n)
     odd = rng.random(n) < 0.1
     y[odd] = rng.choice([-1, classes, c.MODEL.max, c.MODEL.min, c.MODEL.one], size=int(odd.sum()))

@@ -435,3 +435,57 @@ def test_low_precision_formats_and_solvers_on_the_cpu():
         SGDRegressor(solver="adam").fit(X, y)
     with pytest.raises(ValueError, match="class_weight is not supported"):
         SGDClassifier(model_format="fixed8", class_weight={0: 2.0}).fit(Xi[:100], yi[:100])
+
+
+def test_review_cases_partial_fit_weights_classes_and_formats():
+    """partial_fit on many small chunks keeps learning (no decay across calls); one heavy
+    sample weight does not slow the rest (weights scale to a mean of 1); class_weight keys
+    must be classes; a low-precision fit that saturates warns; the low-precision solvers
+    refuse warm starts up front; a cold fit restarts t_."""
+    import warnings
+
+    from sklearn.datasets import load_diabetes, make_regression
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = make_regression(4000, 10, noise=1.0, random_state=0)
+    est = SGDRegressor(random_state=0)
+    est.partial_fit(X[:500], y[:500])                  # the first call fixes the scaling: representative
+    for at in range(500, 4000, 20):
+        est.partial_fit(X[at:at + 20], y[at:at + 20])
+    assert est.t_ == 176 and est.score(X, y) > 0.999
+    small = SGDRegressor(random_state=0).partial_fit(X[:20], y[:20])
+    with pytest.warns(UserWarning, match="outside the range the first call fixed"):
+        small.partial_fit(X[20:520], y[20:520])
+    w = np.ones(4000)
+    w[7] = 100.0
+    heavy = SGDRegressor(random_state=0, max_iter=20).fit(X, y, sample_weight=w)
+    assert heavy.score(X, y) > 0.99
+    Xd, yd = load_diabetes(return_X_y=True)
+    labels = np.where(yd > 140, "high", "low")
+    with pytest.raises(ValueError, match=r"class_weight names \[0, 1\]"):
+        SGDClassifier(class_weight={0: 1, 1: 10}).fit(Xd, labels)
+    with pytest.raises(ValueError, match="class_weight applies to classifiers"):
+        SGDRegressor(class_weight={0: 2.0}).fit(Xd, yd)
+    with pytest.warns(ConvergenceWarning, match="saturat"):
+        est = SGDRegressor(model_format="fixed8", step=1.9, decay=0, max_iter=5, tol=None).fit(Xd, yd)
+    assert est.hw_stats_["saturated"] > 0 and est.engine_result_.saturated == est.hw_stats_["saturated"]
+    with pytest.raises(ValueError, match="warm_start is not supported"):
+        SGDRegressor(solver="svrg", warm_start=True).fit(Xd, yd)
+    with pytest.raises(ValueError, match="partial_fit is not supported"):
+        SGDRegressor(model_format="fixed16").partial_fit(Xd, yd)
+    est = SGDRegressor(max_iter=3, tol=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(Xd, yd).fit(Xd, yd)
+    assert est.t_ == 3
+
+
+def test_registers_that_do_not_fit_32_bits_are_refused():
+    from zipsgd import contract as c, reference
+    from zipsgd import testing
+
+    rng = np.random.default_rng(0)
+    cfg, streams, cb = testing.job_for(rng, c.EngineConfig(n_samples=4, dim=3, bits=4, encoding=c.Encoding.COMPACT,
+                                                          pos_class=-1))
+    with pytest.raises(ValueError, match="POS_CLASS = -1 does not fit its 32-bit register"):
+        reference.run(cfg, streams, cb)
