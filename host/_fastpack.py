@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 # the compiled engine's decorators and binary search: one of each in the package
-from ._fastkernels import SEARCH_SIZE, _inline, _jit  # noqa: F401  (SEARCH_SIZE: the padded length)
+from ._fastkernels import SEARCH_SIZE, _inline, _jit, _placement  # noqa: F401  (SEARCH_SIZE: padded length)
 from ._fastkernels import _last_lt as _count_below    # the last index j with arr[j] < a (arr[0] = -inf)
 
 
@@ -71,16 +71,7 @@ def pack_rows(X, center, half, icpt, xs_out, pos, keys, labels, lv, guess, inv, 
     lo0, hi0 = lv[0], lv[s - 1]
     nb = guess.shape[0]
     # where feature i sits in its sample: host word, bit offset, and the straddle into the next word
-    widx = np.empty(d, dtype=np.int64)
-    offs = np.empty(d, dtype=np.uint64)
-    back = np.empty(d, dtype=np.uint64)
-    strad = np.zeros(d, dtype=np.bool_)
-    for i in range(d):
-        lo = (i % F) * fb
-        widx[i] = (i // F) * hw + lo // HW
-        offs[i] = np.uint64(lo % HW)
-        back[i] = np.uint64(HW - lo % HW)
-        strad[i] = lo % HW + fb > HW
+    widx, offs, back, strad = _placement(d, F, fb, hw, HW)
     any_strad = strad.any()
     xrow = np.empty(d)
     js = np.empty(d, dtype=np.int64)

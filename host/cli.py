@@ -315,7 +315,8 @@ def _train_parser(sub):
     p.add_argument("--decay", type=_int_or_auto, default="auto",
                    help="halve the step every DECAY epochs (0: never); auto: every 2 for squared loss, never else")
     p.add_argument("--alpha", type=float, default=0.0, help="L2 strength")
-    p.add_argument("--copies", type=int, default=None, help="quantized copies (default: one per epoch while they fit 16 MiB, at least min(epochs, 4))")
+    p.add_argument("--copies", type=int, default=None,
+                   help="quantized copies (default: one per epoch while they fit 16 MiB, at least min(epochs, 4))")
     p.add_argument("--tol", type=float, default=None,
                    help="early stopping: stop when the engine's epoch loss has not fallen below the best by TOL "
                         "for --n-iter-no-change epochs (default: off, every epoch runs)")

@@ -674,7 +674,8 @@ class Job:
             "bits": self.bits, "sampling": self.sampling, "levels": self.levels,
             "encoding": c.Encoding(cfg.encoding).name, "epochs": self.epochs, "batch_size": self.batch_size,
             "step": self.step, "step_eff": self.step_eff, "step_shift": cfg.step_shift,
-            "step_mult": cfg.step_mult, "step_mult_neg": cfg.step_mult_neg, "decay": self.decay, "alpha": self.alpha, "l2_shift": cfg.l2_shift,
+            "step_mult": cfg.step_mult, "step_mult_neg": cfg.step_mult_neg, "decay": self.decay, "alpha": self.alpha,
+            "l2_shift": cfg.l2_shift,
             "copies": self.copies, "seed": self.seed, "word_bits": cfg.word_bits,
             "bits_per_feature": self.bits_per_feature,
         }
