@@ -564,3 +564,15 @@ def test_train_low_precision_formats_and_solvers(tmp_path, capsys):
                            "fixed99")
     _assert_one_line_error(*_run(["train", "sklearn:diabetes", "--solver", "svrg", "--backend", "sim"],
                                  capsys)[::2], "backend cpu only")
+
+
+def test_demo_runs_on_the_cpu(tmp_path, capsys):
+    """`zipsgd demo` (make demo's job) end to end on the cpu backend: every epoch of the fixed
+    schedule printed (numbered from 1), the engine equal to the reference, a plot written."""
+    png = tmp_path / "demo.png"
+    code, out, err = _run(["demo", "--backend", "cpu", "--epochs", "5", "--out", str(png)], capsys)
+    assert code == 0, err
+    rows = [ln.split()[0] for ln in out.splitlines() if ln[:5].strip().isdigit()]
+    assert rows == ["1", "2", "3", "4", "5"]
+    assert "engine == reference: yes" in out and "NO" not in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
