@@ -120,6 +120,8 @@ def pack_rows(X, center, half, icpt, xs_out, pos, keys, labels, lv, guess, inv, 
             elif mode == 3:
                 js[i] = _count_below(mids, a)
             else:
+                # _fastkernels._interval's walk, written out with its loop invariants hoisted:
+                # calling it costs prepare_job about 10 % (measured, bench cpu)
                 ac = lo0 if a < lo0 else (hi0 if a > hi0 else a)
                 g = np.int64((ac - lo0) * inv)
                 j = guess[0 if g < 0 else (nb - 1 if g >= nb else g)]
