@@ -133,6 +133,7 @@ def run(cfg: c.EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.
     g = np.zeros(d, dtype=np.int64)
     loss_sums = []
     saturated = 0
+    same_mult = np.full(rows, cfg.step_mult, dtype=np.int64)
     for epoch in range(cfg.epochs):
         stream = get(epoch)
         if len(stream) != n * words:
@@ -141,17 +142,21 @@ def run(cfg: c.EngineConfig, streams: Sequence[np.ndarray] | Callable[[int], np.
         if weights is not None and weights.shape != (n,):
             raise ValueError(f"epoch {epoch}: {weights.size} sample multipliers for {n} samples")
         cst = _constants(cfg, epoch)
+        plain = weights is None and not cfg.pos_class and not cfg.step_mult_neg
         total = 0
         for at in range(0, n, chunk):
             m = min(chunk, n - at)
             part = np.ascontiguousarray(stream[at * words:(at + m) * words], dtype=np.uint64)
             _check_codes(k.decode_chunk(part, layv, *tables, q1[:m], q2[:m], y[:m]))
-            yv = np.ascontiguousarray(cfg.label_value(y[:m]), dtype=np.int64)
-            mult = cfg.sample_mult(yv).astype(np.int64)
-            if weights is not None:
-                mult = c.rshift_round(mult * weights[at:at + m], c.STEP_MULT.frac)
-            lo, hit = k.train_chunk(q1[:m], q2[:m], yv, np.ascontiguousarray(mult), x, g, cst, _SEG_THR,
-                                    _SEG_SHIFT, _SEG_OFF, _SOFTPLUS)
+            if plain:                           # labels as streamed, one multiplier: nothing per chunk
+                yv, mult = y[:m], same_mult[:m]
+            else:
+                yv = np.ascontiguousarray(cfg.label_value(y[:m]), dtype=np.int64)
+                mult = cfg.sample_mult(yv).astype(np.int64)
+                if weights is not None:
+                    mult = np.ascontiguousarray(c.rshift_round(mult * weights[at:at + m], c.STEP_MULT.frac))
+            lo, hit = k.train_chunk(q1[:m], q2[:m], yv, mult, x, g, cst, _SEG_THR, _SEG_SHIFT, _SEG_OFF,
+                                    _SOFTPLUS)
             total += int(lo)
             saturated += int(hit)
         loss_sums.append(min(total, c.LOSS_ACC.max))
