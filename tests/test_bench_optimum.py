@@ -22,7 +22,6 @@ def test_every_part_is_reported(quick):
         assert res[k], k
     for title in ("a. ZipML", "b. ZipML", "c. TinyScript", "d. Li & De Sa", "e. HALP", "f. Reused copies"):
         assert title in text
-    assert res["seconds"] > 0                     # (timed; its bound is the benchmark's, not a test's)
 
 
 def test_a_nearest_and_single_end_on_their_predicted_points(quick):
