@@ -419,24 +419,12 @@ def _optimum(job):
         return None, f"the reference solver failed: {exc}"
 
 
-def _parse_format(formats, name, spec):
-    try:
-        return formats.parse(spec)
-    except ValueError as exc:
-        raise ValueError(f"{name} {spec!r}: {exc}") from None
-
-
 def _low_precision(args) -> bool:
     """True when --solver/--model-format/--grad-format/--rounding ask for other arithmetic than
     the engine's (then zipsgd.solvers trains, on the cpu)."""
-    from . import formats, solvers
-    if args.solver not in solvers.SOLVERS:
-        raise ValueError(f"--solver {args.solver!r}: choose one of {', '.join(solvers.SOLVERS)}")
-    model = _parse_format(formats, "--model-format", args.model_format)
-    if args.grad_format is not None:
-        _parse_format(formats, "--grad-format", args.grad_format)
-    return (args.solver != "sgd" or model != formats.ENGINE_MODEL or args.grad_format is not None
-            or args.rounding not in (None, "nearest"))
+    from . import solvers
+    return solvers.low_precision(args.solver, args.model_format, args.grad_format, args.rounding,
+                                 spell=lambda name, value: f"--{name.replace('_', '-')} {value!r}")
 
 
 def _with_class_weight(job, spec, y):

@@ -135,25 +135,10 @@ class _ZipSGD(BaseEstimator):
             raise ValueError(f"n_iter_no_change must be a positive integer, not {self.n_iter_no_change!r}")
 
     def _low_precision(self) -> bool:
-        """True when the solver or the number formats are not the engine's (sgd, fixed32,
-        no gradient format, nearest rounding): then :mod:`zipsgd.solvers` trains."""
-        from . import formats, solvers
-        if self.solver not in solvers.SOLVERS:
-            raise ValueError(f"unsupported solver={self.solver!r}: choose one of {solvers.SOLVERS}")
-        if self.rounding is not None and self.rounding not in formats.ROUNDINGS:
-            raise ValueError(f"unsupported rounding={self.rounding!r}: choose one of {formats.ROUNDINGS} or None")
-        parsed = {}
-        for name in ("model_format", "grad_format"):
-            spec = getattr(self, name)
-            if spec is None and name == "grad_format":
-                continue
-            try:
-                parsed[name] = formats.parse(spec)
-            except ValueError as exc:
-                raise ValueError(f"{name}={spec!r}: {exc}") from None
-        model = parsed["model_format"]
-        return (self.solver != "sgd" or model != formats.ENGINE_MODEL or self.grad_format is not None
-                or self.rounding not in (None, "nearest"))
+        """True when the solver or the number formats are not the engine's: then
+        :mod:`zipsgd.solvers` trains (:func:`zipsgd.solvers.low_precision`)."""
+        from . import solvers
+        return solvers.low_precision(self.solver, self.model_format, self.grad_format, self.rounding)
 
     def _fit_low_precision(self, job, mult, model0):
         """One job by :func:`zipsgd.solvers.fit` (backend cpu): (Result, scaled float model)."""

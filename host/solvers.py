@@ -368,6 +368,28 @@ def resolve_rounding(model_format, rounding) -> str:
     return rounding
 
 
+def low_precision(solver: str = "sgd", model_format="fixed32", grad_format=None, rounding=None,
+                  spell=lambda name, value: f"{name}={value!r}") -> bool:
+    """Check a fit's arithmetic settings and say whether they differ from the engine's
+    (``sgd``, ``fixed32``, no gradient format, nearest rounding): then this module trains,
+    on the cpu. ``spell(name, value)`` names a setting in the caller's terms in errors (the
+    estimators' ``model_format='x'``, the CLI's ``--model-format x``)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"{spell('solver', solver)}: choose one of {', '.join(SOLVERS)}")
+    if rounding is not None and rounding not in fm.ROUNDINGS:
+        raise ValueError(f"{spell('rounding', rounding)}: choose one of {', '.join(fm.ROUNDINGS)} or none")
+    parsed = {}
+    for name, spec in (("model_format", model_format), ("grad_format", grad_format)):
+        if spec is None and name == "grad_format":
+            continue
+        try:
+            parsed[name] = fm.parse(spec)
+        except ValueError as exc:
+            raise ValueError(f"{spell(name, spec)}: {exc}") from None
+    return (solver != "sgd" or parsed["model_format"] != fm.ENGINE_MODEL or grad_format is not None
+            or rounding not in (None, "nearest"))
+
+
 def fit(job, solver: str = "sgd", model_format="fixed32", grad_format=None, rounding: str | None = None,
         epochs: int | None = None, step: float | None = None, seed: int | None = None, inner_epochs: int = 2,
         mu="auto", record: bool = True, engine: bool = True, stop=None) -> FitResult:
